@@ -1,0 +1,3 @@
+from seqlib.cli import _main
+
+_main()

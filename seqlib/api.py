@@ -1,0 +1,389 @@
+"""The Python API: one method per CLI verb. ``seqlib.cli`` only parses and renders.
+
+    >>> lib = Library.init("photos/.seqlib")            # embedded default base
+    >>> lib.add("mydog", "photos/dog")                   # learns <mydog>
+    >>> lib.compose(["mydog"], "a photo of <mydog>", out="out/")
+
+Module level imports stay torch-free so ``status`` and ``log`` answer instantly;
+training and sampling import torch and diffusers when they run.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from seqlib.errors import (
+    CapacityError,
+    ConceptExistsError,
+    ConceptNotFoundError,
+    InvalidNameError,
+    SeqlibError,
+)
+from seqlib.format import (
+    Commit,
+    ConceptRecord,
+    LibraryConfig,
+    TrainingRecord,
+    capacity,
+    concepts_that_fit,
+    free_dims,
+    now_iso,
+    used_dims,
+)
+from seqlib.store import STORE_DIRNAME, Store, find_store
+
+if TYPE_CHECKING:
+    from seqlib.config import TrainConfig
+
+_NAME_RE = re.compile(r"[a-z][a-z0-9_-]*")
+
+
+def check_concept_name(name: str) -> None:
+    """A concept name:
+
+    - is 1 to 40 characters long,
+    - starts with a lower-case letter,
+    - has only lower-case letters, digits, ``-`` and ``_`` (it becomes the token ``<name>``
+      and a file name in exports, so nothing a shell or tokenizer treats specially).
+    """
+    if not 1 <= len(name) <= 40:
+        raise InvalidNameError(f"concept name {name!r} must be 1 to 40 characters")
+    if not name[0].isascii() or not name[0].islower():
+        raise InvalidNameError(f"concept name {name!r} must start with a lower-case letter")
+    if not _NAME_RE.fullmatch(name):
+        raise InvalidNameError(f"concept name {name!r} may contain only a-z, 0-9, '-' and '_'")
+
+
+def token_for(name: str) -> str:
+    return f"<{name}>"
+
+
+@dataclass(frozen=True)
+class WidthGroup:
+    """Layers of one input width m: they share capacity arithmetic."""
+
+    in_features: int
+    layers: int
+    capacity: int  # floor(m / r) concepts
+    used: int  # basis dimensions taken (the same on every layer of the library)
+    free: int
+
+
+@dataclass(frozen=True)
+class Status:
+    commit_id: str
+    version: int
+    commit: Commit
+    groups: list[WidthGroup]
+    bottleneck: str  # the layer with the fewest free dimensions
+    bottleneck_free: int
+    fits: int  # more concepts at the library's rank
+
+    def to_json(self) -> dict:
+        lib = self.commit.library
+        return {
+            "version": self.version,
+            "commit": self.commit_id,
+            "base": lib.base.model_dump(mode="json"),
+            "rank": lib.rank,
+            "concepts": [
+                {
+                    "name": c.name,
+                    "token": c.token,
+                    "rank": c.rank,
+                    "method": c.training.method,
+                    "orthogonal": c.orthogonal,
+                    "final_loss": c.final_loss,
+                    "created": c.created,
+                }
+                for c in self.commit.concepts
+            ],
+            "widths": [g.__dict__ for g in self.groups],
+            "bottleneck": {"layer": self.bottleneck, "free": self.bottleneck_free},
+            "fits": self.fits,
+        }
+
+
+def parse_selection(spec: str | list[str] | dict[str, float]) -> dict[str, float]:
+    """``"mydog=0.8,cat"`` or ``["mydog", "cat"]`` -> {name: weight}."""
+    if isinstance(spec, dict):
+        return dict(spec)
+    items = spec.split(",") if isinstance(spec, str) else list(spec)
+    out: dict[str, float] = {}
+    for item in (i.strip() for i in items):
+        if not item:
+            continue
+        name, _, weight = item.partition("=")
+        try:
+            out[name.strip()] = float(weight) if weight else 1.0
+        except ValueError:
+            raise SeqlibError(f"weight of {name!r} must be a number, not {weight!r}") from None
+    if not out:
+        raise SeqlibError("no concepts selected; name one or more, e.g. `mydog,cat`")
+    return out
+
+
+class Library:
+    """A versioned library of concepts on one base, stored in a ``.seqlib`` folder."""
+
+    def __init__(self, store: Store) -> None:
+        self.store = store
+
+    # ---- opening ---------------------------------------------------------------
+
+    @staticmethod
+    def _resolve(path: str | Path | None) -> Path:
+        if path is None:
+            return find_store()
+        p = Path(path)
+        if (p / "store.json").is_file():
+            return p
+        if (p / STORE_DIRNAME / "store.json").is_file():
+            return p / STORE_DIRNAME
+        return find_store(p) if p.is_dir() else p
+
+    @classmethod
+    def open(cls, path: str | Path | None = None) -> Library:
+        return cls(Store(cls._resolve(path)))
+
+    @classmethod
+    def init(
+        cls,
+        path: str | Path | None = None,
+        base: str | None = None,
+        base_config: str | None = None,
+        rank: int = 4,
+        device: str = "cpu",
+    ) -> Library:
+        """Create a library; ``base=None`` is the embedded default (no download)."""
+        from seqlib import base as bases
+
+        root = Path(path) if path is not None else Path.cwd() / STORE_DIRNAME
+        if rank < 1:
+            raise SeqlibError("--rank must be at least 1")
+        kind, source = bases.classify(base, base_config)
+        config_dir = str(Path(base_config).resolve()) if base_config else None
+        with Store.create(root) as staging:
+            if kind == "embedded":
+                bases.write_embedded(staging.root)
+            pipe = bases.load_pipeline(kind, source, config_dir, staging.root, device)
+            record, layers = bases.describe(pipe, kind, source, config_dir)
+            narrowest = min(layers, key=lambda layer: layer.in_features)
+            if capacity(narrowest.in_features, rank) < 1:
+                raise SeqlibError(f"--rank {rank} exceeds the width {narrowest.in_features} of {narrowest.name}")
+            commit = Commit(
+                parent=None,
+                message=f"init: {kind} base {source}, rank {rank}",
+                library=LibraryConfig(base=record, rank=rank, layers=layers),
+                concepts=[],
+            )
+            staging.commit(commit, expected_seq=0)
+        return cls.open(root)
+
+    # ---- reading (no torch) ------------------------------------------------------
+
+    def head(self) -> Commit:
+        return self.store.head()
+
+    def concept(self, name: str, commit: Commit | None = None) -> ConceptRecord:
+        commit = commit or self.head()
+        found = commit.concept(name)
+        if found is None:
+            known = ", ".join(c.name for c in commit.concepts) or "none yet"
+            raise ConceptNotFoundError(f"no concept named {name!r} (concepts: {known})")
+        return found
+
+    def status(self) -> Status:
+        commit = self.head()
+        r = commit.library.rank
+        used, free = used_dims(commit), free_dims(commit)
+        groups: dict[int, list[str]] = {}
+        for layer in commit.library.layers:
+            groups.setdefault(layer.in_features, []).append(layer.name)
+        widths = [
+            WidthGroup(
+                in_features=m,
+                layers=len(names),
+                capacity=capacity(m, r),
+                used=max(used[n] for n in names),
+                free=min(free[n] for n in names),
+            )
+            for m, names in sorted(groups.items())
+        ]
+        bottleneck = min(commit.library.layers, key=lambda layer: (free[layer.name], layer.in_features))
+        return Status(
+            commit_id=self.store.head_id() or "",
+            version=self.store.head_seq(),
+            commit=commit,
+            groups=widths,
+            bottleneck=bottleneck.name,
+            bottleneck_free=free[bottleneck.name],
+            fits=concepts_that_fit(commit),
+        )
+
+    def log(self) -> list[tuple[int, str, Commit]]:
+        """(version, commit id, commit), newest first."""
+        return self.store.log()
+
+    # ---- factors ---------------------------------------------------------------
+
+    def factors(self, concept: ConceptRecord, commit: Commit):
+        """(A by layer, B by layer, embedding) of a concept as float32 torch tensors."""
+        import torch
+
+        from seqlib import payload
+
+        arrays = self.store.read_payload(concept.payload)
+        layers = commit.library.layers
+        A = {k: torch.from_numpy(v) for k, v in payload.unpack_coeffs(layers, arrays).items()}
+        B = {k: torch.from_numpy(v) for k, v in payload.unpack_bases(layers, arrays).items()}
+        return A, B, torch.from_numpy(arrays[payload.EMBEDDING_ARRAY])
+
+    def _load_base(self, commit: Commit, device: str, base: str | None):
+        from seqlib.base import load_base
+
+        return load_base(commit.library.base, self.store.root, device, override=base)
+
+    # ---- add -------------------------------------------------------------------
+
+    def add(
+        self,
+        name: str,
+        images: str | Path,
+        config: TrainConfig | None = None,
+        rank: int | None = None,
+        message: str | None = None,
+        progress: Callable[[int, int, float], None] | None = None,
+        device: str = "cpu",
+        base: str | None = None,
+    ) -> ConceptRecord:
+        """Learn concept ``name`` from a folder of images and commit it. All or nothing."""
+        from seqlib import data, payload
+        from seqlib.train import Earlier, TrainConfig, train_concept
+
+        check_concept_name(name)
+        seq, parent_id = self.store.head_seq(), self.store.head_id()
+        commit = self.head()
+        if commit.concept(name) is not None:
+            raise ConceptExistsError(f"concept {name!r} already exists; pick another name")
+        lib = commit.library
+        r = rank or lib.rank
+        config = config or TrainConfig(resolution=lib.base.resolution)
+        if config.method != "lora":
+            free = free_dims(commit)
+            full = [layer.name for layer in lib.layers if free[layer.name] < r]
+            if full:
+                raise CapacityError(full, r, free)
+
+        files = data.find_images(Path(images))
+        records = data.image_records(files)
+        tensor = data.load_images(files, config.resolution)
+        pipe = self._load_base(commit, device, base)
+        earlier = [Earlier(*self.factors(c, commit)[:2], orthogonal=c.orthogonal) for c in commit.concepts]
+        token = token_for(name)
+        result = train_concept(pipe, [layer.name for layer in lib.layers], earlier, tensor, token, r, config, progress)
+        arrays = payload.pack(lib.layers, result.A, result.B, result.embedding)
+        payload_id, array_records = self.store.write_payload(arrays, {"concept": name, "rank": r})
+        concept = ConceptRecord(
+            name=name,
+            token=token,
+            rank=r,
+            orthogonal=config.method != "lora",
+            payload=payload_id,
+            arrays=array_records,
+            images=records,
+            training=TrainingRecord(**config.record()),
+            initial_loss=result.initial_loss,
+            final_loss=result.final_loss,
+            train_seconds=round(result.seconds, 3),
+            created=now_iso(),
+        )
+        new = Commit(
+            parent=parent_id,
+            message=f"add {name}" + (f": {message}" if message else ""),
+            library=lib,
+            concepts=[*commit.concepts, concept],
+        )
+        self.store.commit(new, expected_seq=seq)
+        return concept
+
+    # ---- compose ---------------------------------------------------------------
+
+    def pipeline(self, selection, device: str = "cpu", base: str | None = None):
+        """A standard diffusers StableDiffusionPipeline with the selected concepts applied.
+
+        Composition is a plain sum: W = W0 + Σ w_i A_i B_iᵀ, patched into the weights.
+        """
+        from seqlib.lora import WeightPatch, adapted_layers, summed_deltas
+        from seqlib.train import add_tokens
+
+        weights = parse_selection(selection)
+        commit = self.head()
+        chosen = [(self.concept(n, commit), w) for n, w in weights.items()]
+        pipe = self._load_base(commit, device, base)
+        loaded = [(self.factors(c, commit), w) for c, w in chosen]
+        WeightPatch(adapted_layers(pipe.unet)).apply(summed_deltas([(A, B, w) for (A, B, _), w in loaded]))
+        add_tokens(pipe, {c.token: f[2] for (c, _), (f, _) in zip(chosen, loaded)})
+        return pipe
+
+    def compose(
+        self,
+        selection,
+        prompt: str,
+        out: str | Path = "out",
+        seed: int = 0,
+        num_images: int = 1,
+        steps: int = 20,
+        guidance: float = 7.5,
+        negative_prompt: str | None = None,
+        size: int | None = None,
+        device: str = "cpu",
+        base: str | None = None,
+    ) -> list[Path]:
+        """Render the selected concepts together; returns the PNG paths written."""
+        import torch
+
+        weights = parse_selection(selection)
+        commit = self.head()
+        for name in weights:
+            self.concept(name, commit)
+        _check_prompt(prompt, weights, commit)
+        pipe = self.pipeline(weights, device, base)
+        size = size or commit.library.base.resolution
+        out = Path(out)
+        out.mkdir(parents=True, exist_ok=True)
+        paths = []
+        for k in range(num_images):
+            generator = torch.Generator(device="cpu").manual_seed(seed + k)
+            image = pipe(
+                prompt,
+                negative_prompt=negative_prompt,
+                num_inference_steps=steps,
+                guidance_scale=guidance,
+                height=size,
+                width=size,
+                generator=generator,
+            ).images[0]
+            path = out / f"{'+'.join(weights)}-seed{seed + k}.png"
+            image.save(path)
+            paths.append(path)
+        return paths
+
+
+def _check_prompt(prompt: str, weights: dict[str, float], commit: Commit) -> None:
+    mentioned = set(re.findall(r"<([^<>\s]+)>", prompt))
+    selected = set(weights)
+    if not mentioned & selected:
+        tokens = " ".join(token_for(n) for n in weights)
+        raise SeqlibError(f"the prompt mentions none of the selected concepts; use their tokens: {tokens}")
+    known = {c.name for c in commit.concepts}
+    unselected = sorted((mentioned & known) - selected)
+    if unselected:
+        raise SeqlibError(
+            f"the prompt mentions {', '.join(token_for(n) for n in unselected)} but the selection "
+            f"does not include {'it' if len(unselected) == 1 else 'them'}; add to the selection"
+        )

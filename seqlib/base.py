@@ -1,0 +1,118 @@
+"""Pretrained bases: the embedded default, a diffusers folder, a hub id, a single-file checkpoint.
+
+A base is identified by a fingerprint of the weights seqlib adapts; every concept was
+trained against exactly those weights, so loading anything else is refused.
+"""
+
+from __future__ import annotations
+
+import os
+import warnings
+from pathlib import Path
+
+from seqlib.embedded import EMBEDDED_BASE_ID, RESOLUTION, build_embedded_pipeline
+from seqlib.errors import BaseLoadError, BaseMismatchError
+from seqlib.format import BaseRecord, LayerRecord
+
+EMBEDDED_DIRNAME = "base"
+
+
+def _quiet() -> None:
+    # Library chatter (progress bars per component, torchvision notices) is noise to a user.
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    import diffusers
+    import transformers
+
+    diffusers.utils.logging.set_verbosity_error()
+    diffusers.utils.logging.disable_progress_bar()
+    transformers.utils.logging.set_verbosity_error()
+    transformers.utils.logging.disable_progress_bar()
+    warnings.filterwarnings("ignore", module="diffusers")
+    warnings.filterwarnings("ignore", module="transformers")
+
+
+def classify(spec: str | None, config: str | None) -> tuple[str, str]:
+    """(kind, source) for what the user passed to ``--base``."""
+    if spec is None:
+        return "embedded", EMBEDDED_BASE_ID
+    path = Path(spec).expanduser()
+    if path.is_dir():
+        if not (path / "model_index.json").is_file():
+            raise BaseLoadError(f"{spec} is a folder but not a diffusers pipeline (no model_index.json)")
+        return "diffusers", str(path.resolve())
+    if path.is_file():
+        if path.suffix != ".safetensors":
+            raise BaseLoadError(
+                f"{spec}: only .safetensors single-file checkpoints are accepted "
+                "(.ckpt files are pickles and can run code when loaded)"
+            )
+        if config is None:
+            raise BaseLoadError(
+                "a single-file checkpoint needs --base-config DIR: a diffusers folder with the "
+                "model's config files (e.g. a copy of stable-diffusion-v1-5's, weights not needed)"
+            )
+        return "single_file", str(path.resolve())
+    if spec.startswith((".", "/", "~")) or spec.count("/") != 1:
+        raise BaseLoadError(f"{spec} is neither an existing folder/file nor a hub id like `org/model`")
+    return "hub", spec
+
+
+def load_pipeline(kind: str, source: str, config: str | None, store_root: Path | None, device: str = "cpu"):
+    """Load a StableDiffusionPipeline from a base description; clear errors, no downloads offline."""
+    _quiet()
+    from diffusers import StableDiffusionPipeline
+
+    common = dict(safety_checker=None, requires_safety_checker=False)
+    try:
+        if kind == "embedded":
+            assert store_root is not None
+            pipe = StableDiffusionPipeline.from_pretrained(store_root / EMBEDDED_DIRNAME, **common)
+        elif kind == "diffusers":
+            pipe = StableDiffusionPipeline.from_pretrained(source, **common)
+        elif kind == "single_file":
+            pipe = StableDiffusionPipeline.from_single_file(source, config=config, **common)
+        else:
+            pipe = StableDiffusionPipeline.from_pretrained(source, **common)
+    except (OSError, ValueError) as e:
+        hint = ""
+        if kind == "hub":
+            hint = " (is the machine offline? download it once with network, or pass a local folder)"
+        raise BaseLoadError(f"could not load base {source}{hint}: {str(e).splitlines()[0]}") from None
+    # transformers falls back to a 2-token vocabulary when a tokenizer folder is missing.
+    if len(pipe.tokenizer) < 100:
+        raise BaseLoadError(f"base {source}: its tokenizer did not load (vocabulary of {len(pipe.tokenizer)})")
+    pipe.set_progress_bar_config(disable=True)
+    return pipe.to(device)
+
+
+def describe(pipe, kind: str, source: str, config: str | None) -> tuple[BaseRecord, list[LayerRecord]]:
+    from seqlib.lora import adapted_layers, fingerprint
+
+    layers = adapted_layers(pipe.unet)
+    if not layers:
+        raise BaseLoadError(f"base {source} has no attention projections to adapt")
+    resolution = RESOLUTION if kind == "embedded" else pipe.unet.config.sample_size * pipe.vae_scale_factor
+    record = BaseRecord(kind=kind, source=source, config=config, fingerprint=fingerprint(layers), resolution=resolution)
+    return record, [LayerRecord(name=n, in_features=m.in_features, out_features=m.out_features) for n, m in layers]
+
+
+def write_embedded(folder: Path) -> None:
+    _quiet()
+    build_embedded_pipeline(folder / EMBEDDED_DIRNAME)
+
+
+def load_base(base: BaseRecord, store_root: Path, device: str = "cpu", override: str | None = None):
+    """Load the library's base and check it is the one the concepts were trained on."""
+    kind, source, config = base.kind, base.source, base.config
+    if override is not None:
+        kind, source = classify(override, config)
+    pipe = load_pipeline(kind, source, config, store_root, device)
+    from seqlib.lora import adapted_layers, fingerprint
+
+    got = fingerprint(adapted_layers(pipe.unet))
+    if got != base.fingerprint:
+        raise BaseMismatchError(
+            f"base {source} is not the base this library was built on (fingerprint {got[:12]}, "
+            f"library {base.fingerprint[:12]}); concepts trained on one base do not transfer"
+        )
+    return pipe

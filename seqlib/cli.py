@@ -1,0 +1,349 @@
+"""``seqlib``: the command line. Parses arguments, calls :mod:`seqlib.api`, renders with rich.
+
+Nothing here imports torch at module level: ``seqlib status`` and ``seqlib log`` stay instant.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import click
+from rich.console import Console
+from rich.table import Table
+
+from seqlib import __version__
+from seqlib.config import default
+from seqlib.errors import SeqlibError
+
+console = Console()
+err_console = Console(stderr=True)
+
+
+class UserError(click.ClickException):
+    """A SeqlibError as click shows it: ``Error: <one line>``, exit 1, no traceback."""
+
+
+def _library(ctx: click.Context):
+    from seqlib.api import Library
+
+    try:
+        return Library.open(ctx.obj.get("store"))
+    except SeqlibError as e:
+        raise UserError(str(e)) from None
+
+
+class _Group(click.Group):
+    def invoke(self, ctx: click.Context):
+        try:
+            return super().invoke(ctx)
+        except SeqlibError as e:
+            raise UserError(str(e)) from None
+
+
+@click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.option(
+    "--store",
+    envvar="SEQLIB_STORE",
+    type=click.Path(file_okay=False),
+    default=None,
+    help="The library folder. Default: ./.seqlib, or the nearest one in a parent folder (like git).",
+)
+@click.version_option(__version__, prog_name="seqlib")
+@click.pass_context
+def cli(ctx: click.Context, store: str | None) -> None:
+    """A package manager for personal concepts in text-to-image diffusion.
+
+    Each concept (your dog, your mug, a style) is a LoRA whose basis is kept exactly
+    orthogonal to every earlier concept's (SeqLoRA), so any subset composes by a plain
+    sum without bleeding into each other. Capacity is finite: a layer of width m holds
+    floor(m/r) rank-r concepts; `seqlib status` shows what is left.
+
+    \b
+    Quick start (embedded tiny base, CPU, no downloads):
+      seqlib init
+      seqlib add mascot examples/mascot
+      seqlib add emblem examples/emblem
+      seqlib compose mascot,emblem --prompt "a photo of <mascot> and <emblem>" --seed 0 --out out/
+      seqlib status
+      seqlib log
+    """
+    ctx.ensure_object(dict)["store"] = store
+
+
+@cli.command("init", short_help="Create a library on a base model.")
+@click.option(
+    "--base",
+    default=None,
+    metavar="PATH_OR_ID",
+    help="A diffusers folder, a hub id (needs network or cache) or a .safetensors "
+    "checkpoint. Default: the embedded tiny SD-architecture base.",
+)
+@click.option(
+    "--base-config",
+    default=None,
+    type=click.Path(exists=True, file_okay=False),
+    help="Diffusers config folder for a single-file checkpoint (e.g. SD1.5's).",
+)
+@click.option("--rank", default=4, show_default=True, type=click.IntRange(1), help="Default rank r of each concept.")
+@click.option("--device", default="cpu", show_default=True, help="Device used to fingerprint the base.")
+@click.pass_context
+def init_command(ctx: click.Context, base, base_config, rank, device) -> None:
+    """Create ./.seqlib (or --store) on a base model.
+
+    The library records the base's identity and a fingerprint of the weights it adapts
+    (every attention to_q/to_k/to_v/to_out.0 of the UNet); concepts only ever load on
+    that exact base.
+
+    \b
+    Examples:
+      seqlib init                                  # embedded default, offline
+      seqlib init --base ./stable-diffusion-v1-5   # a local diffusers folder
+      seqlib init --base v1-5.safetensors --base-config ./sd15-config
+    """
+    from seqlib.api import Library
+
+    path = ctx.obj["store"] or Path.cwd() / ".seqlib"
+    with console.status("building the library (loading and fingerprinting the base)…"):
+        lib = Library.init(path, base=base, base_config=base_config, rank=rank, device=device)
+    s = lib.status()
+    console.print(
+        f"Initialised [bold]{lib.store.root}[/] on {s.commit.library.base.kind} base "
+        f"[cyan]{s.commit.library.base.source}[/]: {len(s.commit.library.layers)} adapted layers, "
+        f"rank {rank}, room for {s.fits} concepts."
+    )
+
+
+def _hyper(flag: str, field: str, type, help: str):
+    """A training flag whose default (shown in --help) comes from TrainConfig."""
+    return click.option(flag, field, type=type, default=None, help=help, show_default=str(default(field)))
+
+
+_METHOD_HELP = "seqlora: bilevel with cross-Hessian (paper). alternating: same without it. lora: no projection."
+
+
+@cli.command("add", short_help="Learn a new concept from a folder of images.")
+@click.argument("name")
+@click.argument("images", type=click.Path(exists=True))
+@click.option("--init-word", default="thing", show_default=True, help="Word whose embedding starts <NAME>'s.")
+@click.option("--rank", type=click.IntRange(1), default=None, help="Rank r (default: the library's).")
+@click.option(
+    "--method",
+    type=click.Choice(["seqlora", "alternating", "lora"]),
+    default="seqlora",
+    show_default=True,
+    help=_METHOD_HELP,
+)
+@_hyper("--steps", "steps", click.IntRange(1), "Training rounds, a fresh batch each.")
+@_hyper("--alpha", "alpha", float, "α: step size of A, and of the inner step in the reduced gradient.")
+@_hyper("--beta", "beta", float, "β: step size of B.")
+@_hyper("-K", "K", click.IntRange(1), "K: bilevel iterations per round (paper: 3).")
+@_hyper("--s-b", "S_B", click.IntRange(1), "S_B: local B iterations per bilevel iteration (paper: 2).")
+@_hyper("--s-a", "S_A", click.IntRange(1), "S_A: local A iterations per bilevel iteration (paper: 2).")
+@_hyper("--eps", "eps", float, "ε of the paper's regularised projector (recorded; seqlib projects with its exact ε→0 form I − QQᵀ).")
+@_hyper("--lr-embed", "lr_embed", float, "Step size of the learned token embedding.")
+@_hyper("--max-grad-norm", "max_grad_norm", float, "Clip each step's gradient norm; 0 = the paper's plain steps.")
+@_hyper(
+    "--hvp",
+    "hvp",
+    click.Choice(["autograd", "finite-diff"]),
+    "Cross-Hessian by double backward, or by a central difference of ∇_B L (no double backward).",
+)
+@_hyper("--batch-size", "batch_size", click.IntRange(1), "Images per round.")
+@_hyper("--seed", "seed", int, "Seed of the basis init, the batches and the noise.")
+@_hyper("--prompt-template", "prompt_template", str, "Training prompt; {token} becomes <NAME>.")
+@click.option("-m", "--message", default=None, help="Note recorded in the commit.")
+@click.option("--device", default="cpu", show_default=True)
+@click.pass_context
+def add_command(ctx, name, images, init_word, rank, method, message, device, **hyper) -> None:
+    """Learn concept NAME (token <NAME>) from the images in IMAGES and commit it.
+
+    The concept trains on top of every concept already in the library, with its basis
+    B projected after every step onto what earlier concepts left free; A starts at zero.
+    Nothing is written unless training completes: Ctrl-C or an error leaves the library
+    exactly as it was.
+
+    \b
+    Examples:
+      seqlib add mydog ./photos/dog --init-word dog
+      seqlib add style ./paintings --steps 60 --alpha 20 --beta 20
+    """
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeElapsedColumn,
+        TimeRemainingColumn,
+    )
+
+    from seqlib.config import TrainConfig
+
+    lib = _library(ctx)
+    res = lib.head().library.base.resolution
+    overrides = {k: v for k, v in hyper.items() if v is not None}
+    try:
+        config = TrainConfig(method=method, init_word=init_word, resolution=res, **overrides)
+    except ValueError as e:
+        raise UserError(str(e)) from None
+    columns = (
+        TextColumn(f"learning <{name}>"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("loss {task.fields[loss]}"),
+        TimeElapsedColumn(),
+        TextColumn("eta"),
+        TimeRemainingColumn(),
+    )
+    try:
+        with Progress(*columns, console=err_console, transient=False) as bar:
+            task = bar.add_task("train", total=config.steps, loss="…")
+
+            def progress(step: int, total: int, loss: float) -> None:
+                bar.update(task, completed=step, loss=f"{loss:.4f}")
+
+            concept = lib.add(name, images, config=config, rank=rank, message=message, progress=progress, device=device)
+    except KeyboardInterrupt:
+        err_console.print("interrupted: nothing was committed, the library is unchanged")
+        sys.exit(130)
+    gain = 100 * (1 - concept.final_loss / concept.initial_loss)
+    console.print(
+        f"Added [bold]{concept.token}[/] ({len(concept.images)} images, rank {concept.rank}, {method}): "
+        f"loss {concept.initial_loss:.4f} → {concept.final_loss:.4f} ({gain:+.1f}% better) "
+        f"in {concept.train_seconds:.0f}s"
+    )
+
+
+@cli.command("compose", short_help="Render any subset of concepts together.")
+@click.argument("concepts")
+@click.option("--prompt", "-p", required=True, help='Mention the concepts by token, e.g. "a photo of <mydog>".')
+@click.option("--negative-prompt", default=None)
+@click.option("--seed", type=int, default=0, show_default=True, help="Image k uses seed + k.")
+@click.option("--num-images", "-n", type=click.IntRange(1), default=1, show_default=True)
+@click.option("--steps", type=click.IntRange(1), default=20, show_default=True, help="Sampling steps.")
+@click.option("--guidance", type=float, default=7.5, show_default=True, help="Classifier-free guidance scale.")
+@click.option("--size", type=click.IntRange(8), default=None, help="Image side in pixels (default: the base's).")
+@click.option("--out", "-o", default="out", show_default=True, type=click.Path(file_okay=False))
+@click.option("--device", default="cpu", show_default=True)
+@click.pass_context
+def compose_command(
+    ctx, concepts, prompt, negative_prompt, seed, num_images, steps, guidance, size, out, device
+) -> None:
+    """Render CONCEPTS (comma-separated, optional weights: mydog=0.8,cat) in one image.
+
+    The residuals are summed into the base weights (no fusion step) and the concept
+    tokens are registered; a fixed --seed gives identical images.
+
+    \b
+    Example:
+      seqlib compose mydog,cat --prompt "a photo of <mydog> and <cat> on a beach" --seed 0 --out out/
+    """
+    lib = _library(ctx)
+    with console.status("rendering…"):
+        paths = lib.compose(
+            concepts,
+            prompt,
+            out=out,
+            seed=seed,
+            num_images=num_images,
+            steps=steps,
+            guidance=guidance,
+            negative_prompt=negative_prompt,
+            size=size,
+            device=device,
+        )
+    for p in paths:
+        console.print(f"wrote {p}")
+
+
+@cli.command("status", short_help="Concepts and the capacity left on every layer.")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@click.pass_context
+def status_command(ctx, as_json: bool) -> None:
+    """Show the base, the concepts, per-width capacity used/free, and the bottleneck layer.
+
+    A layer of width m holds floor(m/r) orthogonal rank-r concepts; the narrowest layers
+    fill first, and the library is full when any layer is.
+    """
+    s = _library(ctx).status()
+    if as_json:
+        click.echo(json.dumps(s.to_json(), indent=2, sort_keys=True))
+        return
+    lib = s.commit.library
+    console.print(f"[bold]base[/]      {lib.base.kind}: {lib.base.source} (fingerprint {lib.base.fingerprint[:12]})")
+    console.print(f"[bold]version[/]   {s.version} ({s.commit_id[:12]})   [bold]rank[/] {lib.rank}")
+    concepts = Table(title=f"{len(s.commit.concepts)} concepts", title_justify="left")
+    for col in ("name", "token", "method", "rank", "images", "loss start → end", "added"):
+        concepts.add_column(col)
+    for c in s.commit.concepts:
+        method = c.training.method + ("" if c.orthogonal else " [yellow](not orthogonal)[/]")
+        concepts.add_row(
+            c.name,
+            c.token,
+            method,
+            str(c.rank),
+            str(len(c.images)),
+            f"{c.initial_loss:.4f} → {c.final_loss:.4f}",
+            c.created[:16].replace("T", " "),
+        )
+    console.print(concepts)
+    widths = Table(title="capacity by input width m", title_justify="left")
+    for col in ("width m", "layers", f"capacity ⌊m/{lib.rank}⌋", "dims used", "dims free", "fits"):
+        widths.add_column(col, justify="right")
+    for g in s.groups:
+        widths.add_row(
+            str(g.in_features), str(g.layers), str(g.capacity), str(g.used), str(g.free), str(g.free // lib.rank)
+        )
+    console.print(widths)
+    console.print(f"[bold]bottleneck[/] {s.bottleneck} ({s.bottleneck_free} dims free)")
+    colour = "green" if s.fits > 0 else "red"
+    console.print(f"[{colour}]{s.fits} more rank-{lib.rank} concepts fit[/]")
+
+
+@cli.command("log", short_help="History of the library, newest first.")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@click.pass_context
+def log_command(ctx, as_json: bool) -> None:
+    """One entry per change (init, add, …), newest first, with its version number."""
+    entries = _library(ctx).log()
+    if as_json:
+        click.echo(
+            json.dumps(
+                [
+                    {
+                        "version": v,
+                        "commit": cid,
+                        "parent": c.parent,
+                        "message": c.message,
+                        "timestamp": c.timestamp,
+                        "concepts": [x.name for x in c.concepts],
+                    }
+                    for v, cid, c in entries
+                ],
+                indent=2,
+                sort_keys=True,
+            )
+        )
+        return
+    for version, commit_id, commit in entries:
+        console.print(f"[yellow]version {version}[/] [dim]{commit_id[:12]}[/]  {commit.timestamp}")
+        console.print(f"    {commit.message}   [dim]({len(commit.concepts)} concepts)[/]")
+
+
+def main(argv: list[str] | None = None) -> int:
+    try:
+        cli.main(args=argv, prog_name="seqlib", standalone_mode=False)
+    except click.exceptions.Abort:
+        err_console.print("aborted")
+        return 130
+    except click.ClickException as e:
+        e.show()
+        return e.exit_code
+    except click.exceptions.Exit as e:
+        return e.exit_code
+    return 0
+
+
+def _main() -> None:
+    sys.exit(main())

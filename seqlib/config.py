@@ -1,0 +1,50 @@
+"""Training hyper-parameters (torch-free, so the CLI can show defaults without importing torch)."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, fields
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Hyper-parameters of one ``add``; every field is saved with the concept.
+
+    Defaults were picked by measurement on the embedded base (README, "Defaults"):
+    plain gradient steps as in the paper, large because the loss is a per-element mean.
+    """
+
+    method: str = "seqlora"  # seqlora | alternating (no cross-Hessian) | lora (no projection)
+    alpha: float = 30.0  # α: step size of A; also the inner step inside the reduced gradient
+    beta: float = 30.0  # β: step size of B
+    K: int = 3  # bilevel iterations per round (paper: 3)
+    S_B: int = 2  # local B iterations (paper: 2)
+    S_A: int = 2  # local A iterations (paper: 2)
+    eps: float = 1e-8  # ε of the paper's regularised projector; see subspace.regularized_projector
+    steps: int = 25  # training rounds, each on a fresh batch
+    batch_size: int = 4
+    lr_embed: float = 30.0  # step size of the learned token embedding
+    max_grad_norm: float = 0.2  # clip each step's gradient to this global norm; 0 = the paper's plain steps
+    hvp: str = "autograd"  # autograd (double backward, math attention) | finite-diff
+    seed: int = 0
+    init_word: str = "thing"
+    prompt_template: str = "a photo of {token}"
+    resolution: int = 64
+
+    def __post_init__(self) -> None:
+        if self.method not in ("seqlora", "alternating", "lora"):
+            raise ValueError(f"`method` must be seqlora, alternating or lora, not {self.method!r}")
+        if self.hvp not in ("autograd", "finite-diff"):
+            raise ValueError(f"`hvp` must be autograd or finite-diff, not {self.hvp!r}")
+        for name in ("K", "S_B", "S_A", "steps", "batch_size", "resolution"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"`{name}` must be >= 1")
+        if "{token}" not in self.prompt_template:
+            raise ValueError("`prompt_template` must contain {token}")
+
+    def record(self) -> dict:
+        return asdict(self)
+
+
+def default(name: str):
+    """The default of one TrainConfig field, for help texts."""
+    return next(f.default for f in fields(TrainConfig) if f.name == name)

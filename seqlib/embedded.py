@@ -1,0 +1,144 @@
+"""The embedded default base: a tiny Stable-Diffusion-architecture pipeline built offline.
+
+Same diffusers/transformers classes and the same adapted-layer names as SD1.5
+(``down_blocks.0.attentions.0.transformer_blocks.0.attn1.to_q`` ...), at a size that
+trains and samples in seconds on a CPU. Its weights are random but deterministic
+(fixed seed), so every machine builds the identical base and the fingerprint matches.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+# Bumped whenever the architecture or seed changes: part of the base identity.
+EMBEDDED_BASE_ID = "seqlib-embedded-tiny-sd-v1"
+EMBEDDED_SEED = 0
+RESOLUTION = 64  # pixels; the VAE downsamples by 8 like SD1.5's, so latents are 8x8
+
+# Words the embedded tokenizer knows as whole tokens; anything else is spelled
+# out in single characters, which CLIP's byte-level BPE always covers.
+_WORDS = (
+    "a an the of and with on in at to photo picture painting drawing image style "
+    "dog cat mug cup toy person man woman car house tree flower bird beach forest "
+    "city table room sky water mountain red green blue yellow black white small big "
+    "cute old new wearing sitting standing next near front top portrait close up"
+).split()
+
+
+def _bytes_to_unicode() -> dict[int, str]:
+    # CLIP's reversible byte -> printable-unicode map (same as GPT-2's).
+    bs = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1))
+    bs += list(range(ord("®"), ord("ÿ") + 1))
+    cs = bs[:]
+    n = 0
+    for b in range(256):
+        if b not in bs:
+            bs.append(b)
+            cs.append(256 + n)
+            n += 1
+    return dict(zip(bs, map(chr, cs)))
+
+
+def build_vocab() -> tuple[dict[str, int], list[str]]:
+    """A CLIP BPE vocabulary: every byte (with and without the ``</w>`` word end),
+    plus merge chains that turn each of ``_WORDS`` into one token."""
+    chars = list(_bytes_to_unicode().values())
+    tokens = chars + [c + "</w>" for c in chars]
+    merges: list[str] = []
+    # Longest words first: BPE applies the lowest-ranked merge, so their chains win.
+    for word in sorted(_WORDS, key=len, reverse=True):
+        symbols = list(word[:-1]) + [word[-1] + "</w>"]
+        left = symbols[0]
+        for right in symbols[1:]:
+            merge = f"{left} {right}"
+            if merge not in merges:
+                merges.append(merge)
+            left = left + right
+            if left not in tokens:
+                tokens.append(left)
+    tokens += ["<|startoftext|>", "<|endoftext|>"]
+    return {t: i for i, t in enumerate(tokens)}, merges
+
+
+def write_tokenizer(folder: Path) -> None:
+    from transformers import CLIPTokenizer
+
+    vocab, merges = build_vocab()
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "vocab.json").write_text(json.dumps(vocab, ensure_ascii=False))
+    (folder / "merges.txt").write_text("#version: 0.2\n" + "\n".join(merges) + "\n")
+    tok = CLIPTokenizer(str(folder / "vocab.json"), str(folder / "merges.txt"), model_max_length=77)
+    tok.save_pretrained(folder)
+
+
+def build_embedded_pipeline(folder: Path) -> None:
+    """Write the embedded base as a diffusers pipeline folder (about 5 MB)."""
+    import torch
+    from diffusers import (
+        AutoencoderKL,
+        DDIMScheduler,
+        StableDiffusionPipeline,
+        UNet2DConditionModel,
+    )
+    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
+
+    folder = Path(folder)
+    write_tokenizer(folder / "tokenizer")
+    tokenizer = CLIPTokenizer.from_pretrained(folder / "tokenizer")
+    vocab_size = len(tokenizer)
+
+    torch.manual_seed(EMBEDDED_SEED)
+    unet = UNet2DConditionModel(
+        sample_size=RESOLUTION // 8,
+        block_out_channels=(64, 128),
+        layers_per_block=1,
+        down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
+        up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"),
+        cross_attention_dim=128,
+        attention_head_dim=8,
+        norm_num_groups=16,
+    )
+    vae = AutoencoderKL(
+        in_channels=3,
+        out_channels=3,
+        down_block_types=("DownEncoderBlock2D",) * 4,
+        up_block_types=("UpDecoderBlock2D",) * 4,
+        block_out_channels=(8, 16, 16, 16),
+        latent_channels=4,
+        norm_num_groups=4,
+        layers_per_block=1,
+        sample_size=RESOLUTION,
+    )
+    text_encoder = CLIPTextModel(
+        CLIPTextConfig(
+            vocab_size=vocab_size,
+            hidden_size=128,
+            intermediate_size=256,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            max_position_embeddings=77,
+            bos_token_id=tokenizer.bos_token_id,
+            eos_token_id=tokenizer.eos_token_id,
+            pad_token_id=tokenizer.pad_token_id,
+        )
+    )
+    scheduler = DDIMScheduler(
+        beta_start=0.00085,
+        beta_end=0.012,
+        beta_schedule="scaled_linear",
+        clip_sample=False,
+        set_alpha_to_one=False,
+        steps_offset=1,
+    )
+    pipe = StableDiffusionPipeline(
+        vae=vae,
+        text_encoder=text_encoder,
+        tokenizer=tokenizer,
+        unet=unet,
+        scheduler=scheduler,
+        safety_checker=None,
+        feature_extractor=None,
+        requires_safety_checker=False,
+    )
+    pipe.save_pretrained(folder, safe_serialization=True)

@@ -1,0 +1,177 @@
+"""Pydantic models of the store, one per object in ``format_spec.md`` (the source of truth).
+
+Nothing here imports torch, diffusers or zarr: read-only commands (``status``, ``log``)
+use only this module and :mod:`seqlib.store`, and answer in well under a second.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from datetime import UTC, datetime
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from seqlib import __version__
+from seqlib.errors import FormatVersionError
+
+FORMAT_VERSION = 1
+
+METHODS = ("seqlora", "alternating", "lora")
+
+
+def canonical_json(obj: dict) -> bytes:
+    """The bytes that are hashed and stored: sorted keys, 2-space indent, trailing newline."""
+    return (json.dumps(obj, indent=2, sort_keys=True, ensure_ascii=False) + "\n").encode()
+
+
+def sha256_hex(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def now_iso() -> str:
+    return datetime.now(UTC).isoformat(timespec="seconds")
+
+
+class _Model(BaseModel):
+    # Unknown keys are rejected: a file with fields we do not know was written by a
+    # newer format, and format_version is what tells readers that, not silent drops.
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class StoreInfo(_Model):
+    """``store.json``: marks a folder as a seqlib store."""
+
+    format_version: int = Field(FORMAT_VERSION, description="Gates reading: readers refuse other versions.")
+    seqlib_version: str = Field(__version__, description="The seqlib that created the store.")
+    created: str = Field(default_factory=now_iso, description="ISO 8601, UTC.")
+
+
+class BaseRecord(_Model):
+    """Which pretrained model the library is built on; every concept depends on it."""
+
+    kind: Literal["embedded", "diffusers", "hub", "single_file"]
+    source: str = Field(description="Embedded id, absolute folder/file path, or hub id.")
+    config: str | None = Field(None, description="Diffusers config folder for single_file bases.")
+    fingerprint: str = Field(description="sha256 over the adapted layers' W0 (see format_spec.md).")
+    resolution: int = Field(description="Training and default sampling resolution in pixels.")
+
+
+class LayerRecord(_Model):
+    """One adapted linear layer ``W0`` (n x m)."""
+
+    name: str = Field(description="Module path inside the UNet, e.g. `mid_block....attn1.to_q`.")
+    in_features: int = Field(description="m: the width of the basis B (m x r).")
+    out_features: int = Field(description="n: the height of the coefficients A (n x r).")
+
+
+class LibraryConfig(_Model):
+    base: BaseRecord
+    rank: int = Field(gt=0, description="Default rank r of a new concept.")
+    layers: list[LayerRecord]
+
+
+class ImageRecord(_Model):
+    file: str = Field(description="File name as it was added (no directories).")
+    sha256: str
+
+
+class ArrayRecord(_Model):
+    name: str = Field(description="Array name inside the payload group, e.g. `B_m64`.")
+    shape: list[int]
+    dtype: str
+    sha256: str = Field(description="sha256 of the array's C-order little-endian bytes.")
+
+
+class TrainingRecord(_Model):
+    """The hyper-parameters a concept was trained with, named after the paper's symbols."""
+
+    method: Literal["seqlora", "alternating", "lora"]
+    alpha: float = Field(description="α: step size of the A (lower-level) updates.")
+    beta: float = Field(description="β: step size of the B (upper-level) updates.")
+    K: int = Field(description="Bilevel iterations per training round.")
+    S_B: int = Field(description="Local B iterations per bilevel iteration.")
+    S_A: int = Field(description="Local A iterations per bilevel iteration.")
+    eps: float = Field(description="ε of the regularised projector.")
+    steps: int = Field(description="Training rounds; each draws a fresh batch (noise, timesteps).")
+    batch_size: int
+    lr_embed: float = Field(description="Step size of the token embedding (updated with A).")
+    max_grad_norm: float = Field(description="Global-norm clip of each step's gradient; 0 = unclipped.")
+    hvp: Literal["autograd", "finite-diff"]
+    seed: int
+    init_word: str
+    prompt_template: str
+    resolution: int
+
+
+class ConceptRecord(_Model):
+    name: str
+    token: str = Field(description="The prompt token, `<name>`.")
+    rank: int
+    orthogonal: bool = Field(description="False for plain LoRA concepts (no projection).")
+    payload: str = Field(description="Id of the zarr group under objects/payloads/.")
+    arrays: list[ArrayRecord]
+    images: list[ImageRecord]
+    training: TrainingRecord
+    initial_loss: float = Field(description="Denoising loss on the evaluation batch before training.")
+    final_loss: float = Field(description="The same loss after training.")
+    train_seconds: float
+    created: str
+
+
+class Commit(_Model):
+    """One version of the library: its full state, so any commit can be read alone."""
+
+    format_version: int = FORMAT_VERSION
+    seqlib_version: str = __version__
+    parent: str | None = Field(description="Id of the previous commit; None for the first.")
+    message: str
+    timestamp: str = Field(default_factory=now_iso)
+    library: LibraryConfig
+    concepts: list[ConceptRecord] = Field(description="In training order: each is orthogonal to all before it.")
+
+    def to_bytes(self) -> bytes:
+        return canonical_json(self.model_dump(mode="json"))
+
+    @property
+    def id(self) -> str:
+        return sha256_hex(self.to_bytes())
+
+    def concept(self, name: str) -> ConceptRecord | None:
+        return next((c for c in self.concepts if c.name == name), None)
+
+
+def check_format_version(data: dict, path: str) -> None:
+    found = int(data.get("format_version", -1))
+    if found != FORMAT_VERSION:
+        raise FormatVersionError(path, found, FORMAT_VERSION)
+
+
+# ---- capacity arithmetic (format_spec.md, "Capacity") -------------------------------
+
+
+def capacity(in_features: int, rank: int) -> int:
+    """How many rank-r concepts one layer of width m holds: floor(m / r)."""
+    return in_features // rank
+
+
+def used_dims(commit: Commit) -> dict[str, int]:
+    """Basis dimensions taken on each layer by the orthogonal concepts."""
+    used = {layer.name: 0 for layer in commit.library.layers}
+    for concept in commit.concepts:
+        if concept.orthogonal:
+            for name in used:
+                used[name] += concept.rank
+    return used
+
+
+def free_dims(commit: Commit) -> dict[str, int]:
+    used = used_dims(commit)
+    return {layer.name: layer.in_features - used[layer.name] for layer in commit.library.layers}
+
+
+def concepts_that_fit(commit: Commit, rank: int | None = None) -> int:
+    """How many more rank-r concepts fit: the bottleneck layer decides."""
+    r = rank or commit.library.rank
+    return min(free // r for free in free_dims(commit).values())

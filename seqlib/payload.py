@@ -1,0 +1,75 @@
+"""A concept's tensors <-> the arrays of its payload group (``format_spec.md``, "Payload").
+
+Factors are stacked by width into a few single-chunk arrays rather than one array per
+layer: a concept is then ~7 files instead of hundreds, and reading every basis of 100
+concepts (what the projector needs) is a few hundred small reads.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from seqlib.format import LayerRecord
+
+if TYPE_CHECKING:
+    import numpy as np
+
+
+def basis_array(m: int) -> str:
+    return f"B_m{m}"
+
+
+def coeff_array(n: int) -> str:
+    return f"A_n{n}"
+
+
+EMBEDDING_ARRAY = "embedding"
+
+
+def _groups(layers: list[LayerRecord], key: str) -> dict[int, list[str]]:
+    out: dict[int, list[str]] = {}
+    for layer in layers:
+        out.setdefault(getattr(layer, key), []).append(layer.name)
+    return out
+
+
+def pack(
+    layers: list[LayerRecord],
+    A: dict[str, np.ndarray],
+    B: dict[str, np.ndarray],
+    embedding: np.ndarray,
+) -> dict[str, np.ndarray]:
+    """``B_m{m}``: (layers of in-width m, m, r); ``A_n{n}``: (layers of out-width n, n, r),
+    each in the order of the library's layer list; ``embedding``: (d,)."""
+    import numpy as np
+
+    arrays = {
+        basis_array(m): np.stack([B[name] for name in names]).astype(np.float32)
+        for m, names in _groups(layers, "in_features").items()
+    }
+    arrays |= {
+        coeff_array(n): np.stack([A[name] for name in names]).astype(np.float32)
+        for n, names in _groups(layers, "out_features").items()
+    }
+    arrays[EMBEDDING_ARRAY] = np.asarray(embedding, dtype=np.float32)
+    return arrays
+
+
+def unpack_bases(layers: list[LayerRecord], arrays: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    return {
+        name: arrays[basis_array(m)][i]
+        for m, names in _groups(layers, "in_features").items()
+        for i, name in enumerate(names)
+    }
+
+
+def unpack_coeffs(layers: list[LayerRecord], arrays: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    return {
+        name: arrays[coeff_array(n)][i]
+        for n, names in _groups(layers, "out_features").items()
+        for i, name in enumerate(names)
+    }
+
+
+def basis_arrays(layers: list[LayerRecord]) -> list[str]:
+    return [basis_array(m) for m in _groups(layers, "in_features")]

@@ -1,0 +1,68 @@
+"""The subspace math of SeqLoRA as small pure functions (torch, no state).
+
+Shapes follow the paper: a layer ``W0`` is n x m (m = in_features); a concept owns
+``A`` (n x r, the coefficients) and ``B`` (m x r, the basis); its residual is ``A Bᵀ``.
+Projections run in float64: the orthogonality promise (``B_iᵀ B_j = 0``) must survive
+hundreds of projected steps at float32 storage precision.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+
+def delta_weight(A: Tensor, B: Tensor) -> Tensor:
+    """The residual a concept adds to ``W0``: ``A Bᵀ`` (n x m)."""
+    return A @ B.T
+
+
+def orthonormal_basis(B_int: Tensor, tol: float = 1e-6) -> Tensor:
+    """An orthonormal basis Q (m x k) of span(B_int), B_int the earlier bases side by side.
+
+    Columns whose energy is below ``tol`` relative to the largest are dropped, so a
+    degenerate earlier basis cannot inject noise directions into the projector.
+    """
+    if B_int.shape[1] == 0:
+        return B_int.new_zeros((B_int.shape[0], 0), dtype=torch.float64)
+    U, S, _ = torch.linalg.svd(B_int.double(), full_matrices=False)
+    return U[:, S > tol * S.max()]
+
+
+def project_out(X: Tensor, Q: Tensor) -> Tensor:
+    """P⊥ X with P⊥ = I − Q Qᵀ: removes from X's columns every direction in span(Q)."""
+    if Q.shape[1] == 0:
+        return X
+    Xd = X.double()
+    return (Xd - Q @ (Q.T @ Xd)).to(X.dtype)
+
+
+def regularized_projector(B_int: Tensor, eps: float = 1e-8) -> Tensor:
+    """The paper's P⊥ = I − B_int (B_intᵀ B_int + εI)⁻¹ B_intᵀ as an explicit m x m matrix.
+
+    Equal to ``I − Q Qᵀ`` up to O(ε); kept for tests and for readers checking Algorithm 1.
+    """
+    Bd = B_int.double()
+    m, k = Bd.shape
+    gram = Bd.T @ Bd + eps * torch.eye(k, dtype=torch.float64)
+    return torch.eye(m, dtype=torch.float64) - Bd @ torch.linalg.solve(gram, Bd.T)
+
+
+def free_dimensions(in_features: int, Q: Tensor) -> int:
+    """Dimensions of the input space no earlier concept uses: m − rank(B_int)."""
+    return in_features - Q.shape[1]
+
+
+def random_basis(m: int, r: int, Q: Tensor, generator: torch.Generator) -> Tensor:
+    """r orthonormal directions drawn uniformly from the complement of span(Q) (m x r)."""
+    X = torch.randn(m, r, generator=generator, dtype=torch.float64)
+    X = project_out(X, Q)
+    B, _ = torch.linalg.qr(X)
+    return project_out(B, Q)  # QR mixes columns only; re-project to kill round-off
+
+
+def max_cosine(B_i: Tensor, B_j: Tensor) -> float:
+    """Largest |cos| between any column of B_i and any column of B_j (0 = orthogonal)."""
+    Bi = B_i.double() / B_i.double().norm(dim=0, keepdim=True).clamp_min(1e-30)
+    Bj = B_j.double() / B_j.double().norm(dim=0, keepdim=True).clamp_min(1e-30)
+    return float((Bi.T @ Bj).abs().max()) if Bi.numel() and Bj.numel() else 0.0

@@ -1,0 +1,319 @@
+"""The SeqLoRA trainer: Algorithm 1 of the paper for one new concept.
+
+Concept i is trained on top of ``W0 + Σ_{j<i} A_j B_jᵀ`` (earlier residuals patched into
+the weights, frozen). Each training round draws one batch (images, noise, timesteps) and
+runs K bilevel iterations on it, so every gradient inside an iteration — the tentative
+step, g_A, g_B and the cross-Hessian — is of the same loss L:
+
+1. Ã = A_k − α ∇_A L(A_k, B_k)                                   tentative lower-level step
+2. S_B times: g_B, g_A = ∇_B L(Ã, B), ∇_A L(Ã, B)
+              H = ∇_B ⟨g_A, ∇_A L(A_k, B)⟩                          cross-Hessian (seqlora only)
+              B ← P⊥(B − β (g_B − α H))                            projected upper-level step
+3. S_A times: A ← A − α ∇_A L(A, B_{k+1}),  starting from A_k      (token embedding too)
+
+``method="alternating"`` drops H (same code path, one flag); ``method="lora"`` also drops
+the projection (the naive-sum baseline).
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+from torch import Tensor
+from torch.nn.attention import SDPBackend, sdpa_kernel
+
+from seqlib.config import TrainConfig
+from seqlib.errors import DataError, TrainingDivergedError
+from seqlib.lora import LiveResiduals, WeightPatch, adapted_layers, summed_deltas
+from seqlib.subspace import orthonormal_basis, project_out, random_basis
+
+
+@dataclass
+class TrainResult:
+    A: dict[str, np.ndarray]  # name -> (n, r)
+    B: dict[str, np.ndarray]  # name -> (m, r)
+    embedding: np.ndarray  # (d,)
+    initial_loss: float
+    final_loss: float
+    losses: list[float] = field(default_factory=list)
+    seconds: float = 0.0
+
+
+@dataclass
+class Earlier:
+    """A concept already in the library, as the trainer needs it."""
+
+    A: dict[str, Tensor]
+    B: dict[str, Tensor]
+    orthogonal: bool
+
+
+Progress = Callable[[int, int, float], None]
+
+
+class _Objective:
+    """L(A, B, ehs; batch): the ε-prediction denoising MSE with live residuals."""
+
+    def __init__(self, pipe, live: LiveResiduals) -> None:
+        self.unet, self.scheduler, self.live = pipe.unet, pipe.scheduler, live
+
+    def __call__(self, As, Bs, ehs: Tensor, batch: tuple[Tensor, Tensor, Tensor]) -> Tensor:
+        latents, noise, t = batch
+        noisy = self.scheduler.add_noise(latents, noise, t)
+        with self.live.using(As, Bs):
+            pred = self.unet(noisy, t, ehs.expand(latents.shape[0], -1, -1)).sample
+        if self.scheduler.config.prediction_type == "v_prediction":
+            target = self.scheduler.get_velocity(latents, noise, t)
+        else:
+            target = noise
+        return torch.nn.functional.mse_loss(pred.float(), target.float())
+
+
+def _leaves(tensors: list[Tensor]) -> list[Tensor]:
+    return [t.detach().requires_grad_(True) for t in tensors]
+
+
+def _check_finite(loss: Tensor, where: str, cfg: TrainConfig) -> float:
+    value = float(loss)
+    if not math.isfinite(value):
+        raise TrainingDivergedError(
+            f"training diverged ({where}: loss is {value}); nothing was committed — "
+            f"try smaller step sizes, e.g. --alpha {cfg.alpha / 3:g} --beta {cfg.beta / 3:g}"
+        )
+    return value
+
+
+def clip(grads: list[Tensor], max_norm: float) -> list[Tensor]:
+    """Scale a gradient list down to global norm ``max_norm`` (0 disables).
+
+    A guard against the rare huge gradient of a near-zero timestep, which otherwise
+    throws plain gradient steps far off (seen as NaN within a few rounds at α=100).
+    """
+    if max_norm <= 0:
+        return list(grads)
+    norm = math.sqrt(sum(float(g.square().sum()) for g in grads))
+    scale = min(1.0, max_norm / (norm + 1e-12))
+    return [g * scale for g in grads]
+
+
+def cross_hessian_autograd(objective, A_k, B, g_A, ehs, batch) -> list[Tensor]:
+    """H[g_A] = ∇_B ⟨g_A, ∇_A L(A_k, B)⟩ by double backward.
+
+    The math SDPA backend is forced: fused CPU/GPU attention kernels have no double backward.
+    """
+    A_k, B = _leaves(A_k), _leaves(B)
+    with sdpa_kernel(SDPBackend.MATH):
+        loss = objective(A_k, B, ehs, batch)
+        grad_A = torch.autograd.grad(loss, A_k, create_graph=True)
+        dot = sum((g * v).sum() for g, v in zip(grad_A, g_A))
+        return list(torch.autograd.grad(dot, B))
+
+
+def cross_hessian_finite_diff(objective, A_k, B, g_A, ehs, batch, rel_step: float = 1e-2) -> list[Tensor]:
+    """The same H[g_A] as a central difference of ∇_B L along A_k ± h·g_A.
+
+    No double backward, so fast attention kernels work and memory stays near a plain
+    LoRA step. h makes the perturbation ``rel_step`` of max(‖A_k‖, ‖g_A‖): far smaller
+    loses the difference to float32 round-off.
+    """
+    v_norm = math.sqrt(sum(float(v.square().sum()) for v in g_A))
+    if v_norm == 0.0:
+        return [torch.zeros_like(b) for b in B]
+    a_norm = math.sqrt(sum(float(a.square().sum()) for a in A_k))
+    h = rel_step * max(a_norm, v_norm) / v_norm
+    grads = []
+    for sign in (1.0, -1.0):
+        A_pert = [a.detach() + sign * h * v for a, v in zip(A_k, g_A)]
+        B_l = _leaves(B)
+        grads.append(torch.autograd.grad(objective(A_pert, B_l, ehs, batch), B_l))
+    return [(gp - gm) / (2 * h) for gp, gm in zip(*grads)]
+
+
+def train_concept(
+    pipe,
+    layer_names: list[str],
+    earlier: list[Earlier],
+    image_tensor: Tensor,
+    token: str,
+    rank: int,
+    cfg: TrainConfig,
+    progress: Progress | None = None,
+) -> TrainResult:
+    """Learn one concept; returns its factors. Touches nothing on disk."""
+    start = time.perf_counter()
+    unet, vae, text_encoder, tokenizer = pipe.unet, pipe.vae, pipe.text_encoder, pipe.tokenizer
+    device = unet.device
+    for module in (unet, vae, text_encoder):
+        module.requires_grad_(False)
+        module.eval()
+
+    layers = [(n, m) for n, m in adapted_layers(unet) if n in set(layer_names)]
+    if [n for n, _ in layers] != list(layer_names):
+        raise DataError("the base's adapted layers do not match the library's layer list")
+
+    gen = torch.Generator().manual_seed(cfg.seed)
+
+    # Earlier concepts are frozen: patch them into W once instead of running them live.
+    patch = WeightPatch(layers)
+    patch.apply(summed_deltas([(c.A, c.B, 1.0) for c in earlier]))
+    try:
+        # 1) the free complement of each layer (empty projector for plain LoRA)
+        Q = {}
+        for name, module in layers:
+            prior = [c.B[name].double() for c in earlier if c.orthogonal]
+            B_int = torch.cat(prior, dim=1) if prior and cfg.method != "lora" else torch.zeros(module.in_features, 0)
+            Q[name] = orthonormal_basis(B_int)
+        # 2) A = 0, B random orthonormal in the free complement (the residual starts at 0)
+        Bs = [random_basis(m.in_features, rank, Q[n], gen).float().to(device) for n, m in layers]
+        As = [torch.zeros(m.out_features, rank, device=device) for _, m in layers]
+        Qs = [Q[n].to(device) for n, _ in layers]
+
+        emb, embed_hook = _init_token(pipe, token, cfg.init_word)
+        try:
+            ids = tokenizer(
+                cfg.prompt_template.format(token=token),
+                padding="max_length",
+                max_length=tokenizer.model_max_length,
+                truncation=True,
+                return_tensors="pt",
+            ).input_ids.to(device)  # (1, 77)
+
+            def encode(e: Tensor) -> Tensor:  # (1, 77, d)
+                embed_hook.value = e
+                return text_encoder(ids)[0]
+
+            with torch.no_grad():
+                latents = vae.encode(image_tensor.to(device, vae.dtype)).latent_dist.mean
+                latents = latents * vae.config.scaling_factor  # (N, 4, h, w)
+
+            def draw(g: torch.Generator, size: int) -> tuple[Tensor, Tensor, Tensor]:
+                idx = torch.randint(0, latents.shape[0], (size,), generator=g)
+                noise = torch.randn(latents[idx].shape, generator=g)
+                t = torch.randint(0, pipe.scheduler.config.num_train_timesteps, (size,), generator=g)
+                return latents[idx], noise.to(device), t.to(device)
+
+            eval_batch = _eval_batch(latents, pipe.scheduler.config.num_train_timesteps, cfg.seed + 1)
+            objective = _Objective(pipe, LiveResiduals(layers))
+
+            with objective.live, torch.no_grad():
+                initial = _check_finite(objective(As, Bs, encode(emb), eval_batch), "start", cfg)
+
+            losses: list[float] = []
+            with objective.live:
+                for step in range(cfg.steps):
+                    batch = draw(gen, cfg.batch_size)
+                    for _ in range(cfg.K):
+                        As, Bs, emb, loss = _bilevel_iteration(objective, encode, As, Bs, Qs, emb, batch, cfg)
+                    losses.append(_check_finite(loss, f"round {step + 1}", cfg))
+                    if progress:
+                        progress(step + 1, cfg.steps, losses[-1])
+                with torch.no_grad():
+                    final = _check_finite(objective(As, Bs, encode(emb), eval_batch), "end", cfg)
+        finally:
+            embed_hook.remove()
+    finally:
+        patch.revert()
+
+    names = [n for n, _ in layers]
+    return TrainResult(
+        A={n: a.detach().cpu().numpy() for n, a in zip(names, As)},
+        B={n: b.detach().cpu().numpy() for n, b in zip(names, Bs)},
+        embedding=emb.detach().cpu().numpy(),
+        initial_loss=initial,
+        final_loss=final,
+        losses=losses,
+        seconds=time.perf_counter() - start,
+    )
+
+
+def _eval_batch(latents: Tensor, num_timesteps: int, seed: int, per_image: int = 4):
+    """Every image at ``per_image`` evenly spread timesteps with fixed noise: the loss the
+    concept is judged by (start vs end), with far less variance than a random batch."""
+    g = torch.Generator().manual_seed(seed)
+    n = latents.shape[0]
+    t = torch.linspace(0.05, 0.95, per_image).mul(num_timesteps).long().repeat_interleave(n)  # (n*per_image,)
+    lat = latents.repeat(per_image, 1, 1, 1)
+    return lat, torch.randn(lat.shape, generator=g).to(lat.device), t.to(lat.device)
+
+
+def _bilevel_iteration(objective, encode, A_k, B_k, Qs, emb, batch, cfg: TrainConfig):
+    """One k of Algorithm 1. Returns (A_{k+1}, B_{k+1}, embedding, loss at the last A-step)."""
+    alpha, beta = cfg.alpha, cfg.beta
+    with torch.no_grad():
+        ehs = encode(emb)  # the embedding is a lower-level variable: fixed during the B-steps
+
+    # Step 1: tentative lower-level update Ã = A_k − α ∇_A L(A_k, B_k)
+    A_leaf = _leaves(A_k)
+    grad_A = clip(torch.autograd.grad(objective(A_leaf, B_k, ehs, batch), A_leaf), cfg.max_grad_norm)
+    A_tilde = [a - alpha * g for a, g in zip(A_k, grad_A)]
+
+    # Steps 2-3: S_B reduced-gradient steps on B, each projected onto the free complement
+    B = list(B_k)
+    for _ in range(cfg.S_B):
+        At, Bl = _leaves(A_tilde), _leaves(B)
+        grads = torch.autograd.grad(objective(At, Bl, ehs, batch), At + Bl)
+        g_A, g_B = grads[: len(At)], grads[len(At) :]
+        if cfg.method == "seqlora":
+            hvp = cross_hessian_autograd if cfg.hvp == "autograd" else cross_hessian_finite_diff
+            H = hvp(objective, A_k, B, g_A, ehs, batch)
+            g_B = [gb - alpha * h for gb, h in zip(g_B, H)]  # ∇Φ = g_B − α H[g_A]
+        B = [b - beta * g for b, g in zip(B, clip(g_B, cfg.max_grad_norm))]
+        if cfg.method != "lora":
+            B = [project_out(b, q) for b, q in zip(B, Qs)]
+
+    # Step 4: S_A steps on A (and the token embedding) from A_k at the new B
+    A = list(A_k)
+    for _ in range(cfg.S_A):
+        Al, e = _leaves(A), emb.detach().requires_grad_(True)
+        loss = objective(Al, B, encode(e), batch)
+        grads = clip(torch.autograd.grad(loss, Al + [e]), cfg.max_grad_norm)
+        A = [a - alpha * g for a, g in zip(A, grads[:-1])]
+        emb = (e - cfg.lr_embed * grads[-1]).detach()
+    return [a.detach() for a in A], [b.detach() for b in B], emb, loss.detach()
+
+
+class _EmbeddingHook:
+    """Replaces the new token's row of the input embeddings by a tensor we optimise."""
+
+    def __init__(self, module: torch.nn.Embedding, token_id: int) -> None:
+        self.token_id, self.value = token_id, None
+        self._handle = module.register_forward_hook(self._hook)
+
+    def _hook(self, module, args, output):
+        if self.value is None:
+            return output
+        mask = (args[0] == self.token_id).unsqueeze(-1)  # (b, seq, 1)
+        return torch.where(mask, self.value.to(output.dtype), output)
+
+    def remove(self) -> None:
+        self._handle.remove()
+
+
+def add_tokens(pipe, tokens: dict[str, Tensor]) -> None:
+    """Register concept tokens in the tokenizer and give them their learned embeddings."""
+    tokenizer, text_encoder = pipe.tokenizer, pipe.text_encoder
+    new = [t for t in tokens if t not in tokenizer.get_vocab()]
+    if new:
+        tokenizer.add_tokens(new)
+        text_encoder.resize_token_embeddings(len(tokenizer))
+    weight = text_encoder.get_input_embeddings().weight
+    with torch.no_grad():
+        for token, vector in tokens.items():
+            weight[tokenizer.convert_tokens_to_ids(token)] = vector.to(weight.device, weight.dtype)
+
+
+def _init_token(pipe, token: str, init_word: str) -> tuple[Tensor, _EmbeddingHook]:
+    tokenizer, text_encoder = pipe.tokenizer, pipe.text_encoder
+    table = text_encoder.get_input_embeddings().weight
+    init_ids = tokenizer(init_word, add_special_tokens=False).input_ids
+    if not init_ids:
+        raise DataError(f"--init-word {init_word!r} is empty after tokenisation")
+    start = table[init_ids].mean(0).detach().clone()  # (d,) several sub-words: their mean
+    add_tokens(pipe, {token: start})
+    hook = _EmbeddingHook(text_encoder.get_input_embeddings(), tokenizer.convert_tokens_to_ids(token))
+    return start, hook

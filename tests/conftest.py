@@ -1,0 +1,61 @@
+"""Shared fixtures: one embedded-base library with three concepts, trained once per session."""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+from seqlib.api import Library  # noqa: E402
+from seqlib.config import TrainConfig  # noqa: E402
+from seqlib.demo import write_examples  # noqa: E402
+
+NAMES = ["mascot", "emblem", "gem"]
+FAST = dict(steps=4, K=2, S_B=1, S_A=1)
+
+
+@pytest.fixture(scope="session")
+def photos(tmp_path_factory) -> Path:
+    folder = tmp_path_factory.mktemp("photos")
+    write_examples(folder, NAMES, count=4)
+    return folder
+
+
+@pytest.fixture(scope="session")
+def empty_store(tmp_path_factory) -> Path:
+    """A freshly initialised library; copy it before changing it."""
+    path = tmp_path_factory.mktemp("empty") / ".seqlib"
+    Library.init(path)
+    return path
+
+
+def _trained(tmp_path_factory, empty_store: Path, photos: Path, method: str) -> Path:
+    path = tmp_path_factory.mktemp(method) / ".seqlib"
+    shutil.copytree(empty_store, path)
+    lib = Library.open(path)
+    for i, name in enumerate(NAMES):
+        lib.add(name, photos / name, config=TrainConfig(method=method, seed=i, **FAST))
+    return path
+
+
+@pytest.fixture(scope="session")
+def seqlora_store(tmp_path_factory, empty_store, photos) -> Path:
+    """Three concepts trained with SeqLoRA (read-only: copy before changing)."""
+    return _trained(tmp_path_factory, empty_store, photos, "seqlora")
+
+
+@pytest.fixture(scope="session")
+def lora_store(tmp_path_factory, empty_store, photos) -> Path:
+    """The same three concepts trained as plain LoRA, without projection."""
+    return _trained(tmp_path_factory, empty_store, photos, "lora")
+
+
+@pytest.fixture
+def store_copy(tmp_path, seqlora_store) -> Path:
+    path = tmp_path / ".seqlib"
+    shutil.copytree(seqlora_store, path)
+    return path

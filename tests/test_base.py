@@ -1,0 +1,82 @@
+"""Real bases on the same architecture at small size: a diffusers folder, a hub id, refusals."""
+
+from __future__ import annotations
+
+import shutil
+
+import pytest
+import torch
+from safetensors.torch import load_file, save_file
+
+from seqlib.api import Library
+from seqlib.base import classify
+from seqlib.config import TrainConfig
+from seqlib.errors import BaseLoadError, BaseMismatchError
+from seqlib.store import Store
+
+from .conftest import FAST
+
+
+@pytest.fixture(scope="module")
+def diffusers_folder(empty_store, tmp_path_factory):
+    """A standalone diffusers pipeline folder (as a user's local SD1.5 copy would be)."""
+    folder = tmp_path_factory.mktemp("sd") / "tiny-sd"
+    shutil.copytree(empty_store / "base", folder)
+    return folder
+
+
+def test_a_local_diffusers_folder_is_a_base(diffusers_folder, tmp_path, photos):
+    lib = Library.init(tmp_path / ".seqlib", base=str(diffusers_folder), rank=8)
+    base = lib.head().library.base
+    assert (base.kind, base.source) == ("diffusers", str(diffusers_folder.resolve()))
+    assert not (tmp_path / ".seqlib" / "base").exists()  # nothing copied: the folder is referenced
+    status = lib.status()
+    assert status.fits == 64 // 8
+    assert {g.in_features for g in status.groups} == {64, 128}
+
+
+def test_changed_base_weights_are_refused(diffusers_folder, tmp_path, photos):
+    folder = tmp_path / "sd-copy"
+    shutil.copytree(diffusers_folder, folder)
+    lib = Library.init(tmp_path / ".seqlib", base=str(folder))
+    lib.add("mascot", photos / "mascot", config=TrainConfig(**FAST))
+    weights = folder / "unet" / "diffusion_pytorch_model.safetensors"
+    state = load_file(weights)
+    key = next(k for k in state if k.endswith("attn1.to_q.weight"))
+    state[key] = state[key] + 1e-3 * torch.ones_like(state[key])
+    save_file(state, weights)
+    before = Store(tmp_path / ".seqlib").head_id()
+    with pytest.raises(BaseMismatchError, match="not the base this library was built on"):
+        lib.add("emblem", photos / "emblem", config=TrainConfig(**FAST))
+    with pytest.raises(BaseMismatchError):
+        lib.pipeline(["mascot"])
+    assert Store(tmp_path / ".seqlib").head_id() == before
+
+
+def test_a_hub_id_offline_is_a_clear_error(tmp_path, monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(BaseLoadError, match="offline"):
+        Library.init(tmp_path / ".seqlib", base="some-org/some-model-that-is-not-cached")
+    assert not (tmp_path / ".seqlib").exists()
+    assert not list(tmp_path.iterdir())  # the staging folder is gone too
+
+
+@pytest.mark.parametrize(
+    ("spec", "config", "message"),
+    [
+        ("model.ckpt", None, "pickles"),
+        ("model.safetensors", None, "--base-config"),
+        ("./not/here", None, "neither an existing"),
+    ],
+)
+def test_base_specs_are_checked_before_loading(tmp_path, monkeypatch, spec, config, message):
+    monkeypatch.chdir(tmp_path)
+    if spec.startswith("model"):
+        (tmp_path / spec).write_bytes(b"x")
+    with pytest.raises(BaseLoadError, match=message):
+        classify(spec, config)
+
+
+def test_a_folder_without_model_index_is_refused(tmp_path):
+    with pytest.raises(BaseLoadError, match="model_index.json"):
+        classify(str(tmp_path), None)

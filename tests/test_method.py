@@ -1,0 +1,136 @@
+"""SeqLoRA's promises, measured on real trained concepts of the embedded base."""
+
+from __future__ import annotations
+
+import itertools
+
+import pytest
+import torch
+
+from seqlib.api import Library
+from seqlib.data import find_images, load_images
+from seqlib.lora import LiveResiduals, WeightPatch, adapted_layers, summed_deltas
+from seqlib.subspace import max_cosine
+from seqlib.train import (
+    TrainConfig,
+    _Objective,
+    cross_hessian_autograd,
+    cross_hessian_finite_diff,
+)
+
+from .conftest import NAMES
+
+
+def _factors(path):
+    lib = Library.open(path)
+    head = lib.head()
+    return lib, head, [lib.factors(c, head) for c in head.concepts]
+
+
+def test_every_pair_of_bases_is_orthogonal_on_every_layer(seqlora_store):
+    _, head, factors = _factors(seqlora_store)
+    assert [c.name for c in head.concepts] == NAMES
+    worst = max(
+        max_cosine(Bi[name], Bj[name]) for (_, Bi, _), (_, Bj, _) in itertools.combinations(factors, 2) for name in Bi
+    )
+    assert worst < 1e-5
+
+
+def _span_error(factors) -> float:
+    """Worst relative error, over layers, of the composed residual vs concept 1's alone,
+    for inputs in span(B_1)."""
+    g = torch.Generator().manual_seed(0)
+    A1, B1, _ = factors[0]
+    worst = 0.0
+    for name in A1:
+        x = B1[name] @ torch.randn(B1[name].shape[1], 16, generator=g)  # (m, 16) inside span(B_1)
+        alone = A1[name] @ (B1[name].T @ x)
+        composed = sum(A[name] @ (B[name].T @ x) for A, B, _ in factors)
+        worst = max(worst, float((composed - alone).norm() / alone.norm()))
+    return worst
+
+
+def test_composed_residual_acts_as_concept_one_alone_on_its_span(seqlora_store, lora_store):
+    assert _span_error(_factors(seqlora_store)[2]) < 1e-5
+    # Without projection the later concepts do respond to concept 1's directions.
+    assert _span_error(_factors(lora_store)[2]) > 1e-2
+
+
+def test_print_concept_one_loss_alone_vs_composed(seqlora_store, lora_store, photos, capsys):
+    """Printed, not asserted: the empirical effect needs a pretrained base (issue 5)."""
+    images = load_images(find_images(photos / NAMES[0]), 64)
+    for label, path in (("orthogonal", seqlora_store), ("unprojected", lora_store)):
+        lib, head, factors = _factors(path)
+        losses = {}
+        for which in ([0], [0, 1, 2]):
+            pipe = lib._load_base(head, "cpu", None)
+            WeightPatch(adapted_layers(pipe.unet)).apply(
+                summed_deltas([(factors[i][0], factors[i][1], 1.0) for i in which])
+            )
+            losses[len(which)] = _eval_loss(pipe, head.concepts[0].token, factors[0][2], images)
+        with capsys.disabled():
+            print(f"\n[{label}] concept 1 loss alone {losses[1]:.5f}, composed with 2..3 {losses[3]:.5f}")
+        assert all(torch.isfinite(torch.tensor(v)) for v in losses.values())
+
+
+def _eval_loss(pipe, token, embedding, images) -> float:
+    from seqlib.train import add_tokens
+
+    add_tokens(pipe, {token: embedding})
+    g = torch.Generator().manual_seed(123)
+    with torch.no_grad():
+        latents = pipe.vae.encode(images).latent_dist.mean * pipe.vae.config.scaling_factor
+        noise = torch.randn(latents.shape, generator=g)
+        t = torch.randint(0, 1000, (latents.shape[0],), generator=g)
+        ids = pipe.tokenizer(f"a photo of {token}", padding="max_length", max_length=77, return_tensors="pt").input_ids
+        ehs = pipe.text_encoder(ids)[0]
+        objective = _Objective(pipe, LiveResiduals([]))
+        return float(objective([], [], ehs, (latents, noise, t)))
+
+
+@pytest.fixture(scope="module")
+def objective_inputs(empty_store, photos):
+    lib = Library.open(empty_store)
+    pipe = lib._load_base(lib.head(), "cpu", None)
+    for m in (pipe.unet, pipe.vae, pipe.text_encoder):
+        m.requires_grad_(False)
+    layers = adapted_layers(pipe.unet)[:8]
+    g = torch.Generator().manual_seed(0)
+    A_k = [0.05 * torch.randn(m.out_features, 4, generator=g) for _, m in layers]
+    B = [torch.randn(m.in_features, 4, generator=g) / m.in_features**0.5 for _, m in layers]
+    g_A = [torch.randn(m.out_features, 4, generator=g) for _, m in layers]
+    images = load_images(find_images(photos / NAMES[0]), 64)[:2]
+    with torch.no_grad():
+        latents = pipe.vae.encode(images).latent_dist.mean * pipe.vae.config.scaling_factor
+        ids = pipe.tokenizer("a photo of thing", padding="max_length", max_length=77, return_tensors="pt").input_ids
+        ehs = pipe.text_encoder(ids)[0]
+    batch = (latents, torch.randn(latents.shape, generator=g), torch.tensor([100, 600]))
+    return _Objective(pipe, LiveResiduals(layers)), A_k, B, g_A, ehs, batch
+
+
+def test_cross_hessian_double_backward_matches_finite_difference(objective_inputs):
+    objective, A_k, B, g_A, ehs, batch = objective_inputs
+    with objective.live:
+        H_auto = torch.cat([h.flatten() for h in cross_hessian_autograd(objective, A_k, B, g_A, ehs, batch)])
+        H_fd = torch.cat([h.flatten() for h in cross_hessian_finite_diff(objective, A_k, B, g_A, ehs, batch)])
+    cosine = torch.nn.functional.cosine_similarity(H_auto, H_fd, dim=0)
+    assert H_auto.norm() > 0
+    assert cosine > 0.999
+    assert (H_auto - H_fd).norm() / H_auto.norm() < 1e-2
+
+
+def test_training_lowers_the_concepts_own_loss(tmp_path, empty_store, photos):
+    import shutil
+
+    shutil.copytree(empty_store, tmp_path / ".seqlib")
+    lib = Library.open(tmp_path / ".seqlib")
+    concept = lib.add("mascot", photos / "mascot", config=TrainConfig(steps=10))
+    assert concept.final_loss < 0.98 * concept.initial_loss
+    # The recorded numbers are those of the stored factors.
+    assert lib.head().concept("mascot").final_loss == concept.final_loss
+
+
+def test_alternating_and_lora_share_the_schedule_and_differ_only_by_their_flags():
+    assert TrainConfig(method="alternating").record() | {"method": "seqlora"} == TrainConfig().record()
+    with pytest.raises(ValueError, match="method"):
+        TrainConfig(method="adam")

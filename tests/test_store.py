@@ -1,0 +1,90 @@
+"""The on-disk format: commits, the compare-and-swap ref, payloads, the version gate."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from seqlib.api import Library
+from seqlib.errors import ConflictError, FormatVersionError, StoreExistsError
+from seqlib.format import Commit, sha256_hex
+from seqlib.store import Store, array_sha256, create_exclusive
+
+
+def test_commit_id_is_the_sha256_of_its_file(seqlora_store):
+    store = Store(seqlora_store)
+    for _, commit_id, _ in store.log():
+        raw = (seqlora_store / "objects" / "commits" / f"{commit_id}.json").read_bytes()
+        assert sha256_hex(raw) == commit_id
+        store.read_commit(commit_id, verify=True)
+
+
+def test_log_is_a_parent_chain_newest_first(seqlora_store):
+    entries = Store(seqlora_store).log()
+    assert [v for v, _, _ in entries] == [4, 3, 2, 1]
+    assert [c.message for _, _, c in entries] == ["add gem", "add emblem", "add mascot", entries[-1][2].message]
+    for (_, _, newer), (_, older_id, _) in zip(entries, entries[1:]):
+        assert newer.parent == older_id
+    assert entries[-1][2].parent is None
+
+
+def test_stale_writer_gets_a_conflict_and_the_branch_does_not_move(store_copy):
+    store = Store(store_copy)
+    seq, head = store.head_seq(), store.head()
+    stale = Commit(parent=head.parent, message="racing", library=head.library, concepts=head.concepts[:-1])
+    with pytest.raises(ConflictError):
+        store.commit(stale, expected_seq=seq - 1)
+    assert store.head_seq() == seq
+    assert store.head() == head
+
+
+def test_create_exclusive_is_create_if_absent(tmp_path):
+    target = tmp_path / "000001"
+    assert create_exclusive(target, b"a\n")
+    assert not create_exclusive(target, b"b\n")
+    assert target.read_bytes() == b"a\n"
+    assert [p.name for p in tmp_path.iterdir()] == ["000001"]  # no partial files left
+
+
+def test_payload_round_trip_with_checksums_and_zero_arrays(store_copy):
+    store = Store(store_copy)
+    arrays = {"B_m4": np.arange(24, dtype=np.float32).reshape(2, 4, 3), "A_n5": np.zeros((2, 5, 3), np.float32)}
+    payload_id, records = store.write_payload(arrays, {"concept": "x"})
+    back = store.read_payload(payload_id)
+    for name, a in arrays.items():
+        np.testing.assert_array_equal(back[name], a)
+    assert {r.name: r.sha256 for r in records} == {k: array_sha256(v) for k, v in arrays.items()}
+    # all-zero chunks are written too (zarr skips them by default)
+    assert any((store.payload_path(payload_id) / "A_n5" / "c").rglob("*"))
+    assert not list(store.payload_path(payload_id).parent.glob("*.partial"))
+
+
+def test_stored_arrays_match_the_checksums_in_the_commit(seqlora_store):
+    store = Store(seqlora_store)
+    for concept in store.head().concepts:
+        arrays = store.read_payload(concept.payload)
+        for record in concept.arrays:
+            assert array_sha256(arrays[record.name]) == record.sha256
+            assert list(arrays[record.name].shape) == record.shape
+
+
+def test_a_newer_format_version_is_refused(store_copy):
+    info = json.loads((store_copy / "store.json").read_text())
+    (store_copy / "store.json").write_text(json.dumps(info | {"format_version": 99}))
+    with pytest.raises(FormatVersionError, match="format version 99"):
+        Library.open(store_copy)
+
+
+def test_init_refuses_an_existing_store(store_copy):
+    with pytest.raises(StoreExistsError):
+        Library.init(store_copy)
+
+
+def test_payload_layout_is_a_few_files_per_concept(seqlora_store):
+    concept = Store(seqlora_store).head().concepts[0]
+    files = [p for p in (seqlora_store / "objects" / "payloads" / concept.payload).rglob("*") if p.is_file()]
+    # group + one metadata and one chunk file per array: B_m64, B_m128, A_n64, A_n128, embedding
+    assert len(files) == 1 + 2 * len(concept.arrays)
+    assert sorted(r.name for r in concept.arrays) == ["A_n128", "A_n64", "B_m128", "B_m64", "embedding"]

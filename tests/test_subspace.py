@@ -1,0 +1,81 @@
+"""The subspace math against closed forms."""
+
+import pytest
+import torch
+
+from seqlib.format import capacity
+from seqlib.subspace import (
+    delta_weight,
+    free_dimensions,
+    max_cosine,
+    orthonormal_basis,
+    project_out,
+    random_basis,
+    regularized_projector,
+)
+
+
+@pytest.fixture
+def earlier() -> torch.Tensor:
+    g = torch.Generator().manual_seed(0)
+    return torch.randn(40, 12, generator=g)  # three rank-4 bases side by side, m = 40
+
+
+def test_regularized_projector_matches_orthonormal_form(earlier):
+    P = regularized_projector(earlier, eps=1e-8)
+    Q = orthonormal_basis(earlier)
+    X = torch.randn(40, 5, dtype=torch.float64)
+    torch.testing.assert_close(P @ X, project_out(X, Q), atol=1e-6, rtol=0)
+
+
+def test_projector_is_symmetric_idempotent_and_annihilates_the_span(earlier):
+    P = regularized_projector(earlier)
+    torch.testing.assert_close(P, P.T, atol=1e-10, rtol=0)
+    torch.testing.assert_close(P @ P, P, atol=1e-6, rtol=0)
+    assert (P @ earlier.double()).abs().max() < 1e-6
+    assert torch.linalg.matrix_rank(P, atol=1e-6, hermitian=True) == 40 - 12
+
+
+def test_project_out_leaves_the_complement_alone(earlier):
+    Q = orthonormal_basis(earlier)
+    inside_complement = project_out(torch.randn(40, 3, dtype=torch.float64), Q)
+    torch.testing.assert_close(project_out(inside_complement, Q), inside_complement, atol=1e-12, rtol=0)
+
+
+def test_random_basis_is_orthonormal_and_orthogonal_to_earlier(earlier):
+    Q = orthonormal_basis(earlier)
+    B = random_basis(40, 4, Q, torch.Generator().manual_seed(1))
+    torch.testing.assert_close(B.T @ B, torch.eye(4, dtype=torch.float64), atol=1e-12, rtol=0)
+    assert max_cosine(B, earlier) < 1e-12
+
+
+def test_orthonormal_basis_drops_degenerate_columns():
+    b = torch.randn(10, 2, dtype=torch.float64)
+    Q = orthonormal_basis(torch.cat([b, b, torch.zeros(10, 1, dtype=torch.float64)], dim=1))
+    assert Q.shape == (10, 2)
+    assert free_dimensions(10, Q) == 8
+
+
+def test_empty_earlier_set_projects_nothing():
+    Q = orthonormal_basis(torch.zeros(8, 0))
+    X = torch.randn(8, 2)
+    assert project_out(X, Q) is X
+    assert free_dimensions(8, Q) == 8
+
+
+def test_delta_weight_shape_and_value():
+    A, B = torch.randn(6, 2), torch.randn(9, 2)
+    d = delta_weight(A, B)
+    assert d.shape == (6, 9)
+    x = torch.randn(9)
+    torch.testing.assert_close(d @ x, A @ (B.T @ x))
+
+
+@pytest.mark.parametrize(("m", "r", "expected"), [(320, 4, 80), (768, 4, 192), (1280, 4, 320), (64, 4, 16), (10, 3, 3)])
+def test_capacity_is_floor_m_over_r(m, r, expected):
+    assert capacity(m, r) == expected
+
+
+def test_max_cosine_detects_overlap():
+    b = torch.randn(12, 3, dtype=torch.float64)
+    assert max_cosine(b, b) == pytest.approx(1.0)
