@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 
 import numpy as np
 import pytest
@@ -88,3 +89,33 @@ def test_payload_layout_is_a_few_files_per_concept(seqlora_store):
     # group + one metadata and one chunk file per array: B_m64, B_m128, A_n64, A_n128, embedding
     assert len(files) == 1 + 2 * len(concept.arrays)
     assert sorted(r.name for r in concept.arrays) == ["A_n128", "A_n64", "B_m128", "B_m64", "embedding"]
+
+
+def test_an_add_that_raced_another_add_conflicts_instead_of_merging(store_copy, photos):
+    """The loser of two concurrent adds trained against a stale state: it must not land."""
+    from seqlib.config import TrainConfig
+
+    from .conftest import FAST
+
+    slow, fast = Library.open(store_copy), Library.open(store_copy)
+    landed = []
+
+    def meanwhile(step: int, total: int, loss: float) -> None:
+        if not landed:  # another process commits while this add is still training
+            landed.append(fast.add("rival", photos / "gem", config=TrainConfig(**FAST)))
+
+    with pytest.raises(ConflictError):
+        slow.add("loser", photos / "emblem", config=TrainConfig(**FAST), progress=meanwhile)
+    head = Library.open(store_copy).head()
+    assert [c.name for c in head.concepts][-1] == "rival"
+    assert head.concept("loser") is None
+
+
+def test_a_base_without_its_tokenizer_is_refused(empty_store, tmp_path):
+    from seqlib.base import load_pipeline
+    from seqlib.errors import BaseLoadError
+
+    shutil.copytree(empty_store / "base", tmp_path / "sd")
+    shutil.rmtree(tmp_path / "sd" / "tokenizer")
+    with pytest.raises(BaseLoadError, match="tokenizer"):
+        load_pipeline("diffusers", str(tmp_path / "sd"), None, None)
