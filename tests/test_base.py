@@ -80,3 +80,22 @@ def test_base_specs_are_checked_before_loading(tmp_path, monkeypatch, spec, conf
 def test_a_folder_without_model_index_is_refused(tmp_path):
     with pytest.raises(BaseLoadError, match="model_index.json"):
         classify(str(tmp_path), None)
+
+
+def test_a_single_file_checkpoint_with_a_config_folder_is_a_base(diffusers_folder, tmp_path, photos):
+    from diffusers import StableDiffusionPipeline
+    from safetensors.torch import save_file
+
+    from .ldm import pipeline_to_ldm
+
+    ckpt = tmp_path / "tiny-sd.safetensors"
+    save_file(pipeline_to_ldm(StableDiffusionPipeline.from_pretrained(diffusers_folder)), ckpt)
+    lib = Library.init(tmp_path / ".seqlib", base=str(ckpt), base_config=str(diffusers_folder))
+    base = lib.head().library.base
+    assert (base.kind, base.source, base.config) == ("single_file", str(ckpt), str(diffusers_folder.resolve()))
+    # the same weights as the diffusers folder they came from
+    other = Library.init(tmp_path / "b" / ".seqlib", base=str(diffusers_folder))
+    assert base.fingerprint == other.head().library.base.fingerprint
+    lib.add("mascot", photos / "mascot", config=TrainConfig(**FAST))
+    (png,) = lib.compose(["mascot"], "a photo of <mascot>", out=tmp_path / "out", steps=2)
+    assert png.is_file()
