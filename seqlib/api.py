@@ -30,6 +30,7 @@ from seqlib.format import (
     TrainingRecord,
     capacity,
     concepts_that_fit,
+    crosstalk_pairs,
     free_dims,
     now_iso,
     used_dims,
@@ -40,6 +41,11 @@ if TYPE_CHECKING:
     from seqlib.config import TrainConfig
 
 _NAME_RE = re.compile(r"[a-z][a-z0-9_-]*")
+
+# Crosstalk above this (another concept's residual energy on a concept's own inputs, relative
+# to that concept's own residual) is flagged by `compose` and `status`. A judgement call on the
+# embedded base, to be re-measured on a pretrained one.
+CROSSTALK_WARN = 0.5
 
 
 def check_concept_name(name: str) -> None:
@@ -82,6 +88,7 @@ class Status:
     bottleneck: str  # the layer with the fewest free dimensions
     bottleneck_free: int
     fits: int  # more concepts at the library's rank
+    worst_pairs: list[tuple[str, str, float]]  # (source, target, crosstalk), worst first
 
     def to_json(self) -> dict:
         lib = self.commit.library
@@ -105,6 +112,7 @@ class Status:
             "widths": [g.__dict__ for g in self.groups],
             "bottleneck": {"layer": self.bottleneck, "free": self.bottleneck_free},
             "fits": self.fits,
+            "worst_pairs": [{"source": a, "target": b, "crosstalk": x} for a, b, x in self.worst_pairs],
         }
 
 
@@ -132,6 +140,7 @@ class Library:
 
     def __init__(self, store: Store) -> None:
         self.store = store
+        self._arrays: dict[str, dict] = {}  # payload id -> arrays; payloads are immutable
 
     # ---- opening ---------------------------------------------------------------
 
@@ -223,7 +232,21 @@ class Library:
             bottleneck=bottleneck.name,
             bottleneck_free=free[bottleneck.name],
             fits=concepts_that_fit(commit),
+            worst_pairs=crosstalk_pairs(commit)[:5],
         )
+
+    def show(self, name: str) -> dict:
+        """Everything recorded about one concept, plus its size on disk and its interferers."""
+        commit = self.head()
+        concept = self.concept(name, commit)
+        folder = self.store.payload_path(concept.payload)
+        pairs = crosstalk_pairs(commit)
+        return {
+            "concept": concept.model_dump(mode="json"),
+            "size_bytes": sum(p.stat().st_size for p in folder.rglob("*") if p.is_file()),
+            "interfered_by": [{"source": a, "crosstalk": x} for a, b, x in pairs if b == name],
+            "interferes_with": [{"target": b, "crosstalk": x} for a, b, x in pairs if a == name],
+        }
 
     def log(self) -> list[tuple[int, str, Commit]]:
         """(version, commit id, commit), newest first."""
@@ -237,11 +260,22 @@ class Library:
 
         from seqlib import payload
 
-        arrays = self.store.read_payload(concept.payload)
+        arrays = self.payload_arrays(concept)
         layers = commit.library.layers
         A = {k: torch.from_numpy(v) for k, v in payload.unpack_coeffs(layers, arrays).items()}
         B = {k: torch.from_numpy(v) for k, v in payload.unpack_bases(layers, arrays).items()}
         return A, B, torch.from_numpy(arrays[payload.EMBEDDING_ARRAY])
+
+    def payload_arrays(self, concept: ConceptRecord) -> dict:
+        if concept.payload not in self._arrays:
+            self._arrays[concept.payload] = self.store.read_payload(concept.payload)
+        return self._arrays[concept.payload]
+
+    def input_summary(self, concept: ConceptRecord, commit: Commit) -> dict:
+        """Per layer: (principal input directions (m, k), energies (k,)) as numpy arrays."""
+        from seqlib import payload
+
+        return payload.unpack_summary(commit.library.layers, self.payload_arrays(concept))
 
     def _load_base(self, commit: Commit, device: str, base: str | None):
         from seqlib.base import load_base
@@ -283,10 +317,21 @@ class Library:
         records = data.image_records(files)
         tensor = data.load_images(files, config.resolution)
         pipe = self._load_base(commit, device, base)
-        earlier = [Earlier(*self.factors(c, commit)[:2], orthogonal=c.orthogonal) for c in commit.concepts]
+        import torch
+
+        earlier = [
+            Earlier(
+                *self.factors(c, commit)[:2],
+                orthogonal=c.orthogonal,
+                U={k: torch.from_numpy(u) for k, (u, _) in self.input_summary(c, commit).items()},
+                protect=c.training.protect,
+            )
+            for c in commit.concepts
+        ]
         token = token_for(name)
         result = train_concept(pipe, [layer.name for layer in lib.layers], earlier, tensor, token, r, config, progress)
-        arrays = payload.pack(lib.layers, result.A, result.B, result.embedding)
+        arrays = payload.pack(lib.layers, result.A, result.B, result.embedding, result.U, result.energies)
+        crosstalk_from, crosstalk_onto = self._crosstalk_with_earlier(commit, result)
         payload_id, array_records = self.store.write_payload(arrays, {"concept": name, "rank": r})
         concept = ConceptRecord(
             name=name,
@@ -297,6 +342,9 @@ class Library:
             arrays=array_records,
             images=records,
             training=TrainingRecord(**config.record()),
+            reserved=result.reserved,
+            crosstalk_from=crosstalk_from,
+            crosstalk_onto=crosstalk_onto,
             initial_loss=result.initial_loss,
             final_loss=result.final_loss,
             train_seconds=round(result.seconds, 3),
@@ -310,6 +358,21 @@ class Library:
         )
         self.store.commit(new, expected_seq=seq)
         return concept
+
+    def _crosstalk_with_earlier(self, commit: Commit, result) -> tuple[dict[str, float], dict[str, float]]:
+        """Crosstalk between a freshly trained concept and each earlier one, both directions."""
+        from seqlib.activations import crosstalk
+
+        names = [layer.name for layer in commit.library.layers]
+        new = (result.A, result.B)
+        new_summary = {n: (result.U[n], result.energies[n]) for n in names}
+        onto_new, from_new = {}, {}
+        for c in commit.concepts:
+            A, B, _ = self.factors(c, commit)
+            old = ({k: v.numpy() for k, v in A.items()}, {k: v.numpy() for k, v in B.items()})
+            onto_new[c.name] = round(crosstalk(names, old, new, new_summary)[0], 6)
+            from_new[c.name] = round(crosstalk(names, new, old, self.input_summary(c, commit))[0], 6)
+        return onto_new, from_new
 
     # ---- compose ---------------------------------------------------------------
 
@@ -343,8 +406,12 @@ class Library:
         size: int | None = None,
         device: str = "cpu",
         base: str | None = None,
+        warn: Callable[[str], None] | None = None,
     ) -> list[Path]:
-        """Render the selected concepts together; returns the PNG paths written."""
+        """Render the selected concepts together; returns the PNG paths written.
+
+        ``warn`` receives a message for each selected pair whose recorded crosstalk is high.
+        """
         import torch
 
         weights = parse_selection(selection)
@@ -352,6 +419,13 @@ class Library:
         for name in weights:
             self.concept(name, commit)
         _check_prompt(prompt, weights, commit)
+        if warn is not None:
+            for a, b, x in crosstalk_pairs(commit):
+                if a in weights and b in weights and x > CROSSTALK_WARN:
+                    warn(
+                        f"<{a}> interferes with <{b}> (crosstalk {x:.2f} > {CROSSTALK_WARN}): "
+                        f"<{b}> may not look like itself in this composition"
+                    )
         pipe = self.pipeline(weights, device, base)
         size = size or commit.library.base.resolution
         out = Path(out)

@@ -141,7 +141,12 @@ _METHOD_HELP = "seqlora: bilevel with cross-Hessian (paper). alternating: same w
 @_hyper("-K", "K", click.IntRange(1), "K: bilevel iterations per round (paper: 3).")
 @_hyper("--s-b", "S_B", click.IntRange(1), "S_B: local B iterations per bilevel iteration (paper: 2).")
 @_hyper("--s-a", "S_A", click.IntRange(1), "S_A: local A iterations per bilevel iteration (paper: 2).")
-@_hyper("--eps", "eps", float, "ε of the paper's regularised projector (recorded; seqlib projects with its exact ε→0 form I − QQᵀ).")
+@_hyper(
+    "--eps",
+    "eps",
+    float,
+    "ε of the paper's regularised projector (recorded; seqlib projects with its exact ε→0 form I − QQᵀ).",
+)
 @_hyper("--lr-embed", "lr_embed", float, "Step size of the learned token embedding.")
 @_hyper("--max-grad-norm", "max_grad_norm", float, "Clip each step's gradient norm; 0 = the paper's plain steps.")
 @_hyper(
@@ -153,6 +158,24 @@ _METHOD_HELP = "seqlora: bilevel with cross-Hessian (paper). alternating: same w
 @_hyper("--batch-size", "batch_size", click.IntRange(1), "Images per round.")
 @_hyper("--seed", "seed", int, "Seed of the basis init, the batches and the noise.")
 @_hyper("--prompt-template", "prompt_template", str, "Training prompt; {token} becomes <NAME>.")
+@_hyper(
+    "--basis-init",
+    "basis_init",
+    click.Choice(["random", "activation"]),
+    "Start B random in the free space, or as the top principal directions of the concept's layer inputs there.",
+)
+@_hyper(
+    "--protect",
+    "protect",
+    click.IntRange(0),
+    "Also keep B orthogonal to the top-k input directions of every earlier concept (costs capacity).",
+)
+@_hyper(
+    "--activation-k",
+    "activation_k",
+    click.IntRange(1),
+    "Principal input directions recorded per layer (crosstalk diagnostics; the most --protect can use).",
+)
 @click.option("-m", "--message", default=None, help="Note recorded in the commit.")
 @click.option("--device", default="cpu", show_default=True)
 @click.pass_context
@@ -252,6 +275,7 @@ def compose_command(
             negative_prompt=negative_prompt,
             size=size,
             device=device,
+            warn=lambda msg: err_console.print(f"[yellow]warning:[/] {msg}"),
         )
     for p in paths:
         console.print(f"wrote {p}")
@@ -297,8 +321,47 @@ def status_command(ctx, as_json: bool) -> None:
         )
     console.print(widths)
     console.print(f"[bold]bottleneck[/] {s.bottleneck} ({s.bottleneck_free} dims free)")
+    if s.worst_pairs:
+        shown = ", ".join(f"<{a}> on <{b}> {x:.3g}" for a, b, x in s.worst_pairs[:3])
+        console.print(f"[bold]worst crosstalk[/] {shown}  (see `seqlib show NAME`)")
     colour = "green" if s.fits > 0 else "red"
     console.print(f"[{colour}]{s.fits} more rank-{lib.rank} concepts fit[/]")
+
+
+@cli.command("show", short_help="Everything recorded about one concept.")
+@click.argument("name")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@click.pass_context
+def show_command(ctx, name: str, as_json: bool) -> None:
+    """Token, method, rank, images with hashes, hyper-parameters, losses, size on disk, and
+    the concepts that interfere most with NAME.
+
+    Crosstalk of A onto B: the energy of A's residual on B's recorded layer inputs, relative
+    to B's own residual there (0 = A is invisible to B; 1 = as strong as B itself).
+    """
+    info = _library(ctx).show(name)
+    if as_json:
+        click.echo(json.dumps(info, indent=2, sort_keys=True))
+        return
+    c = info["concept"]
+    t = c["training"]
+    console.print(f"[bold]{c['token']}[/]  {t['method']}, rank {c['rank']}, added {c['created']}")
+    console.print(
+        f"loss {c['initial_loss']:.4f} → {c['final_loss']:.4f}   trained {c['train_seconds']:.0f}s   "
+        f"{info['size_bytes'] / 1024:.0f} KiB on disk   payload {c['payload'][:12]}"
+    )
+    console.print("hyper-parameters: " + ", ".join(f"{k}={v}" for k, v in sorted(t.items())))
+    if any(c["reserved"]):
+        console.print(f"--protect reserved up to {max(c['reserved'])} extra dims per layer")
+    console.print(f"{len(c['images'])} images:")
+    for im in c["images"]:
+        console.print(f"  {im['file']}  sha256 {im['sha256'][:16]}…")
+    for title, rows, key in (
+        ("interfered with by", info["interfered_by"], "source"),
+        ("interferes with", info["interferes_with"], "target"),
+    ):
+        if rows:
+            console.print(f"{title}: " + ", ".join(f"<{r[key]}> {r['crosstalk']:.3g}" for r in rows[:5]))
 
 
 @cli.command("log", short_help="History of the library, newest first.")

@@ -29,6 +29,9 @@ class TrainConfig:
     init_word: str = "thing"
     prompt_template: str = "a photo of {token}"
     resolution: int = 64
+    basis_init: str = "random"  # random | activation: top-r principal directions of the inputs in the free space
+    protect: int = 0  # also keep B orthogonal to the top-`protect` input directions of every earlier concept
+    activation_k: int = 8  # principal input directions kept per layer (crosstalk diagnostics, --protect)
 
     def __post_init__(self) -> None:
         if self.method not in ("seqlora", "alternating", "lora"):
@@ -38,6 +41,12 @@ class TrainConfig:
         for name in ("K", "S_B", "S_A", "steps", "batch_size", "resolution"):
             if getattr(self, name) < 1:
                 raise ValueError(f"`{name}` must be >= 1")
+        if self.basis_init not in ("random", "activation"):
+            raise ValueError(f"`basis_init` must be random or activation, not {self.basis_init!r}")
+        if not 0 <= self.protect <= self.activation_k:
+            raise ValueError(f"`protect` must be between 0 and `activation_k` ({self.activation_k})")
+        if self.protect and self.method == "lora":
+            raise ValueError("`protect` needs a projected method (seqlora or alternating), not lora")
         if "{token}" not in self.prompt_template:
             raise ValueError("`prompt_template` must contain {token}")
 

@@ -103,6 +103,9 @@ class TrainingRecord(_Model):
     init_word: str
     prompt_template: str
     resolution: int
+    basis_init: Literal["random", "activation"] = "random"
+    protect: int = Field(0, description="Top input directions of each earlier concept B was kept orthogonal to.")
+    activation_k: int = Field(8, description="Principal input directions stored per layer.")
 
 
 class ConceptRecord(_Model):
@@ -114,6 +117,15 @@ class ConceptRecord(_Model):
     arrays: list[ArrayRecord]
     images: list[ImageRecord]
     training: TrainingRecord
+    reserved: list[int] = Field(
+        description="Per layer (library order): dimensions this concept's --protect took beyond its basis."
+    )
+    crosstalk_from: dict[str, float] = Field(
+        description="Per earlier concept: its residual's energy on this concept's inputs / this concept's own."
+    )
+    crosstalk_onto: dict[str, float] = Field(
+        description="Per earlier concept: this concept's residual's energy on its inputs / its own."
+    )
     initial_loss: float = Field(description="Denoising loss on the evaluation batch before training.")
     final_loss: float = Field(description="The same loss after training.")
     train_seconds: float
@@ -157,13 +169,25 @@ def capacity(in_features: int, rank: int) -> int:
 
 
 def used_dims(commit: Commit) -> dict[str, int]:
-    """Basis dimensions taken on each layer by the orthogonal concepts."""
+    """Dimensions taken on each layer: the orthogonal concepts' bases plus what --protect reserved."""
     used = {layer.name: 0 for layer in commit.library.layers}
     for concept in commit.concepts:
         if concept.orthogonal:
-            for name in used:
-                used[name] += concept.rank
+            for name, reserved in zip(used, concept.reserved):
+                used[name] += concept.rank + reserved
     return used
+
+
+def crosstalk_pairs(commit: Commit) -> list[tuple[str, str, float]]:
+    """(source, target, crosstalk of source onto target) for every ordered pair, worst first."""
+    pairs = []
+    for later in commit.concepts:
+        for earlier, value in later.crosstalk_from.items():
+            pairs.append((earlier, later.name, value))
+        for earlier, value in later.crosstalk_onto.items():
+            pairs.append((later.name, earlier, value))
+    names = {c.name for c in commit.concepts}
+    return sorted((p for p in pairs if p[0] in names and p[1] in names), key=lambda p: -p[2])
 
 
 def free_dims(commit: Commit) -> dict[str, int]:

@@ -26,6 +26,14 @@ def coeff_array(n: int) -> str:
 EMBEDDING_ARRAY = "embedding"
 
 
+def directions_array(m: int) -> str:
+    return f"U_m{m}"
+
+
+def energies_array(m: int) -> str:
+    return f"S_m{m}"
+
+
 def _groups(layers: list[LayerRecord], key: str) -> dict[int, list[str]]:
     out: dict[int, list[str]] = {}
     for layer in layers:
@@ -38,15 +46,19 @@ def pack(
     A: dict[str, np.ndarray],
     B: dict[str, np.ndarray],
     embedding: np.ndarray,
+    U: dict[str, np.ndarray],
+    energies: dict[str, np.ndarray],
 ) -> dict[str, np.ndarray]:
     """``B_m{m}``: (layers of in-width m, m, r); ``A_n{n}``: (layers of out-width n, n, r),
-    each in the order of the library's layer list; ``embedding``: (d,)."""
+    each in the order of the library's layer list; ``embedding``: (d,); the input summary
+    ``U_m{m}``: (layers, m, k) principal directions and ``S_m{m}``: (layers, k) energies."""
     import numpy as np
 
-    arrays = {
-        basis_array(m): np.stack([B[name] for name in names]).astype(np.float32)
-        for m, names in _groups(layers, "in_features").items()
-    }
+    arrays = {}
+    for m, names in _groups(layers, "in_features").items():
+        arrays[basis_array(m)] = np.stack([B[name] for name in names]).astype(np.float32)
+        arrays[directions_array(m)] = np.stack([U[name] for name in names]).astype(np.float32)
+        arrays[energies_array(m)] = np.stack([energies[name] for name in names]).astype(np.float32)
     arrays |= {
         coeff_array(n): np.stack([A[name] for name in names]).astype(np.float32)
         for n, names in _groups(layers, "out_features").items()
@@ -67,6 +79,17 @@ def unpack_coeffs(layers: list[LayerRecord], arrays: dict[str, np.ndarray]) -> d
     return {
         name: arrays[coeff_array(n)][i]
         for n, names in _groups(layers, "out_features").items()
+        for i, name in enumerate(names)
+    }
+
+
+def unpack_summary(
+    layers: list[LayerRecord], arrays: dict[str, np.ndarray]
+) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """Per layer: (principal input directions (m, k), their energies (k,))."""
+    return {
+        name: (arrays[directions_array(m)][i], arrays[energies_array(m)][i])
+        for m, names in _groups(layers, "in_features").items()
         for i, name in enumerate(names)
     }
 

@@ -20,6 +20,7 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Callable
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -27,8 +28,9 @@ import torch
 from torch import Tensor
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
+from seqlib.activations import SecondMoments, activation_basis, top_directions
 from seqlib.config import TrainConfig
-from seqlib.errors import DataError, TrainingDivergedError
+from seqlib.errors import CapacityError, DataError, TrainingDivergedError
 from seqlib.lora import LiveResiduals, WeightPatch, adapted_layers, summed_deltas
 from seqlib.subspace import orthonormal_basis, project_out, random_basis
 
@@ -38,6 +40,9 @@ class TrainResult:
     A: dict[str, np.ndarray]  # name -> (n, r)
     B: dict[str, np.ndarray]  # name -> (m, r)
     embedding: np.ndarray  # (d,)
+    U: dict[str, np.ndarray]  # name -> (m, k) principal input directions after training
+    energies: dict[str, np.ndarray]  # name -> (k,) their energies
+    reserved: list[int]  # per layer: dimensions --protect took beyond the rank
     initial_loss: float
     final_loss: float
     losses: list[float] = field(default_factory=list)
@@ -51,6 +56,25 @@ class Earlier:
     A: dict[str, Tensor]
     B: dict[str, Tensor]
     orthogonal: bool
+    U: dict[str, Tensor] | None = None  # principal input directions (m, k), for --protect
+    protect: int = 0  # the --protect it was trained with: those directions stay reserved
+
+
+def taken_space(name: str, in_features: int, earlier: list[Earlier], protect: int) -> tuple[Tensor, int]:
+    """Orthonormal Q of what a new concept must avoid on one layer, and how many of its
+    dimensions the new concept's own ``protect`` adds (its capacity cost beyond its rank).
+
+    Avoided: every orthogonal concept's basis, plus the input directions each earlier
+    ``--protect`` reserved (kept reserved so later concepts cannot undo the protection).
+    """
+    cols = [c.B[name].double() for c in earlier if c.orthogonal]
+    for i, c in enumerate(earlier):
+        cols += [e.U[name][:, : c.protect].double() for e in earlier[:i] if c.protect and e.U is not None]
+    new = [e.U[name][:, :protect].double() for e in earlier if protect and e.U is not None]
+    empty = torch.zeros(in_features, 0, dtype=torch.float64)
+    before = orthonormal_basis(torch.cat(cols, dim=1) if cols else empty)
+    Q = orthonormal_basis(torch.cat(cols + new, dim=1)) if new else before
+    return Q, Q.shape[1] - before.shape[1]
 
 
 Progress = Callable[[int, int, float], None]
@@ -162,12 +186,17 @@ def train_concept(
     patch = WeightPatch(layers)
     patch.apply(summed_deltas([(c.A, c.B, 1.0) for c in earlier]))
     try:
-        # 1) the free complement of each layer (empty projector for plain LoRA)
-        Q = {}
+        # 1) the space each layer must avoid (nothing for plain LoRA), and room checks
+        Q, reserved = {}, []
         for name, module in layers:
-            prior = [c.B[name].double() for c in earlier if c.orthogonal]
-            B_int = torch.cat(prior, dim=1) if prior and cfg.method != "lora" else torch.zeros(module.in_features, 0)
-            Q[name] = orthonormal_basis(B_int)
+            if cfg.method == "lora":
+                Q[name], extra = torch.zeros(module.in_features, 0, dtype=torch.float64), 0
+            else:
+                Q[name], extra = taken_space(name, module.in_features, earlier, cfg.protect)
+            reserved.append(extra)
+        full = [n for n, m in layers if m.in_features - Q[n].shape[1] < rank]
+        if full:
+            raise CapacityError(full, rank, {n: m.in_features - Q[n].shape[1] for n, m in layers})
         # 2) A = 0, B random orthonormal in the free complement (the residual starts at 0)
         Bs = [random_basis(m.in_features, rank, Q[n], gen).float().to(device) for n, m in layers]
         As = [torch.zeros(m.out_features, rank, device=device) for _, m in layers]
@@ -200,6 +229,17 @@ def train_concept(
             eval_batch = _eval_batch(latents, pipe.scheduler.config.num_train_timesteps, cfg.seed + 1)
             objective = _Objective(pipe, LiveResiduals(layers))
 
+            def moments(As, Bs, e) -> SecondMoments:  # layer inputs on the evaluation batch
+                recorder = SecondMoments(layers)
+                with objective.live, recorder.recording(), torch.no_grad():
+                    objective(As, Bs, encode(e), eval_batch)
+                return recorder
+
+            if cfg.basis_init == "activation":
+                # B spans the top principal directions of the concept's inputs in the free space
+                before = moments(As, Bs, emb)
+                Bs = [activation_basis(before.moment(n), Q[n], rank).float().to(device) for n, _ in layers]
+
             with objective.live, torch.no_grad():
                 initial = _check_finite(objective(As, Bs, encode(emb), eval_batch), "start", cfg)
 
@@ -214,6 +254,8 @@ def train_concept(
                         progress(step + 1, cfg.steps, losses[-1])
                 with torch.no_grad():
                     final = _check_finite(objective(As, Bs, encode(emb), eval_batch), "end", cfg)
+            after = moments(As, Bs, emb)
+            summary = {n: top_directions(after.moment(n), cfg.activation_k) for n, _ in layers}
         finally:
             embed_hook.remove()
     finally:
@@ -224,6 +266,9 @@ def train_concept(
         A={n: a.detach().cpu().numpy() for n, a in zip(names, As)},
         B={n: b.detach().cpu().numpy() for n, b in zip(names, Bs)},
         embedding=emb.detach().cpu().numpy(),
+        U={n: u.float().numpy() for n, (u, _) in summary.items()},
+        energies={n: lam.float().numpy() for n, (_, lam) in summary.items()},
+        reserved=reserved,
         initial_loss=initial,
         final_loss=final,
         losses=losses,
@@ -317,3 +362,47 @@ def _init_token(pipe, token: str, init_word: str) -> tuple[Tensor, _EmbeddingHoo
     add_tokens(pipe, {token: start})
     hook = _EmbeddingHook(text_encoder.get_input_embeddings(), tokenizer.convert_tokens_to_ids(token))
     return start, hook
+
+
+def evaluation_inputs(pipe, token: str, embedding: Tensor, image_tensor: Tensor, cfg: TrainConfig):
+    """(text states, batch) of a concept's evaluation batch, as its training judged it."""
+    add_tokens(pipe, {token: embedding})
+    ids = pipe.tokenizer(
+        cfg.prompt_template.format(token=token),
+        padding="max_length",
+        max_length=pipe.tokenizer.model_max_length,
+        truncation=True,
+        return_tensors="pt",
+    ).input_ids.to(pipe.unet.device)
+    with torch.no_grad():
+        latents = pipe.vae.encode(image_tensor.to(pipe.vae.device)).latent_dist.mean * pipe.vae.config.scaling_factor
+        batch = _eval_batch(latents, pipe.scheduler.config.num_train_timesteps, cfg.seed + 1)
+        return pipe.text_encoder(ids)[0], batch
+
+
+@contextmanager
+def patched(pipe, deltas: dict[str, Tensor]):
+    """The pipeline with ``deltas`` added to its adapted weights for the duration of the block."""
+    patch = WeightPatch(adapted_layers(pipe.unet))
+    patch.apply(deltas)
+    try:
+        yield pipe
+    finally:
+        patch.revert()
+
+
+def concept_loss(pipe, deltas: dict[str, Tensor], inputs) -> float:
+    """A concept's evaluation loss with exactly ``deltas`` applied (e.g. alone, or composed)."""
+    ehs, batch = inputs
+    with patched(pipe, deltas), torch.no_grad():
+        return float(_Objective(pipe, LiveResiduals([]))([], [], ehs, batch))
+
+
+def input_moments(pipe, deltas: dict[str, Tensor], inputs) -> SecondMoments:
+    """Second moments of every adapted layer's inputs on a concept's evaluation batch with
+    ``deltas`` applied: the direct measurement that the stored summaries estimate."""
+    ehs, batch = inputs
+    recorder = SecondMoments(adapted_layers(pipe.unet))
+    with patched(pipe, deltas), recorder.recording(), torch.no_grad():
+        _Objective(pipe, LiveResiduals([]))([], [], ehs, batch)
+    return recorder

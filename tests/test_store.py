@@ -86,9 +86,20 @@ def test_init_refuses_an_existing_store(store_copy):
 def test_payload_layout_is_a_few_files_per_concept(seqlora_store):
     concept = Store(seqlora_store).head().concepts[0]
     files = [p for p in (seqlora_store / "objects" / "payloads" / concept.payload).rglob("*") if p.is_file()]
-    # group + one metadata and one chunk file per array: B_m64, B_m128, A_n64, A_n128, embedding
+    # group + one metadata and one chunk file per array: per width a basis, directions and
+    # energies; per output width the coefficients; the embedding
     assert len(files) == 1 + 2 * len(concept.arrays)
-    assert sorted(r.name for r in concept.arrays) == ["A_n128", "A_n64", "B_m128", "B_m64", "embedding"]
+    assert sorted(r.name for r in concept.arrays) == [
+        "A_n128",
+        "A_n64",
+        "B_m128",
+        "B_m64",
+        "S_m128",
+        "S_m64",
+        "U_m128",
+        "U_m64",
+        "embedding",
+    ]
 
 
 def test_an_add_that_raced_another_add_conflicts_instead_of_merging(store_copy, photos):
