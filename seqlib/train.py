@@ -183,9 +183,7 @@ def train_concept(
     gen = torch.Generator().manual_seed(cfg.seed)
 
     # Earlier concepts are frozen: patch them into W once instead of running them live.
-    patch = WeightPatch(layers)
-    patch.apply(summed_deltas([(c.A, c.B, 1.0) for c in earlier]))
-    try:
+    with patched(pipe, summed_deltas([(c.A, c.B, 1.0) for c in earlier])):
         # 1) the space each layer must avoid (nothing for plain LoRA), and room checks
         Q, reserved = {}, []
         for name, module in layers:
@@ -258,8 +256,6 @@ def train_concept(
             summary = {n: top_directions(after.moment(n), cfg.activation_k) for n, _ in layers}
         finally:
             embed_hook.remove()
-    finally:
-        patch.revert()
 
     names = [n for n, _ in layers]
     return TrainResult(
