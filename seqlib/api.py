@@ -138,8 +138,9 @@ def parse_selection(spec: str | list[str] | dict[str, float]) -> dict[str, float
 class Library:
     """A versioned library of concepts on one base, stored in a ``.seqlib`` folder."""
 
-    def __init__(self, store: Store) -> None:
+    def __init__(self, store: Store, at: str | None = None) -> None:
         self.store = store
+        self.at = at  # a version, tag or commit to read instead of the branch tip
         self._arrays: dict[str, dict] = {}  # payload id -> arrays; payloads are immutable
 
     # ---- opening ---------------------------------------------------------------
@@ -156,8 +157,11 @@ class Library:
         return find_store(p) if p.is_dir() else p
 
     @classmethod
-    def open(cls, path: str | Path | None = None) -> Library:
-        return cls(Store(cls._resolve(path)))
+    def open(cls, path: str | Path | None = None, at: str | None = None) -> Library:
+        lib = cls(Store(cls._resolve(path)), at=at)
+        if at is not None:
+            lib.store.resolve(at)  # fail early on an unknown version
+        return lib
 
     @classmethod
     def init(
@@ -195,8 +199,27 @@ class Library:
 
     # ---- reading (no torch) ------------------------------------------------------
 
+    def _pinned(self) -> str | None:
+        return self.at or self.store.checked_out()
+
+    def version(self) -> tuple[int, str]:
+        """(version number, commit id) this library reads: --at, a checkout, or the tip."""
+        pinned = self._pinned()
+        return self.store.resolve(pinned) if pinned else (self.store.head_seq(), self.store.head_id() or "")
+
     def head(self) -> Commit:
-        return self.store.head()
+        pinned = self._pinned()
+        return self.store.read_commit(self.store.resolve(pinned)[1]) if pinned else self.store.head()
+
+    def _writable(self) -> tuple[int, str | None, Commit]:
+        """The tip a change starts from; refused while a read-only version is pinned."""
+        pinned = self._pinned()
+        if pinned:
+            version = self.store.resolve(pinned)[0]
+            raise SeqlibError(
+                f"version {version} is checked out read-only; `seqlib checkout main` to change the library"
+            )
+        return self.store.head_seq(), self.store.head_id(), self.store.head()
 
     def concept(self, name: str, commit: Commit | None = None) -> ConceptRecord:
         commit = commit or self.head()
@@ -224,9 +247,10 @@ class Library:
             for m, names in sorted(groups.items())
         ]
         bottleneck = min(commit.library.layers, key=lambda layer: (free[layer.name], layer.in_features))
+        version, commit_id = self.version()
         return Status(
-            commit_id=self.store.head_id() or "",
-            version=self.store.head_seq(),
+            commit_id=commit_id,
+            version=version,
             commit=commit,
             groups=widths,
             bottleneck=bottleneck.name,
@@ -267,8 +291,22 @@ class Library:
         return A, B, torch.from_numpy(arrays[payload.EMBEDDING_ARRAY])
 
     def payload_arrays(self, concept: ConceptRecord) -> dict:
+        """A concept's arrays, each checked against the checksum its commit records."""
+        from seqlib.errors import ChecksumMismatch
+        from seqlib.store import array_sha256
+
         if concept.payload not in self._arrays:
-            self._arrays[concept.payload] = self.store.read_payload(concept.payload)
+            try:
+                arrays = self.store.read_payload(concept.payload)
+            except Exception as e:  # missing or unreadable files: zarr raises many kinds
+                raise SeqlibError(
+                    f"payload of concept {concept.name!r} is unreadable ({e}); run `seqlib verify`"
+                ) from None
+            for record in concept.arrays:
+                got = array_sha256(arrays[record.name]) if record.name in arrays else "missing"
+                if got != record.sha256:
+                    raise ChecksumMismatch(f"array {record.name} of concept {concept.name!r}", record.sha256, got)
+            self._arrays[concept.payload] = arrays
         return self._arrays[concept.payload]
 
     def input_summary(self, concept: ConceptRecord, commit: Commit) -> dict:
@@ -300,8 +338,7 @@ class Library:
         from seqlib.train import Earlier, TrainConfig, train_concept
 
         check_concept_name(name)
-        seq, parent_id = self.store.head_seq(), self.store.head_id()
-        commit = self.head()
+        seq, parent_id, commit = self._writable()
         if commit.concept(name) is not None:
             raise ConceptExistsError(f"concept {name!r} already exists; pick another name")
         lib = commit.library
@@ -373,6 +410,59 @@ class Library:
             onto_new[c.name] = round(crosstalk(names, old, new, new_summary)[0], 6)
             from_new[c.name] = round(crosstalk(names, new, old, self.input_summary(c, commit))[0], 6)
         return onto_new, from_new
+
+    # ---- history verbs ---------------------------------------------------------
+
+    def rm(self, name: str, message: str | None = None) -> Commit:
+        """Remove a concept from the current version; its subspace returns to free capacity.
+
+        Later concepts stay valid: they were trained orthogonal to it, and still are to
+        everything that remains. Earlier versions keep it.
+        """
+        seq, parent_id, commit = self._writable()
+        self.concept(name, commit)
+        new = Commit(
+            parent=parent_id,
+            message=f"rm {name}" + (f": {message}" if message else ""),
+            library=commit.library,
+            concepts=[c for c in commit.concepts if c.name != name],
+        )
+        self.store.commit(new, expected_seq=seq)
+        return new
+
+    def revert(self, ref: str, message: str | None = None) -> Commit:
+        """A new commit whose state is that of version ``ref`` (history is kept)."""
+        seq, parent_id, _ = self._writable()
+        version, commit_id = self.store.resolve(ref)
+        old = self.store.read_commit(commit_id)
+        new = Commit(
+            parent=parent_id,
+            message=f"revert to version {version}" + (f": {message}" if message else ""),
+            library=old.library,
+            concepts=old.concepts,
+        )
+        self.store.commit(new, expected_seq=seq)
+        return new
+
+    def tag(self, name: str, ref: str | None = None) -> tuple[int, str]:
+        version, commit_id = self.store.resolve(ref) if ref else self.version()
+        self.store.tag(name, commit_id)
+        return version, commit_id
+
+    def checkout(self, ref: str | None) -> tuple[int, str] | None:
+        """Pin a read-only version for compose/status/show (``main`` or None: back to the tip)."""
+        if ref in (None, "main"):
+            self.store.set_checkout(None)
+            return None
+        version, commit_id = self.store.resolve(ref)
+        self.store.set_checkout(commit_id)
+        return version, commit_id
+
+    def verify(self, check_base: bool = True) -> dict:
+        """Recompute everything the format promises; ``problems`` lists each violation."""
+        from seqlib.verify import verify_library
+
+        return verify_library(self, check_base=check_base)
 
     # ---- compose ---------------------------------------------------------------
 

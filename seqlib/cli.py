@@ -25,11 +25,11 @@ class UserError(click.ClickException):
     """A SeqlibError as click shows it: ``Error: <one line>``, exit 1, no traceback."""
 
 
-def _library(ctx: click.Context):
+def _library(ctx: click.Context, at: str | None = None):
     from seqlib.api import Library
 
     try:
-        return Library.open(ctx.obj.get("store"))
+        return Library.open(ctx.obj.get("store"), at=at)
     except SeqlibError as e:
         raise UserError(str(e)) from None
 
@@ -229,7 +229,7 @@ def add_command(ctx, name, images, init_word, rank, method, message, device, **h
             concept = lib.add(name, images, config=config, rank=rank, message=message, progress=progress, device=device)
     except KeyboardInterrupt:
         err_console.print("interrupted: nothing was committed, the library is unchanged")
-        sys.exit(130)
+        ctx.exit(130)
     gain = 100 * (1 - concept.final_loss / concept.initial_loss)
     console.print(
         f"Added [bold]{concept.token}[/] ({len(concept.images)} images, rank {concept.rank}, {method}): "
@@ -249,9 +249,10 @@ def add_command(ctx, name, images, init_word, rank, method, message, device, **h
 @click.option("--size", type=click.IntRange(8), default=None, help="Image side in pixels (default: the base's).")
 @click.option("--out", "-o", default="out", show_default=True, type=click.Path(file_okay=False))
 @click.option("--device", default="cpu", show_default=True)
+@click.option("--at", default=None, metavar="VERSION|TAG", help="Read this version instead of the current one.")
 @click.pass_context
 def compose_command(
-    ctx, concepts, prompt, negative_prompt, seed, num_images, steps, guidance, size, out, device
+    ctx, concepts, prompt, negative_prompt, seed, num_images, steps, guidance, size, out, device, at
 ) -> None:
     """Render CONCEPTS (comma-separated, optional weights: mydog=0.8,cat) in one image.
 
@@ -262,7 +263,7 @@ def compose_command(
     Example:
       seqlib compose mydog,cat --prompt "a photo of <mydog> and <cat> on a beach" --seed 0 --out out/
     """
-    lib = _library(ctx)
+    lib = _library(ctx, at)
     with console.status("rendering…"):
         paths = lib.compose(
             concepts,
@@ -283,14 +284,15 @@ def compose_command(
 
 @cli.command("status", short_help="Concepts and the capacity left on every layer.")
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@click.option("--at", default=None, metavar="VERSION|TAG", help="Read this version instead of the current one.")
 @click.pass_context
-def status_command(ctx, as_json: bool) -> None:
+def status_command(ctx, as_json: bool, at: str | None) -> None:
     """Show the base, the concepts, per-width capacity used/free, and the bottleneck layer.
 
     A layer of width m holds floor(m/r) orthogonal rank-r concepts; the narrowest layers
     fill first, and the library is full when any layer is.
     """
-    s = _library(ctx).status()
+    s = _library(ctx, at).status()
     if as_json:
         click.echo(json.dumps(s.to_json(), indent=2, sort_keys=True))
         return
@@ -331,15 +333,16 @@ def status_command(ctx, as_json: bool) -> None:
 @cli.command("show", short_help="Everything recorded about one concept.")
 @click.argument("name")
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@click.option("--at", default=None, metavar="VERSION|TAG", help="Read this version instead of the current one.")
 @click.pass_context
-def show_command(ctx, name: str, as_json: bool) -> None:
+def show_command(ctx, name: str, as_json: bool, at: str | None) -> None:
     """Token, method, rank, images with hashes, hyper-parameters, losses, size on disk, and
     the concepts that interfere most with NAME.
 
     Crosstalk of A onto B: the energy of A's residual on B's recorded layer inputs, relative
     to B's own residual there (0 = A is invisible to B; 1 = as strong as B itself).
     """
-    info = _library(ctx).show(name)
+    info = _library(ctx, at).show(name)
     if as_json:
         click.echo(json.dumps(info, indent=2, sort_keys=True))
         return
@@ -369,12 +372,18 @@ def show_command(ctx, name: str, as_json: bool) -> None:
 @click.pass_context
 def log_command(ctx, as_json: bool) -> None:
     """One entry per change (init, add, …), newest first, with its version number."""
-    entries = _library(ctx).log()
+    lib = _library(ctx)
+    entries = lib.log()
+    tags: dict[str, list[str]] = {}
+    for tag, commit_id in lib.store.tags().items():
+        tags.setdefault(commit_id, []).append(tag)
+    pinned = lib.version()[1] if lib.store.checked_out() else None
     if as_json:
         click.echo(
             json.dumps(
                 [
                     {
+                        "tags": tags.get(cid, []),
                         "version": v,
                         "commit": cid,
                         "parent": c.parent,
@@ -390,13 +399,131 @@ def log_command(ctx, as_json: bool) -> None:
         )
         return
     for version, commit_id, commit in entries:
-        console.print(f"[yellow]version {version}[/] [dim]{commit_id[:12]}[/]  {commit.timestamp}")
+        labels = "".join(f" [green]({t})[/]" for t in tags.get(commit_id, []))
+        labels += " [magenta](checked out)[/]" if commit_id == pinned else ""
+        console.print(f"[yellow]version {version}[/]{labels} [dim]{commit_id[:12]}[/]  {commit.timestamp}")
         console.print(f"    {commit.message}   [dim]({len(commit.concepts)} concepts)[/]")
+
+
+@cli.command("list", short_help="The concepts, one line each.")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@click.option("--at", default=None, metavar="VERSION|TAG", help="Read this version instead of the current one.")
+@click.pass_context
+def list_command(ctx, as_json: bool, at: str | None) -> None:
+    """The concepts of the current version (or --at), in training order."""
+    concepts = _library(ctx, at).head().concepts
+    if as_json:
+        click.echo(
+            json.dumps(
+                [
+                    {
+                        "name": c.name,
+                        "token": c.token,
+                        "method": c.training.method,
+                        "rank": c.rank,
+                        "orthogonal": c.orthogonal,
+                        "images": len(c.images),
+                        "final_loss": c.final_loss,
+                        "created": c.created,
+                    }
+                    for c in concepts
+                ],
+                indent=2,
+                sort_keys=True,
+            )
+        )
+        return
+    for c in concepts:
+        console.print(f"{c.token:<20} {c.training.method:<12} rank {c.rank}  {len(c.images)} images  {c.created}")
+    if not concepts:
+        console.print("no concepts yet; add one with `seqlib add NAME FOLDER`")
+
+
+@cli.command("rm", short_help="Remove a concept (earlier versions keep it).")
+@click.argument("name")
+@click.option("-m", "--message", default=None, help="Note recorded in the commit.")
+@click.pass_context
+def rm_command(ctx, name: str, message: str | None) -> None:
+    """Remove NAME from the library in a new commit; its subspace returns to free capacity.
+
+    Concepts added after NAME stay valid: they were trained orthogonal to it. The earlier
+    versions still hold NAME (`seqlib revert VERSION` brings it back).
+
+    \b
+    Example:
+      seqlib rm mydog
+    """
+    lib = _library(ctx)
+    lib.rm(name, message)
+    console.print(f"Removed <{name}>; {lib.status().fits} more concepts fit now.")
+
+
+@cli.command("tag", short_help="Name a version.")
+@click.argument("name")
+@click.argument("version", required=False)
+@click.pass_context
+def tag_command(ctx, name: str, version: str | None) -> None:
+    """Give VERSION (default: the current one) the tag NAME; tags never move.
+
+    \b
+    Examples:
+      seqlib tag portfolio-v1
+      seqlib tag before-styles 3
+    """
+    v, commit_id = _library(ctx).tag(name, version)
+    console.print(f"Tagged version {v} ({commit_id[:12]}) as {name}")
+
+
+@cli.command("checkout", short_help="Pin a read-only version (or `main` to go back).")
+@click.argument("version")
+@click.pass_context
+def checkout_command(ctx, version: str) -> None:
+    """Read VERSION|TAG in compose, status, show and list until `seqlib checkout main`.
+
+    While a version is checked out, add/rm/revert are refused: history is only ever appended.
+    """
+    pinned = _library(ctx).checkout(version)
+    console.print("Back on the current version." if pinned is None else f"Checked out version {pinned[0]} (read-only).")
+
+
+@cli.command("revert", short_help="Restore an old version in a new commit.")
+@click.argument("version")
+@click.option("-m", "--message", default=None, help="Note recorded in the commit.")
+@click.pass_context
+def revert_command(ctx, version: str, message: str | None) -> None:
+    """Make a new commit whose concepts are exactly those of VERSION|TAG (nothing is deleted)."""
+    commit = _library(ctx).revert(version, message)
+    console.print(f"{commit.message}: {len(commit.concepts)} concepts")
+
+
+@cli.command("verify", short_help="Check every promise of the store format.")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@click.option("--skip-base", is_flag=True, help="Do not load the base to check its fingerprint.")
+@click.pass_context
+def verify_command(ctx, as_json: bool, skip_base: bool) -> None:
+    """Recompute commit hashes, the history chain, every array checksum, pairwise orthogonality
+    on every layer, the capacity arithmetic and the base fingerprint. Exit 1 on any violation."""
+    report = _library(ctx).verify(check_base=not skip_base)
+    if as_json:
+        click.echo(json.dumps(report, indent=2, sort_keys=True))
+    else:
+        worst = report["worst_orthogonality"]
+        pair = " and ".join(worst["pair"]) or "no pair"
+        console.print(
+            f"{report['commits']} commits, {report['payloads_checked']} payloads, {report['concepts']} concepts; "
+            f"worst overlap {worst['max_abs_cos']:.1e} ({pair}{' on ' + worst['layer'] if worst['layer'] else ''})"
+        )
+        for problem in report["problems"]:
+            err_console.print(f"[red]problem:[/] {problem}")
+        console.print("[green]ok[/]" if report["ok"] else f"[red]{len(report['problems'])} problems[/]")
+    if not report["ok"]:
+        ctx.exit(1)
 
 
 def main(argv: list[str] | None = None) -> int:
     try:
-        cli.main(args=argv, prog_name="seqlib", standalone_mode=False)
+        # Without standalone mode click *returns* the code of ctx.exit(code) instead of raising.
+        code = cli.main(args=argv, prog_name="seqlib", standalone_mode=False)
     except click.exceptions.Abort:
         err_console.print("aborted")
         return 130
@@ -405,7 +532,7 @@ def main(argv: list[str] | None = None) -> int:
         return e.exit_code
     except click.exceptions.Exit as e:
         return e.exit_code
-    return 0
+    return code if isinstance(code, int) else 0
 
 
 def _main() -> None:

@@ -29,7 +29,9 @@ class TrainConfig:
     init_word: str = "thing"
     prompt_template: str = "a photo of {token}"
     resolution: int = 64
-    basis_init: str = "activation"  # activation: top-r principal directions of the inputs in the free space; random: the paper
+    basis_init: str = (
+        "activation"  # activation: top-r principal directions of the inputs in the free space; random: the paper
+    )
     protect: int = 0  # also keep B orthogonal to the top-`protect` input directions of every earlier concept
     activation_k: int = 8  # principal input directions kept per layer (crosstalk diagnostics, --protect)
 

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import uuid
 from collections.abc import Iterator
@@ -96,6 +97,21 @@ def array_sha256(array: np.ndarray) -> str:
     import numpy as np
 
     return sha256_hex(np.ascontiguousarray(array, dtype=array.dtype.newbyteorder("<")).tobytes())
+
+
+def check_tag_name(name: str) -> None:
+    """A tag name:
+
+    - is 1 to 64 characters of letters, digits, ``.``, ``_`` and ``-``,
+    - does not start with ``.`` or ``-``,
+    - is not all digits (those are version numbers) and is not ``main``.
+    """
+    if not re.fullmatch(r"[A-Za-z0-9._-]{1,64}", name):
+        raise SeqlibError(f"tag {name!r} may contain only letters, digits, '.', '_' and '-' (1 to 64)")
+    if name[0] in ".-":
+        raise SeqlibError(f"tag {name!r} must not start with '.' or '-'")
+    if name.isdigit() or name == BRANCH:
+        raise SeqlibError(f"tag {name!r} would be confused with a version number or the branch")
 
 
 def find_store(start: Path | None = None) -> Path:
@@ -207,6 +223,55 @@ class Store:
                 "run the command again on the new state"
             )
         return commit_id
+
+    # ---- versions, tags, checkout ----------------------------------------------
+
+    def entries(self) -> list[tuple[int, str]]:
+        """(version, commit id) of every commit on the branch, oldest first."""
+        return [(int(e), (self._branch_dir / e).read_text().strip()) for e in self._ref_entries()]
+
+    @property
+    def _tags_dir(self) -> Path:
+        return self.root / "refs" / "tags"
+
+    def tags(self) -> dict[str, str]:
+        """Tag name -> commit id."""
+        if not self._tags_dir.is_dir():
+            return {}
+        return {p.name: p.read_text().strip() for p in sorted(self._tags_dir.iterdir()) if ".partial" not in p.name}
+
+    def tag(self, name: str, commit_id: str) -> None:
+        check_tag_name(name)
+        self._tags_dir.mkdir(exist_ok=True)
+        if not create_exclusive(self._tags_dir / name, (commit_id + "\n").encode()):
+            raise SeqlibError(f"tag {name!r} already exists")
+
+    def resolve(self, ref: str) -> tuple[int, str]:
+        """(version, commit id) for a version number, a tag, ``main`` or a commit id prefix."""
+        entries = self.entries()
+        if ref == BRANCH:
+            return entries[-1]
+        if ref.isdigit():
+            found = [e for e in entries if e[0] == int(ref)]
+        elif ref in self.tags():
+            found = [e for e in entries if e[1] == self.tags()[ref]]
+        else:
+            found = [e for e in entries if len(ref) >= 4 and e[1].startswith(ref)]
+        if len(found) != 1:
+            raise SeqlibError(f"no version, tag or commit {ref!r} (versions 1..{entries[-1][0]}; see `seqlib log`)")
+        return found[0]
+
+    def checked_out(self) -> str | None:
+        """The ref a read-only checkout pins (``HEAD`` file), or None when on the branch tip."""
+        head = self.root / "HEAD"
+        return head.read_text().strip() if head.is_file() else None
+
+    def set_checkout(self, ref: str | None) -> None:
+        head = self.root / "HEAD"
+        if ref is None or ref == BRANCH:
+            head.unlink(missing_ok=True)
+        else:
+            atomic_write(head, (ref + "\n").encode())
 
     # ---- payloads --------------------------------------------------------------
 
