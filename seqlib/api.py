@@ -10,6 +10,7 @@ training and sampling import torch and diffusers when they run.
 
 from __future__ import annotations
 
+import json
 import re
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -497,12 +498,17 @@ class Library:
         device: str = "cpu",
         base: str | None = None,
         warn: Callable[[str], None] | None = None,
+        scheduler: str | None = None,
+        grid: bool = False,
     ) -> list[Path]:
         """Render the selected concepts together; returns the PNG paths written.
 
+        Every PNG carries its generation parameters in text chunks (``seqlib`` as JSON, and
+        ``parameters`` in the AUTOMATIC1111 style). ``grid`` adds a contact sheet.
         ``warn`` receives a message for each selected pair whose recorded crosstalk is high.
         """
         import torch
+        from PIL.PngImagePlugin import PngInfo
 
         weights = parse_selection(selection)
         commit = self.head()
@@ -517,10 +523,13 @@ class Library:
                         f"<{b}> may not look like itself in this composition"
                     )
         pipe = self.pipeline(weights, device, base)
+        if scheduler is not None:
+            pipe.scheduler = make_scheduler(scheduler, pipe.scheduler.config)
         size = size or commit.library.base.resolution
         out = Path(out)
         out.mkdir(parents=True, exist_ok=True)
-        paths = []
+        version, commit_id = self.version()
+        paths, images = [], []
         for k in range(num_images):
             generator = torch.Generator(device="cpu").manual_seed(seed + k)
             image = pipe(
@@ -532,10 +541,76 @@ class Library:
                 width=size,
                 generator=generator,
             ).images[0]
+            params = {
+                "prompt": prompt,
+                "negative_prompt": negative_prompt,
+                "seed": seed + k,
+                "steps": steps,
+                "guidance": guidance,
+                "size": size,
+                "scheduler": type(pipe.scheduler).__name__,
+                "concepts": weights,
+                "store_version": version,
+                "commit": commit_id,
+                "base": commit.library.base.source,
+                "base_fingerprint": commit.library.base.fingerprint,
+            }
+            info = PngInfo()
+            info.add_text("seqlib", json.dumps(params, sort_keys=True))
+            info.add_text("parameters", _a1111_parameters(params))
             path = out / f"{'+'.join(weights)}-seed{seed + k}.png"
-            image.save(path)
+            image.save(path, pnginfo=info)
             paths.append(path)
+            images.append(image)
+        if grid:
+            paths.append(_contact_sheet(images, out / f"{'+'.join(weights)}-seed{seed}-grid.png"))
         return paths
+
+
+SCHEDULERS = {
+    "ddim": "DDIMScheduler",
+    "pndm": "PNDMScheduler",
+    "euler": "EulerDiscreteScheduler",
+    "euler-a": "EulerAncestralDiscreteScheduler",
+    "dpm++": "DPMSolverMultistepScheduler",
+    "ddpm": "DDPMScheduler",
+}
+
+
+def make_scheduler(name: str, config):
+    import diffusers
+
+    if name not in SCHEDULERS:
+        raise SeqlibError(f"unknown scheduler {name!r}; choose from {', '.join(SCHEDULERS)}")
+    return getattr(diffusers, SCHEDULERS[name]).from_config(config)
+
+
+def _a1111_parameters(p: dict) -> str:
+    concepts = ", ".join(f"{n}:{w:g}" for n, w in p["concepts"].items())
+    lines = [p["prompt"]]
+    if p["negative_prompt"]:
+        lines.append(f"Negative prompt: {p['negative_prompt']}")
+    lines.append(
+        f"Steps: {p['steps']}, Sampler: {p['scheduler']}, CFG scale: {p['guidance']}, Seed: {p['seed']}, "
+        f"Size: {p['size']}x{p['size']}, Model hash: {p['base_fingerprint'][:10]}, "
+        f"seqlib concepts: {concepts}, seqlib version: {p['store_version']}"
+    )
+    return "\n".join(lines)
+
+
+def _contact_sheet(images: list, path: Path) -> Path:
+    import math
+
+    from PIL import Image
+
+    cols = math.ceil(math.sqrt(len(images)))
+    rows = math.ceil(len(images) / cols)
+    w, h = images[0].size
+    sheet = Image.new("RGB", (cols * w, rows * h), "white")
+    for i, im in enumerate(images):
+        sheet.paste(im, ((i % cols) * w, (i // cols) * h))
+    sheet.save(path)
+    return path
 
 
 def _check_prompt(prompt: str, weights: dict[str, float], commit: Commit) -> None:

@@ -248,16 +248,24 @@ def add_command(ctx, name, images, init_word, rank, method, message, device, **h
 @click.option("--guidance", type=float, default=7.5, show_default=True, help="Classifier-free guidance scale.")
 @click.option("--size", type=click.IntRange(8), default=None, help="Image side in pixels (default: the base's).")
 @click.option("--out", "-o", default="out", show_default=True, type=click.Path(file_okay=False))
+@click.option(
+    "--scheduler",
+    type=click.Choice(["ddim", "pndm", "euler", "euler-a", "dpm++", "ddpm"]),
+    default=None,
+    help="Sampler (default: the base's own).",
+)
+@click.option("--grid", is_flag=True, help="Also write a contact sheet of all images.")
 @click.option("--device", default="cpu", show_default=True)
 @click.option("--at", default=None, metavar="VERSION|TAG", help="Read this version instead of the current one.")
 @click.pass_context
 def compose_command(
-    ctx, concepts, prompt, negative_prompt, seed, num_images, steps, guidance, size, out, device, at
+    ctx, concepts, prompt, negative_prompt, seed, num_images, steps, guidance, size, out, scheduler, grid, device, at
 ) -> None:
     """Render CONCEPTS (comma-separated, optional weights: mydog=0.8,cat) in one image.
 
     The residuals are summed into the base weights (no fusion step) and the concept
-    tokens are registered; a fixed --seed gives identical images.
+    tokens are registered; a fixed --seed gives identical images. Each PNG records its
+    prompt, seed, concepts with weights, library version and base in its text chunks.
 
     \b
     Example:
@@ -277,6 +285,8 @@ def compose_command(
             size=size,
             device=device,
             warn=lambda msg: err_console.print(f"[yellow]warning:[/] {msg}"),
+            scheduler=scheduler,
+            grid=grid,
         )
     for p in paths:
         console.print(f"wrote {p}")

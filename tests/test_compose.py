@@ -1,0 +1,61 @@
+"""Compose, complete: weights, schedulers, PNG metadata, contact sheets, the pipeline API."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import torch
+from PIL import Image
+
+from seqlib.api import Library
+from seqlib.lora import adapted_layers
+
+
+def test_pngs_carry_their_generation_parameters_and_a_grid(seqlora_store, tmp_path):
+    lib = Library.open(seqlora_store)
+    paths = lib.compose(
+        "mascot=0.8,gem",
+        "a photo of <mascot> with <gem>",
+        out=tmp_path,
+        seed=5,
+        num_images=3,
+        steps=2,
+        negative_prompt="blurry",
+        grid=True,
+    )
+    assert [p.name for p in paths] == [
+        "mascot+gem-seed5.png",
+        "mascot+gem-seed6.png",
+        "mascot+gem-seed7.png",
+        "mascot+gem-seed5-grid.png",
+    ]
+    meta = json.loads(Image.open(paths[1]).text["seqlib"])
+    assert meta["seed"] == 6 and meta["concepts"] == {"mascot": 0.8, "gem": 1.0}
+    assert meta["prompt"] == "a photo of <mascot> with <gem>" and meta["negative_prompt"] == "blurry"
+    assert meta["store_version"] == 4 and meta["commit"] == lib.version()[1]
+    assert meta["base_fingerprint"] == lib.head().library.base.fingerprint
+    assert "Seed: 6" in Image.open(paths[1]).text["parameters"]
+    assert Image.open(paths[3]).size == (128, 128)  # 3 images on a 2 x 2 sheet of 64 px tiles
+
+
+def test_the_scheduler_can_be_chosen(seqlora_store, tmp_path):
+    lib = Library.open(seqlora_store)
+    a = lib.compose(["mascot"], "<mascot>", out=tmp_path / "a", steps=3)[0]
+    b = lib.compose(["mascot"], "<mascot>", out=tmp_path / "b", steps=3, scheduler="euler")[0]
+    assert json.loads(Image.open(b).text["seqlib"])["scheduler"] == "EulerDiscreteScheduler"
+    assert np.abs(np.asarray(Image.open(a), dtype=int) - np.asarray(Image.open(b))).max() > 0
+
+
+def test_pipeline_api_returns_a_diffusers_pipeline_with_the_weighted_sum_applied(seqlora_store):
+    lib = Library.open(seqlora_store)
+    head = lib.head()
+    pipe = lib.pipeline({"mascot": 0.5, "emblem": 1.0})
+    base = lib._load_base(head, "cpu", None)
+    (A1, B1, _), (A2, B2, _) = (lib.factors(head.concept(n), head) for n in ("mascot", "emblem"))
+    patched, original = dict(adapted_layers(pipe.unet)), dict(adapted_layers(base.unet))
+    for name in patched:
+        expected = original[name].weight + 0.5 * A1[name] @ B1[name].T + A2[name] @ B2[name].T
+        torch.testing.assert_close(patched[name].weight, expected, atol=1e-6, rtol=0)
+    assert type(pipe).__name__ == "StableDiffusionPipeline"
+    assert pipe.tokenizer.convert_tokens_to_ids("<emblem>") != pipe.tokenizer.unk_token_id
