@@ -103,7 +103,7 @@ class Status:
                     "name": c.name,
                     "token": c.token,
                     "rank": c.rank,
-                    "method": c.training.method,
+                    "method": c.method,
                     "orthogonal": c.orthogonal,
                     "final_loss": c.final_loss,
                     "created": c.created,
@@ -362,7 +362,7 @@ class Library:
                 *self.factors(c, commit)[:2],
                 orthogonal=c.orthogonal,
                 U={k: torch.from_numpy(u) for k, (u, _) in self.input_summary(c, commit).items()},
-                protect=c.training.protect,
+                protect=c.protect,
             )
             for c in commit.concepts
         ]
@@ -411,6 +411,146 @@ class Library:
             onto_new[c.name] = round(crosstalk(names, old, new, new_summary)[0], 6)
             from_new[c.name] = round(crosstalk(names, new, old, self.input_summary(c, commit))[0], 6)
         return onto_new, from_new
+
+    # ---- export and import -----------------------------------------------------
+
+    def export(self, selection, out: str | Path, fmt: str = "diffusers") -> list[Path]:
+        """One LoRA file of rank Σr for the selected concepts (with weights), a sidecar, and
+        their token embeddings as textual-inversion files. Returns the paths written."""
+        from seqlib.export import stack_factors, write_export
+
+        weights = parse_selection(selection)
+        commit = self.head()
+        chosen = [(self.concept(n, commit), w) for n, w in weights.items()]
+        loaded = [(self.factors(c, commit), w) for c, w in chosen]
+        version, commit_id = self.version()
+        meta = {
+            "concepts": weights,
+            "store_version": version,
+            "commit": commit_id,
+            "base": commit.library.base.source,
+            "base_fingerprint": commit.library.base.fingerprint,
+        }
+        return write_export(
+            Path(out),
+            fmt,
+            stack_factors([(A, B, w) for (A, B, _), w in loaded]),
+            {c.token: f[2] for (c, _), (f, _) in zip(chosen, loaded)},
+            meta,
+        )
+
+    def import_lora(
+        self,
+        name: str,
+        path: str | Path,
+        rank: int | None = None,
+        init_word: str = "thing",
+        max_error: float = 0.5,
+        force: bool = False,
+        device: str = "cpu",
+    ) -> tuple[ConceptRecord, dict[str, float]]:
+        """Adopt a foreign LoRA: project its basis onto the free space, refit its coefficients.
+
+        Per layer, with ΔW the LoRA's residual and P⊥ the projector onto what earlier concepts
+        left free, B = the top-r right singular vectors of ΔW P⊥ and A = ΔW B: the rank-r
+        residual A Bᵀ with B in the free space closest to ΔW (Eckart–Young). Returns the record
+        and the relative error ‖ΔW − A Bᵀ‖ / ‖ΔW‖ per layer (and "overall").
+        """
+        import hashlib
+
+        import numpy as np
+        import torch
+
+        from seqlib import payload
+        from seqlib.errors import ImportRejectedError
+        from seqlib.export import from_lora_file
+        from seqlib.format import ImportRecord
+        from seqlib.train import Earlier, _init_token, taken_space
+
+        check_concept_name(name)
+        seq, parent_id, commit = self._writable()
+        if commit.concept(name) is not None:
+            raise ConceptExistsError(f"concept {name!r} already exists; pick another name")
+        lib, r = commit.library, rank or commit.library.rank
+        path = Path(path)
+        fmt, deltas = from_lora_file(path, [layer.name for layer in lib.layers])
+        earlier = [
+            Earlier(
+                *self.factors(c, commit)[:2],
+                orthogonal=c.orthogonal,
+                U={k: torch.from_numpy(u) for k, (u, _) in self.input_summary(c, commit).items()},
+                protect=c.protect,
+            )
+            for c in commit.concepts
+        ]
+        gen = torch.Generator().manual_seed(0)
+        A, B, errors, num, den = {}, {}, {}, 0.0, 0.0
+        from seqlib.subspace import project_out, random_basis
+
+        free = free_dims(commit)
+        full = [layer.name for layer in lib.layers if free[layer.name] < r]
+        if full:
+            raise CapacityError(full, r, free)
+        for layer in lib.layers:
+            Q, _ = taken_space(layer.name, layer.in_features, earlier, 0)
+            dW = deltas.get(layer.name)
+            if dW is None or not torch.any(dW):  # untouched layer: a zero residual on a free basis
+                B[layer.name] = random_basis(layer.in_features, r, Q, gen).float().numpy()
+                A[layer.name] = np.zeros((layer.out_features, r), np.float32)
+                continue
+            dW = dW.double()
+            _, _, Vh = torch.linalg.svd(project_out(dW.T, Q).T, full_matrices=False)  # rows of ΔW P⊥
+            b = project_out(Vh[:r].T, Q)
+            a = dW @ b
+            err = float(torch.linalg.norm(dW - a @ b.T))
+            errors[layer.name] = err / float(torch.linalg.norm(dW))
+            num, den = num + err**2, den + float(torch.linalg.norm(dW)) ** 2
+            A[layer.name], B[layer.name] = a.float().numpy(), b.float().numpy()
+        errors["overall"] = (num / den) ** 0.5 if den else 0.0
+        if errors["overall"] > max_error and not force:
+            raise ImportRejectedError(
+                f"{path.name} fits the free space only with relative error {errors['overall']:.2f} "
+                f"(> {max_error}); use a larger --rank, or --force to import anyway"
+            )
+        pipe = self._load_base(commit, device, None)
+        token = token_for(name)
+        embedding, hook = _init_token(pipe, token, init_word)
+        hook.remove()
+        zeros_u = {layer.name: np.zeros((layer.in_features, 8), np.float32) for layer in lib.layers}
+        zeros_s = {layer.name: np.zeros(8, np.float32) for layer in lib.layers}
+        arrays = payload.pack(lib.layers, A, B, embedding.cpu().numpy(), zeros_u, zeros_s)
+        payload_id, array_records = self.store.write_payload(arrays, {"concept": name, "rank": r})
+        concept = ConceptRecord(
+            name=name,
+            token=token,
+            rank=r,
+            orthogonal=True,
+            payload=payload_id,
+            arrays=array_records,
+            images=[],
+            training=None,
+            imported=ImportRecord(
+                file=path.name,
+                sha256=hashlib.sha256(path.read_bytes()).hexdigest(),
+                format=fmt,
+                relative_error=round(errors["overall"], 6),
+            ),
+            reserved=[0] * len(lib.layers),
+            crosstalk_from={},
+            crosstalk_onto={},
+            initial_loss=float("nan"),
+            final_loss=float("nan"),
+            train_seconds=0.0,
+            created=now_iso(),
+        )
+        new = Commit(
+            parent=parent_id,
+            message=f"import {name} from {path.name}",
+            library=lib,
+            concepts=[*commit.concepts, concept],
+        )
+        self.store.commit(new, expected_seq=seq)
+        return concept, errors
 
     # ---- history verbs ---------------------------------------------------------
 

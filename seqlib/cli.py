@@ -313,14 +313,14 @@ def status_command(ctx, as_json: bool, at: str | None) -> None:
     for col in ("name", "token", "method", "rank", "images", "loss start → end", "added"):
         concepts.add_column(col)
     for c in s.commit.concepts:
-        method = c.training.method + ("" if c.orthogonal else " [yellow](not orthogonal)[/]")
+        method = c.method + ("" if c.orthogonal else " [yellow](not orthogonal)[/]")
         concepts.add_row(
             c.name,
             c.token,
             method,
             str(c.rank),
             str(len(c.images)),
-            f"{c.initial_loss:.4f} → {c.final_loss:.4f}",
+            "imported" if c.final_loss is None else f"{c.initial_loss:.4f} → {c.final_loss:.4f}",
             c.created[:16].replace("T", " "),
         )
     console.print(concepts)
@@ -357,13 +357,19 @@ def show_command(ctx, name: str, as_json: bool, at: str | None) -> None:
         click.echo(json.dumps(info, indent=2, sort_keys=True))
         return
     c = info["concept"]
-    t = c["training"]
-    console.print(f"[bold]{c['token']}[/]  {t['method']}, rank {c['rank']}, added {c['created']}")
+    t = c["training"] or {}
+    method = t.get("method", "imported")
+    console.print(f"[bold]{c['token']}[/]  {method}, rank {c['rank']}, added {c['created']}")
+    if c.get("imported"):
+        imp = c["imported"]
+        console.print(f"imported from {imp['file']} ({imp['format']}), relative error {imp['relative_error']:.3f}")
+    loss = "" if c["final_loss"] is None else f"loss {c['initial_loss']:.4f} → {c['final_loss']:.4f}   "
     console.print(
-        f"loss {c['initial_loss']:.4f} → {c['final_loss']:.4f}   trained {c['train_seconds']:.0f}s   "
-        f"{info['size_bytes'] / 1024:.0f} KiB on disk   payload {c['payload'][:12]}"
+        f"{loss}trained {c['train_seconds']:.0f}s   {info['size_bytes'] / 1024:.0f} KiB on disk   "
+        f"payload {c['payload'][:12]}"
     )
-    console.print("hyper-parameters: " + ", ".join(f"{k}={v}" for k, v in sorted(t.items())))
+    if t:
+        console.print("hyper-parameters: " + ", ".join(f"{k}={v}" for k, v in sorted(t.items())))
     if any(c["reserved"]):
         console.print(f"--protect reserved up to {max(c['reserved'])} extra dims per layer")
     console.print(f"{len(c['images'])} images:")
@@ -415,6 +421,68 @@ def log_command(ctx, as_json: bool) -> None:
         console.print(f"    {commit.message}   [dim]({len(commit.concepts)} concepts)[/]")
 
 
+@cli.command("export", short_help="Write concepts as one LoRA for diffusers, A1111 or ComfyUI.")
+@click.argument("concepts")
+@click.option("-o", "--out", required=True, type=click.Path(dir_okay=False), help="The .safetensors file to write.")
+@click.option(
+    "--format",
+    "fmt",
+    type=click.Choice(["kohya", "diffusers"]),
+    default="kohya",
+    show_default=True,
+    help="kohya: AUTOMATIC1111/ComfyUI/kohya keys. diffusers: pipe.load_lora_weights / PEFT keys.",
+)
+@click.option("--at", default=None, metavar="VERSION|TAG", help="Read this version instead of the current one.")
+@click.pass_context
+def export_command(ctx, concepts: str, out: str, fmt: str, at: str | None) -> None:
+    """Export CONCEPTS (comma-separated, optional weights) as ONE LoRA of rank Σr.
+
+    The factors are concatenated and alpha = Σr, so loading the file at weight 1 gives
+    exactly `seqlib compose`'s weights. Beside it: an A1111 sidecar `<file>.json` with the
+    activation text, and `<file>.embeddings/<name>.safetensors` textual-inversion files for
+    the concept tokens (diffusers: `pipe.load_textual_inversion(path, token="<name>")`).
+
+    \b
+    Examples:
+      seqlib export mydog -o mydog.safetensors
+      seqlib export mydog,cat=0.8 -o pets.safetensors --format diffusers
+    """
+    for path in _library(ctx, at).export(concepts, out, fmt):
+        console.print(f"wrote {path}")
+
+
+@cli.command("import", short_help="Adopt a foreign LoRA into the library.")
+@click.argument("name")
+@click.argument("lora", type=click.Path(exists=True, dir_okay=False))
+@click.option("--rank", type=click.IntRange(1), default=None, help="Rank kept (default: the library's).")
+@click.option("--init-word", default="thing", show_default=True, help="Word whose embedding <NAME> gets.")
+@click.option(
+    "--max-error",
+    type=float,
+    default=0.5,
+    show_default=True,
+    help="Refuse when the relative residual error of the refit exceeds this.",
+)
+@click.option("--force", is_flag=True, help="Import even above --max-error.")
+@click.option("--device", default="cpu", show_default=True)
+@click.pass_context
+def import_command(ctx, name, lora, rank, init_word, max_error, force, device) -> None:
+    """Adopt LORA (kohya or diffusers .safetensors) as concept NAME.
+
+    Its basis is projected onto the space earlier concepts left free and its coefficients
+    refit by least squares, so it composes with the library like any other concept. The
+    relative residual error per layer and overall says what the projection cost.
+    """
+    concept, errors = _library(ctx).import_lora(
+        name, lora, rank=rank, init_word=init_word, max_error=max_error, force=force, device=device
+    )
+    worst = max((k for k in errors if k != "overall"), key=errors.get, default=None)
+    console.print(
+        f"Imported {concept.token} from {Path(lora).name} ({concept.imported.format}), rank {concept.rank}: "
+        f"relative error {errors['overall']:.3f} overall" + (f", worst {errors[worst]:.3f} on {worst}" if worst else "")
+    )
+
+
 @cli.command("list", short_help="The concepts, one line each.")
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 @click.option("--at", default=None, metavar="VERSION|TAG", help="Read this version instead of the current one.")
@@ -429,7 +497,7 @@ def list_command(ctx, as_json: bool, at: str | None) -> None:
                     {
                         "name": c.name,
                         "token": c.token,
-                        "method": c.training.method,
+                        "method": c.method,
                         "rank": c.rank,
                         "orthogonal": c.orthogonal,
                         "images": len(c.images),
@@ -444,7 +512,7 @@ def list_command(ctx, as_json: bool, at: str | None) -> None:
         )
         return
     for c in concepts:
-        console.print(f"{c.token:<20} {c.training.method:<12} rank {c.rank}  {len(c.images)} images  {c.created}")
+        console.print(f"{c.token:<20} {c.method:<12} rank {c.rank}  {len(c.images)} images  {c.created}")
     if not concepts:
         console.print("no concepts yet; add one with `seqlib add NAME FOLDER`")
 

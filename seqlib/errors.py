@@ -75,3 +75,7 @@ class ChecksumMismatch(SeqlibError):
     def __init__(self, what: str, expected: str, got: str) -> None:
         self.expected, self.got = expected, got
         super().__init__(f"{what}: checksum mismatch (expected {expected[:12]}…, got {got[:12]}…)")
+
+
+class ImportRejectedError(SeqlibError):
+    pass

@@ -108,6 +108,15 @@ class TrainingRecord(_Model):
     activation_k: int = Field(8, description="Principal input directions stored per layer.")
 
 
+class ImportRecord(_Model):
+    """Where an imported concept came from (it has no training images)."""
+
+    file: str = Field(description="File name of the foreign LoRA.")
+    sha256: str
+    format: Literal["kohya", "diffusers"]
+    relative_error: float = Field(description="‖ΔW − A Bᵀ‖ / ‖ΔW‖ over all layers after projection and refit.")
+
+
 class ConceptRecord(_Model):
     name: str
     token: str = Field(description="The prompt token, `<name>`.")
@@ -116,7 +125,8 @@ class ConceptRecord(_Model):
     payload: str = Field(description="Id of the zarr group under objects/payloads/.")
     arrays: list[ArrayRecord]
     images: list[ImageRecord]
-    training: TrainingRecord
+    training: TrainingRecord | None = Field(description="None for imported concepts.")
+    imported: ImportRecord | None = Field(None, description="Set for concepts adopted by `seqlib import`.")
     reserved: list[int] = Field(
         description="Per layer (library order): dimensions this concept's --protect took beyond its basis."
     )
@@ -126,10 +136,18 @@ class ConceptRecord(_Model):
     crosstalk_onto: dict[str, float] = Field(
         description="Per earlier concept: this concept's residual's energy on its inputs / its own."
     )
-    initial_loss: float = Field(description="Denoising loss on the evaluation batch before training.")
-    final_loss: float = Field(description="The same loss after training.")
+    initial_loss: float | None = Field(description="Denoising loss on the evaluation batch before training.")
+    final_loss: float | None = Field(description="The same loss after training (None when imported).")
     train_seconds: float
     created: str
+
+    @property
+    def method(self) -> str:
+        return self.training.method if self.training else "imported"
+
+    @property
+    def protect(self) -> int:
+        return self.training.protect if self.training else 0
 
 
 class Commit(_Model):

@@ -1,0 +1,158 @@
+"""Export to and import from the LoRA formats the ecosystem loads (kohya / A1111, diffusers / PEFT).
+
+A composition of concepts exports as **one** LoRA of rank Σr: on every layer the factors are
+concatenated (``down = [B_1 … B_k]ᵀ``, ``up = [w_1 A_1 … w_k A_k]``) and alpha = Σr, so the
+scale alpha/rank is 1 and ``up @ down`` is exactly the composed residual. Each format has one
+pure function that accounts for every key.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+from torch import Tensor
+
+from seqlib.errors import SeqlibError
+
+FORMATS = ("kohya", "diffusers")
+
+
+def stack_factors(
+    concepts: list[tuple[dict[str, Tensor], dict[str, Tensor], float]],
+) -> dict[str, tuple[Tensor, Tensor]]:
+    """Per layer: (up (n, Σr), down (Σr, m)) of the weighted sum of the given concepts."""
+    layers = concepts[0][0].keys()
+    return {
+        name: (
+            torch.cat([w * A[name].float() for A, _, w in concepts], dim=1).contiguous(),
+            torch.cat([B[name].float().T for _, B, _ in concepts], dim=0).contiguous(),
+        )
+        for name in layers
+    }
+
+
+def kohya_key(name: str) -> str:
+    return "lora_unet_" + name.replace(".", "_")
+
+
+def to_kohya(factors: dict[str, tuple[Tensor, Tensor]]) -> dict[str, Tensor]:
+    out = {}
+    for name, (up, down) in factors.items():
+        key = kohya_key(name)
+        out[f"{key}.lora_down.weight"] = down
+        out[f"{key}.lora_up.weight"] = up
+        out[f"{key}.alpha"] = torch.tensor(float(down.shape[0]))
+    return out
+
+
+def to_diffusers(factors: dict[str, tuple[Tensor, Tensor]]) -> dict[str, Tensor]:
+    out = {}
+    for name, (up, down) in factors.items():
+        out[f"unet.{name}.lora_A.weight"] = down
+        out[f"unet.{name}.lora_B.weight"] = up
+    return out
+
+
+def from_lora_file(path: Path, layer_names: list[str]) -> tuple[str, dict[str, Tensor]]:
+    """Read a kohya or diffusers/PEFT LoRA: (format, {layer: residual ΔW (n, m)}).
+
+    Every key must be accounted for; a LoRA touching layers seqlib does not adapt (the text
+    encoder, convolutions) is refused rather than silently truncated.
+    """
+    from safetensors.torch import load_file
+
+    try:
+        state = load_file(str(path))
+    except Exception as e:  # safetensors raises its own error types
+        raise SeqlibError(f"{path} is not a readable .safetensors LoRA: {e}") from None
+    by_kohya = {kohya_key(n): n for n in layer_names}
+    deltas: dict[str, Tensor] = {}
+    if any(k.startswith("lora_unet_") for k in state):
+        fmt = "kohya"
+        for key in sorted(k for k in state if k.endswith(".lora_down.weight")):
+            stem = key[: -len(".lora_down.weight")]
+            if stem not in by_kohya:
+                raise SeqlibError(f"{path}: {stem} is not a layer seqlib adapts (only UNet attention projections)")
+            down, up = state.pop(key).float(), state.pop(f"{stem}.lora_up.weight").float()
+            alpha = state.pop(f"{stem}.alpha", torch.tensor(float(down.shape[0])))
+            deltas[by_kohya[stem]] = (float(alpha) / down.shape[0]) * (up @ down)
+    elif any(".lora_A." in k for k in state):
+        fmt = "diffusers"
+        for key in sorted(k for k in state if ".lora_A." in k):
+            name = key.split(".lora_A.")[0].removeprefix("unet.")
+            if name not in layer_names:
+                raise SeqlibError(f"{path}: {name} is not a layer seqlib adapts (only UNet attention projections)")
+            down = state.pop(key).float()
+            up = state.pop(key.replace(".lora_A.", ".lora_B.")).float()
+            deltas[name] = up @ down  # scale 1: diffusers files carry alpha in their metadata
+    else:
+        raise SeqlibError(f"{path}: neither kohya (lora_unet_…) nor diffusers (…lora_A…) LoRA keys")
+    if state:
+        raise SeqlibError(f"{path}: keys seqlib cannot use: {', '.join(sorted(state)[:5])}")
+    return fmt, deltas
+
+
+def write_export(
+    path: Path,
+    fmt: str,
+    factors: dict[str, tuple[Tensor, Tensor]],
+    tokens: dict[str, Tensor],
+    meta: dict,
+) -> list[Path]:
+    """Write the LoRA, its A1111 sidecar and one textual-inversion file per token."""
+    from safetensors.torch import save_file
+
+    if fmt not in FORMATS:
+        raise SeqlibError(f"unknown format {fmt!r}; choose from {', '.join(FORMATS)}")
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    rank = next(iter(factors.values()))[1].shape[0]
+    trigger = " ".join(tokens)
+    header = {
+        "format": "pt",
+        "seqlib": json.dumps(meta, sort_keys=True),
+        "ss_network_module": "networks.lora",
+        "ss_network_dim": str(rank),
+        "ss_network_alpha": str(float(rank)),
+        "ss_base_model_version": "sd_v1",
+        "ss_output_name": path.stem,
+        "modelspec.sai_model_spec": "1.0.0",
+        "modelspec.architecture": "stable-diffusion-v1/lora",
+        "modelspec.implementation": "https://github.com/huggingface/diffusers",
+        "modelspec.title": path.stem,
+        "modelspec.trigger_phrase": trigger,
+    }
+    if fmt == "kohya":
+        tensors = to_kohya(factors)
+    else:
+        tensors = to_diffusers(factors)
+        # diffusers keys the adapter config by component prefix, as its save_lora_weights does
+        config = {"r": rank, "lora_alpha": rank, "target_modules": sorted(factors), "use_dora": False}
+        header["lora_adapter_metadata"] = json.dumps({f"unet.{k}": v for k, v in config.items()}, sort_keys=True)
+    save_file(tensors, str(path), metadata=header)
+    written = [path]
+    sidecar = path.with_suffix(".json")
+    sidecar.write_text(
+        json.dumps(
+            {
+                "description": f"seqlib export of {', '.join(tokens)}",
+                "sd version": "SD1",
+                "activation text": trigger,
+                "preferred weight": 1,
+                "notes": "Load the textual-inversion files beside it for the concept tokens.",
+            },
+            indent=2,
+            sort_keys=True,
+        )
+        + "\n"
+    )
+    written.append(sidecar)
+    emb_dir = path.with_name(f"{path.stem}.embeddings")
+    emb_dir.mkdir(exist_ok=True)
+    for token, vector in tokens.items():
+        emb = emb_dir / f"{token.strip('<>')}.safetensors"
+        save_file({"emb_params": vector.float().reshape(1, -1).contiguous()}, str(emb), metadata={"token": token})
+        written.append(emb)
+    return written

@@ -1,0 +1,112 @@
+"""Export to the ecosystem's LoRA formats and import foreign LoRAs."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import pytest
+import torch
+from safetensors import safe_open
+
+from seqlib.api import Library
+from seqlib.cli import main
+from seqlib.errors import ImportRejectedError
+from seqlib.lora import adapted_layers
+from seqlib.subspace import max_cosine
+
+SELECTION = {"mascot": 0.8, "emblem": 1.0, "gem": 1.0}
+
+
+@pytest.mark.parametrize("fmt", ["diffusers", "kohya"])
+def test_diffusers_loads_the_export_to_exactly_the_composed_weights(seqlora_store, tmp_path, fmt):
+    pytest.importorskip("peft")
+    lib = Library.open(seqlora_store)
+    file = tmp_path / f"all-{fmt}.safetensors"
+    written = lib.export(SELECTION, file, fmt)
+    assert {p.name for p in written} >= {file.name, f"all-{fmt}.json", "mascot.safetensors"}
+
+    composed = dict(adapted_layers(lib.pipeline(SELECTION).unet))
+    pipe = lib._load_base(lib.head(), "cpu", None)
+    pipe.load_lora_weights(str(file))  # kohya keys go through diffusers' own conversion
+    pipe.fuse_lora()
+    pipe.unload_lora_weights()
+    worst = max(float((m.weight - composed[n].weight).abs().max()) for n, m in adapted_layers(pipe.unet))
+    assert worst < 1e-5
+
+    with safe_open(str(file), "pt") as f:
+        meta = f.metadata()
+        rank = 3 * 4
+        assert meta["ss_network_dim"] == str(rank) and meta["ss_base_model_version"] == "sd_v1"
+        assert meta["modelspec.trigger_phrase"] == "<mascot> <emblem> <gem>"
+        assert json.loads(meta["seqlib"])["concepts"] == SELECTION
+        if fmt == "diffusers":
+            assert json.loads(meta["lora_adapter_metadata"])["unet.lora_alpha"] == rank
+    sidecar = json.loads(file.with_suffix(".json").read_text())
+    assert sidecar["activation text"] == "<mascot> <emblem> <gem>"
+
+
+def test_textual_inversion_files_load_into_diffusers(seqlora_store, tmp_path):
+    lib = Library.open(seqlora_store)
+    file = tmp_path / "m.safetensors"
+    lib.export(["mascot"], file, "diffusers")
+    pipe = lib._load_base(lib.head(), "cpu", None)
+    pipe.load_textual_inversion(str(tmp_path / "m.embeddings" / "mascot.safetensors"), token="<mascot>")
+    table = pipe.text_encoder.get_input_embeddings().weight
+    expected = lib.factors(lib.head().concept("mascot"), lib.head())[2]
+    torch.testing.assert_close(table[pipe.tokenizer.convert_tokens_to_ids("<mascot>")], expected)
+
+
+def test_import_of_a_foreign_lora_is_exact_when_the_space_is_free(seqlora_store, empty_store, tmp_path, capsys):
+    lora = tmp_path / "emblem.safetensors"
+    Library.open(seqlora_store).export(["emblem"], lora, "kohya")
+    shutil.copytree(empty_store, tmp_path / ".seqlib")
+    code = main(["--store", str(tmp_path / ".seqlib"), "import", "adopted", str(lora)])
+    out = capsys.readouterr().out
+    assert code == 0 and "relative error 0.000" in out
+    lib = Library.open(tmp_path / ".seqlib")
+    concept = lib.head().concept("adopted")
+    assert concept.imported.format == "kohya" and concept.training is None
+    assert concept.imported.relative_error < 1e-5
+    assert lib.verify(check_base=False)["ok"]
+
+
+def test_import_projects_onto_the_free_space_and_refuses_what_does_not_fit(store_copy, tmp_path):
+    lib = Library.open(store_copy)
+    own = tmp_path / "mascot.safetensors"
+    lib.export(["mascot"], own, "diffusers")
+    # mascot's own residual lies in a subspace that is taken: nothing of it fits
+    with pytest.raises(ImportRejectedError, match="relative error 1.00"):
+        lib.import_lora("twin", own)
+    # a foreign LoRA with random bases partly overlaps the taken space: forced in, still orthogonal
+    from safetensors.torch import save_file
+
+    g = torch.Generator().manual_seed(0)
+    foreign = {}
+    for name, module in adapted_layers(lib._load_base(lib.head(), "cpu", None).unet):
+        foreign[f"unet.{name}.lora_A.weight"] = torch.randn(4, module.in_features, generator=g)
+        foreign[f"unet.{name}.lora_B.weight"] = torch.randn(module.out_features, 4, generator=g)
+    save_file(foreign, str(tmp_path / "foreign.safetensors"))
+    concept, errors = lib.import_lora("foreign", tmp_path / "foreign.safetensors", force=True)
+    assert 0.0 < errors["overall"] < 1.0
+    head = lib.head()
+    _, B_new, _ = lib.factors(concept, head)
+    for other in head.concepts[:-1]:
+        _, B, _ = lib.factors(other, head)
+        assert max(max_cosine(B_new[n], B[n]) for n in B) < 1e-5
+
+
+def test_a_lora_for_other_layers_is_refused(store_copy, tmp_path):
+    from safetensors.torch import save_file
+
+    save_file(
+        {
+            "lora_te_text_model_encoder_layers_0_mlp_fc1.lora_down.weight": torch.zeros(4, 8),
+            "lora_te_text_model_encoder_layers_0_mlp_fc1.lora_up.weight": torch.zeros(8, 4),
+            "lora_unet_x.lora_down.weight": torch.zeros(4, 8),
+            "lora_unet_x.lora_up.weight": torch.zeros(8, 4),
+        },
+        str(tmp_path / "te.safetensors"),
+    )
+    code = main(["--store", str(store_copy), "import", "te", str(tmp_path / "te.safetensors")])
+    assert code == 1
