@@ -12,11 +12,13 @@ from __future__ import annotations
 
 import json
 import re
+import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from seqlib.backends import is_url
 from seqlib.errors import (
     CapacityError,
     ConceptExistsError,
@@ -147,9 +149,11 @@ class Library:
     # ---- opening ---------------------------------------------------------------
 
     @staticmethod
-    def _resolve(path: str | Path | None) -> Path:
+    def _resolve(path: str | Path | None) -> str | Path:
         if path is None:
             return find_store()
+        if is_url(path):
+            return str(path)
         p = Path(path)
         if (p / "store.json").is_file():
             return p
@@ -176,15 +180,20 @@ class Library:
         """Create a library; ``base=None`` is the embedded default (no download)."""
         from seqlib import base as bases
 
-        root = Path(path) if path is not None else Path.cwd() / STORE_DIRNAME
+        root = (str(path) if is_url(path) else Path(path)) if path is not None else Path.cwd() / STORE_DIRNAME
         if rank < 1:
             raise SeqlibError("--rank must be at least 1")
         kind, source = bases.classify(base, base_config)
         config_dir = str(Path(base_config).resolve()) if base_config else None
         with Store.create(root) as staging:
             if kind == "embedded":
-                bases.write_embedded(staging.root)
-            pipe = bases.load_pipeline(kind, source, config_dir, staging.root, device)
+                if staging.is_local:
+                    bases.write_embedded(Path(staging.root))
+                else:
+                    with tempfile.TemporaryDirectory() as tmp:
+                        bases.write_embedded(Path(tmp))
+                        staging.upload_base(Path(tmp) / "base")
+            pipe = bases.load_pipeline(kind, source, config_dir, staging.local_base_dir(), device)
             record, layers = bases.describe(pipe, kind, source, config_dir)
             narrowest = min(layers, key=lambda layer: layer.in_features)
             if capacity(narrowest.in_features, rank) < 1:
@@ -264,11 +273,10 @@ class Library:
         """Everything recorded about one concept, plus its size on disk and its interferers."""
         commit = self.head()
         concept = self.concept(name, commit)
-        folder = self.store.payload_path(concept.payload)
         pairs = crosstalk_pairs(commit)
         return {
             "concept": concept.model_dump(mode="json"),
-            "size_bytes": sum(p.stat().st_size for p in folder.rglob("*") if p.is_file()),
+            "size_bytes": self.store.payload_size(concept.payload),
             "interfered_by": [{"source": a, "crosstalk": x} for a, b, x in pairs if b == name],
             "interferes_with": [{"target": b, "crosstalk": x} for a, b, x in pairs if a == name],
         }
@@ -319,7 +327,8 @@ class Library:
     def _load_base(self, commit: Commit, device: str, base: str | None):
         from seqlib.base import load_base
 
-        return load_base(commit.library.base, self.store.root, device, override=base)
+        local = self.store.local_base_dir() if commit.library.base.kind == "embedded" else None
+        return load_base(commit.library.base, local, device, override=base)
 
     # ---- add -------------------------------------------------------------------
 

@@ -57,16 +57,18 @@ def classify(spec: str | None, config: str | None) -> tuple[str, str]:
     return "hub", spec
 
 
-def load_pipeline(kind: str, source: str, config: str | None, store_root: Path | None, device: str = "cpu"):
-    """Load a StableDiffusionPipeline from a base description; clear errors, no downloads offline."""
+def load_pipeline(kind: str, source: str, config: str | None, embedded_dir: Path | None, device: str = "cpu"):
+    """Load a StableDiffusionPipeline from a base description; clear errors, no downloads offline.
+
+    ``embedded_dir`` is the local folder of an embedded base (the store's ``base/``)."""
     _quiet()
     from diffusers import StableDiffusionPipeline
 
     common = dict(safety_checker=None, requires_safety_checker=False)
     try:
         if kind == "embedded":
-            assert store_root is not None
-            pipe = StableDiffusionPipeline.from_pretrained(store_root / EMBEDDED_DIRNAME, **common)
+            assert embedded_dir is not None
+            pipe = StableDiffusionPipeline.from_pretrained(embedded_dir, **common)
         elif kind == "diffusers":
             pipe = StableDiffusionPipeline.from_pretrained(source, **common)
         elif kind == "single_file":
@@ -101,12 +103,12 @@ def write_embedded(folder: Path) -> None:
     build_embedded_pipeline(folder / EMBEDDED_DIRNAME)
 
 
-def load_base(base: BaseRecord, store_root: Path, device: str = "cpu", override: str | None = None):
+def load_base(base: BaseRecord, embedded_dir: Path | None, device: str = "cpu", override: str | None = None):
     """Load the library's base and check it is the one the concepts were trained on."""
     kind, source, config = base.kind, base.source, base.config
     if override is not None:
         kind, source = classify(override, config)
-    pipe = load_pipeline(kind, source, config, store_root, device)
+    pipe = load_pipeline(kind, source, config, embedded_dir, device)
     from seqlib.lora import adapted_layers, fingerprint
 
     got = fingerprint(adapted_layers(pipe.unet))

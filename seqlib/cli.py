@@ -73,6 +73,7 @@ def cli(ctx: click.Context, store: str | None) -> None:
 
 
 @cli.command("init", short_help="Create a library on a base model.")
+@click.argument("location", required=False)
 @click.option(
     "--base",
     default=None,
@@ -89,8 +90,12 @@ def cli(ctx: click.Context, store: str | None) -> None:
 @click.option("--rank", default=4, show_default=True, type=click.IntRange(1), help="Default rank r of each concept.")
 @click.option("--device", default="cpu", show_default=True, help="Device used to fingerprint the base.")
 @click.pass_context
-def init_command(ctx: click.Context, base, base_config, rank, device) -> None:
-    """Create ./.seqlib (or --store) on a base model.
+def init_command(ctx: click.Context, location, base, base_config, rank, device) -> None:
+    """Create a library at LOCATION (default: --store, or ./.seqlib) on a base model.
+
+    LOCATION may be a folder or an object-store URL (s3://bucket/prefix; credentials and
+    endpoint from the AWS_* environment variables), shared by a team: concurrent adds are
+    safe, the loser of a race gets a conflict.
 
     The library records the base's identity and a fingerprint of the weights it adapts
     (every attention to_q/to_k/to_v/to_out.0 of the UNet); concepts only ever load on
@@ -101,10 +106,11 @@ def init_command(ctx: click.Context, base, base_config, rank, device) -> None:
       seqlib init                                  # embedded default, offline
       seqlib init --base ./stable-diffusion-v1-5   # a local diffusers folder
       seqlib init --base v1-5.safetensors --base-config ./sd15-config
+      seqlib init s3://team-bucket/concepts
     """
     from seqlib.api import Library
 
-    path = ctx.obj["store"] or Path.cwd() / ".seqlib"
+    path = location or ctx.obj["store"] or Path.cwd() / ".seqlib"
     with console.status("building the library (loading and fingerprinting the base)…"):
         lib = Library.init(path, base=base, base_config=base_config, rank=rank, device=device)
     s = lib.status()
@@ -481,6 +487,25 @@ def import_command(ctx, name, lora, rank, init_word, max_error, force, device) -
         f"Imported {concept.token} from {Path(lora).name} ({concept.imported.format}), rank {concept.rank}: "
         f"relative error {errors['overall']:.3f} overall" + (f", worst {errors[worst]:.3f} on {worst}" if worst else "")
     )
+
+
+@cli.command("gc", short_help="Delete data no version reaches.")
+@click.option(
+    "--grace",
+    type=float,
+    default=3600,
+    show_default=True,
+    help="Keep anything younger than this many seconds (an add may be writing it now).",
+)
+@click.option("--dry-run", is_flag=True, help="List what would be deleted.")
+@click.pass_context
+def gc_command(ctx, grace: float, dry_run: bool) -> None:
+    """Delete payloads and commits that no version or tag reaches (left by failed or
+    conflicting adds) and leftovers of interrupted writes. History is never touched."""
+    removed = _library(ctx).store.gc(grace_seconds=grace, dry_run=dry_run)
+    for key in removed:
+        console.print(("would remove " if dry_run else "removed ") + key)
+    console.print(f"{len(removed)} unreachable objects {'found' if dry_run else 'removed'}")
 
 
 @cli.command("list", short_help="The concepts, one line each.")

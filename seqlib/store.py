@@ -13,7 +13,9 @@ The branch tip advances by creating entry N+1 if it does not exist yet (``os.lin
 refuses to overwrite), so two writers racing from the same tip cannot both win: the
 loser gets a ConflictError instead of a silent merge of two mutually non-orthogonal
 concepts. Everything a ref points to is written and fsynced before the ref itself.
-This module imports numpy and zarr lazily and never imports torch.
+The bytes live in a :mod:`seqlib.backends` backend: a local folder, or an object store
+(``s3://bucket/prefix``) where the create-if-absent is a conditional put. This module imports
+numpy, zarr and obstore lazily and never imports torch.
 """
 
 from __future__ import annotations
@@ -22,12 +24,22 @@ import json
 import os
 import re
 import shutil
+import time
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from seqlib.backends import (
+    Backend,
+    LocalBackend,
+    ObjectBackend,
+    _fsync_dir,
+    atomic_write,
+    is_url,
+    open_backend,
+)
 from seqlib.errors import (
     ChecksumMismatch,
     ConflictError,
@@ -50,47 +62,6 @@ if TYPE_CHECKING:
 STORE_DIRNAME = ".seqlib"
 BRANCH = "main"
 _SEQ_WIDTH = 12
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def _write_partial(path: Path, data: bytes) -> Path:
-    tmp = path.with_name(f"{path.name}.{uuid.uuid4().hex}.partial")
-    with open(tmp, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    return tmp
-
-
-def atomic_write(path: Path, data: bytes) -> None:
-    """Write ``path`` so readers see the old file or the new one, never half of it."""
-    tmp = _write_partial(path, data)
-    tmp.replace(path)
-    _fsync_dir(path.parent)
-
-
-def create_exclusive(path: Path, data: bytes) -> bool:
-    """Create ``path`` with ``data`` unless it exists; True if we created it.
-
-    ``os.link`` is the compare-and-swap: it fails with FileExistsError when another
-    writer got there first, and the file appears complete or not at all.
-    """
-    tmp = _write_partial(path, data)
-    try:
-        os.link(tmp, path)
-    except FileExistsError:
-        return False
-    finally:
-        tmp.unlink()
-    _fsync_dir(path.parent)
-    return True
 
 
 def array_sha256(array: np.ndarray) -> str:
@@ -124,23 +95,44 @@ def find_store(start: Path | None = None) -> Path:
 
 
 class Store:
-    """A seqlib store on the local filesystem."""
+    """A seqlib store in a local folder or at an object-store URL."""
 
-    def __init__(self, root: Path) -> None:
-        self.root = Path(root)
-        info_path = self.root / "store.json"
-        if not info_path.is_file():
-            raise StoreNotFoundError(f"{self.root} is not a seqlib store (no store.json)")
-        data = json.loads(info_path.read_text())
-        check_format_version(data, str(info_path))
+    def __init__(self, root: str | Path, _creating: bool = False) -> None:
+        self.backend: Backend = open_backend(root)
+        self.root = root if is_url(root) else Path(root)
+        if _creating:
+            self.info = StoreInfo()
+            return
+        try:
+            raw = self.backend.read("store.json")
+        except FileNotFoundError:
+            raise StoreNotFoundError(f"{root} is not a seqlib store (no store.json)") from None
+        data = json.loads(raw)
+        check_format_version(data, f"{root}/store.json")
         self.info = StoreInfo.model_validate(data)
+
+    @property
+    def is_local(self) -> bool:
+        return isinstance(self.backend, LocalBackend)
 
     # ---- creation --------------------------------------------------------------
 
     @classmethod
     @contextmanager
-    def create(cls, root: Path) -> Iterator[Store]:
-        """Yield a store in a staging folder; it moves to ``root`` only if the block succeeds."""
+    def create(cls, root: str | Path) -> Iterator[Store]:
+        """Yield a store to fill; readers see it only once the block has succeeded.
+
+        Locally the store is built in a staging folder renamed into place; on an object
+        store, ``store.json`` (which makes the prefix a store) is written last.
+        """
+        info = canonical_json(StoreInfo().model_dump(mode="json"))
+        if is_url(root):
+            store = cls(root, _creating=True)
+            if store.backend.exists("store.json"):
+                raise StoreExistsError(f"{root} is already a seqlib store")
+            yield store
+            store.backend.write("store.json", info)
+            return
         root = Path(root)
         if root.exists():
             raise StoreExistsError(f"{root} already exists; use it, or remove it to start over")
@@ -150,7 +142,7 @@ class Store:
         try:
             for sub in ("objects/commits", "objects/payloads", f"refs/heads/{BRANCH}"):
                 (staging / sub).mkdir(parents=True)
-            atomic_write(staging / "store.json", canonical_json(StoreInfo().model_dump(mode="json")))
+            atomic_write(staging / "store.json", info)
             yield cls(staging)
             staging.rename(root)
         except BaseException:
@@ -160,12 +152,13 @@ class Store:
 
     # ---- commits and refs ------------------------------------------------------
 
-    @property
-    def _branch_dir(self) -> Path:
-        return self.root / "refs" / "heads" / BRANCH
+    _BRANCH_PREFIX = f"refs/heads/{BRANCH}"
 
     def _ref_entries(self) -> list[str]:
-        return sorted(p.name for p in self._branch_dir.iterdir() if p.name.isdigit())
+        return sorted(n for n in self.backend.list(self._BRANCH_PREFIX) if n.isdigit())
+
+    def _entry(self, name: str) -> str:
+        return self.backend.read(f"{self._BRANCH_PREFIX}/{name}").decode().strip()
 
     def head_seq(self) -> int:
         entries = self._ref_entries()
@@ -173,7 +166,7 @@ class Store:
 
     def head_id(self) -> str | None:
         entries = self._ref_entries()
-        return (self._branch_dir / entries[-1]).read_text().strip() if entries else None
+        return self._entry(entries[-1]) if entries else None
 
     def head(self) -> Commit:
         head = self.head_id()
@@ -182,10 +175,10 @@ class Store:
         return self.read_commit(head)
 
     def read_commit(self, commit_id: str, verify: bool = False) -> Commit:
-        path = self.root / "objects" / "commits" / f"{commit_id}.json"
-        raw = path.read_bytes()
+        key = f"objects/commits/{commit_id}.json"
+        raw = self.backend.read(key)
         data = json.loads(raw)
-        check_format_version(data, str(path))
+        check_format_version(data, key)
         commit = Commit.model_validate(data)
         if verify and sha256_hex(raw) != commit_id:
             raise ChecksumMismatch(f"commit {commit_id[:12]}", commit_id, sha256_hex(raw))
@@ -193,11 +186,7 @@ class Store:
 
     def log(self) -> list[tuple[int, str, Commit]]:
         """(sequence number, id, commit), newest first."""
-        out = []
-        for entry in reversed(self._ref_entries()):
-            commit_id = (self._branch_dir / entry).read_text().strip()
-            out.append((int(entry), commit_id, self.read_commit(commit_id)))
-        return out
+        return [(seq, cid, self.read_commit(cid)) for seq, cid in reversed(self.entries())]
 
     def commit(self, commit: Commit, expected_seq: int) -> str:
         """Write ``commit`` and advance the branch from ``expected_seq``; compare-and-swap.
@@ -213,11 +202,12 @@ class Store:
             )
         data = commit.to_bytes()
         commit_id = sha256_hex(data)
-        path = self.root / "objects" / "commits" / f"{commit_id}.json"
-        if not path.exists():
-            atomic_write(path, data)
-        ref = self._branch_dir / f"{expected_seq + 1:0{_SEQ_WIDTH}d}"
-        if not create_exclusive(ref, (commit_id + "\n").encode()):
+        key = f"objects/commits/{commit_id}.json"
+        if not self.backend.exists(key):
+            self.backend.write(key, data)
+        if not self.backend.create(
+            f"{self._BRANCH_PREFIX}/{expected_seq + 1:0{_SEQ_WIDTH}d}", (commit_id + "\n").encode()
+        ):
             raise ConflictError(
                 "another seqlib committed to this library first; nothing was committed — "
                 "run the command again on the new state"
@@ -228,33 +218,28 @@ class Store:
 
     def entries(self) -> list[tuple[int, str]]:
         """(version, commit id) of every commit on the branch, oldest first."""
-        return [(int(e), (self._branch_dir / e).read_text().strip()) for e in self._ref_entries()]
-
-    @property
-    def _tags_dir(self) -> Path:
-        return self.root / "refs" / "tags"
+        return [(int(e), self._entry(e)) for e in self._ref_entries()]
 
     def tags(self) -> dict[str, str]:
         """Tag name -> commit id."""
-        if not self._tags_dir.is_dir():
-            return {}
-        return {p.name: p.read_text().strip() for p in sorted(self._tags_dir.iterdir()) if ".partial" not in p.name}
+        names = sorted(n for n in self.backend.list("refs/tags") if ".partial" not in n)
+        return {n: self.backend.read(f"refs/tags/{n}").decode().strip() for n in names}
 
     def tag(self, name: str, commit_id: str) -> None:
         check_tag_name(name)
-        self._tags_dir.mkdir(exist_ok=True)
-        if not create_exclusive(self._tags_dir / name, (commit_id + "\n").encode()):
+        if not self.backend.create(f"refs/tags/{name}", (commit_id + "\n").encode()):
             raise SeqlibError(f"tag {name!r} already exists")
 
     def resolve(self, ref: str) -> tuple[int, str]:
         """(version, commit id) for a version number, a tag, ``main`` or a commit id prefix."""
         entries = self.entries()
+        tags = self.tags()
         if ref == BRANCH:
             return entries[-1]
         if ref.isdigit():
             found = [e for e in entries if e[0] == int(ref)]
-        elif ref in self.tags():
-            found = [e for e in entries if e[1] == self.tags()[ref]]
+        elif ref in tags:
+            found = [e for e in entries if e[1] == tags[ref]]
         else:
             found = [e for e in entries if len(ref) >= 4 and e[1].startswith(ref)]
         if len(found) != 1:
@@ -262,27 +247,34 @@ class Store:
         return found[0]
 
     def checked_out(self) -> str | None:
-        """The ref a read-only checkout pins (``HEAD`` file), or None when on the branch tip."""
-        head = self.root / "HEAD"
-        return head.read_text().strip() if head.is_file() else None
+        """The commit a read-only checkout pins (``HEAD``), or None when on the branch tip."""
+        try:
+            return self.backend.read("HEAD").decode().strip()
+        except FileNotFoundError:
+            return None
 
     def set_checkout(self, ref: str | None) -> None:
-        head = self.root / "HEAD"
         if ref is None or ref == BRANCH:
-            head.unlink(missing_ok=True)
+            self.backend.delete("HEAD")
         else:
-            atomic_write(head, (ref + "\n").encode())
+            self.backend.write("HEAD", (ref + "\n").encode())
 
     # ---- payloads --------------------------------------------------------------
 
     def payload_path(self, payload_id: str) -> Path:
-        return self.root / "objects" / "payloads" / payload_id
+        """The folder of a payload (local stores only)."""
+        return Path(self.root) / "objects" / "payloads" / payload_id
+
+    def payload_size(self, payload_id: str) -> int:
+        return self.backend.size(f"objects/payloads/{payload_id}")
 
     def write_payload(self, arrays: dict[str, np.ndarray], attrs: dict) -> tuple[str, list[ArrayRecord]]:
         """Write an immutable zarr v3 group, one single-chunk array per entry.
 
         The id is the sha256 over the arrays' checksums, so identical payloads share a
-        folder. The group is built under a ``.partial`` name and renamed into place.
+        group. Locally the group is built under a ``.partial`` name and renamed into place;
+        on an object store it is written at its final prefix (no rename exists there),
+        which is safe because no commit refers to it before it is complete.
         """
         import zarr
 
@@ -291,30 +283,32 @@ class Store:
             for name, a in sorted(arrays.items())
         ]
         payload_id = sha256_hex(canonical_json({"arrays": [r.model_dump() for r in records]}))
-        final = self.payload_path(payload_id)
-        if final.exists():
-            return payload_id, records
-        staging = final.with_name(f"{payload_id}.{uuid.uuid4().hex}.partial")
+        if self.is_local:
+            final = self.payload_path(payload_id)
+            if final.exists():
+                return payload_id, records
+            target = final.with_name(f"{payload_id}.{uuid.uuid4().hex}.partial")
+            store = self.backend.zarr_store(target.relative_to(Path(self.root)).as_posix(), read_only=False)
+        else:
+            store = self.backend.zarr_store(f"objects/payloads/{payload_id}", read_only=False)
         try:
-            group = zarr.open_group(staging, mode="w-", zarr_format=3, attributes=attrs)
+            group = zarr.open_group(store, mode="w-" if self.is_local else "w", zarr_format=3, attributes=attrs)
             for name, a in sorted(arrays.items()):
                 # Single chunk per array; write_empty_chunks so all-zero factors exist on disk.
                 z = group.create_array(
-                    name,
-                    shape=a.shape,
-                    dtype=a.dtype,
-                    chunks=a.shape,
-                    config={"write_empty_chunks": True},
+                    name, shape=a.shape, dtype=a.dtype, chunks=a.shape, config={"write_empty_chunks": True}
                 )
                 z[...] = a
-            for dirpath, _, files in os.walk(staging):
-                for f in files:
-                    with open(os.path.join(dirpath, f), "rb+") as fh:
-                        os.fsync(fh.fileno())
-            staging.rename(final)
-            _fsync_dir(final.parent)
+            if self.is_local:
+                for dirpath, _, files in os.walk(target):
+                    for f in files:
+                        with open(os.path.join(dirpath, f), "rb+") as fh:
+                            os.fsync(fh.fileno())
+                target.rename(final)
+                _fsync_dir(final.parent)
         except BaseException:
-            shutil.rmtree(staging, ignore_errors=True)
+            if self.is_local:
+                shutil.rmtree(target, ignore_errors=True)
             raise
         return payload_id, records
 
@@ -322,6 +316,55 @@ class Store:
         import zarr
 
         # mode="r": zarr's default "a" would silently create a missing group.
-        group = zarr.open_group(self.payload_path(payload_id), mode="r", zarr_format=3)
+        store = self.backend.zarr_store(f"objects/payloads/{payload_id}", read_only=True)
+        group = zarr.open_group(store, mode="r", zarr_format=3)
         keys = names if names is not None else sorted(group.array_keys())
         return {k: group[k][...] for k in keys}
+
+    # ---- the embedded base -----------------------------------------------------
+
+    def local_base_dir(self) -> Path:
+        """A local folder holding the store's ``base/`` (downloaded once for object stores)."""
+        if self.is_local:
+            return Path(self.root) / "base"
+        assert isinstance(self.backend, ObjectBackend)
+        cache = Path(os.environ.get("SEQLIB_CACHE", Path.home() / ".cache" / "seqlib"))
+        folder = cache / "bases" / sha256_hex(self.backend.url.encode())[:16]
+        if not (folder / "model_index.json").is_file():
+            staging = folder.with_name(f"{folder.name}.{uuid.uuid4().hex}.partial")
+            self.backend.download_tree("base", staging)
+            shutil.rmtree(folder, ignore_errors=True)
+            staging.rename(folder)
+        return folder
+
+    def upload_base(self, folder: Path) -> None:
+        if not self.is_local:
+            assert isinstance(self.backend, ObjectBackend)
+            self.backend.upload_tree(folder, "base")
+
+    # ---- garbage collection ----------------------------------------------------
+
+    def gc(self, grace_seconds: float = 3600.0, dry_run: bool = False) -> list[str]:
+        """Delete commits and payloads that no version or tag reaches, and leftovers of
+        interrupted writes, once older than ``grace_seconds`` (a concurrent add may be
+        writing them right now). Returns the keys removed (or that would be)."""
+        reachable_commits = {cid for _, cid in self.entries()} | set(self.tags().values())
+        reachable_payloads = set()
+        for cid in reachable_commits:
+            reachable_payloads |= {c.payload for c in self.read_commit(cid).concepts}
+        now, removed = time.time(), []
+        for prefix, keep in (
+            ("objects/commits", {f"{c}.json" for c in reachable_commits}),
+            ("objects/payloads", reachable_payloads),
+        ):
+            for name, modified in self.backend.list(prefix).items():
+                if name not in keep and now - modified >= grace_seconds:
+                    removed.append(f"{prefix}/{name}")
+        for folder in (self._BRANCH_PREFIX, "refs/tags"):
+            for name, modified in self.backend.list(folder).items():
+                if ".partial" in name and now - modified >= grace_seconds:
+                    removed.append(f"{folder}/{name}")
+        if not dry_run:
+            for key in removed:
+                self.backend.delete(key)
+        return removed

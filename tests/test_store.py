@@ -9,9 +9,10 @@ import numpy as np
 import pytest
 
 from seqlib.api import Library
+from seqlib.backends import create_exclusive
 from seqlib.errors import ConflictError, FormatVersionError, StoreExistsError
 from seqlib.format import Commit, sha256_hex
-from seqlib.store import Store, array_sha256, create_exclusive
+from seqlib.store import Store, array_sha256
 
 
 def test_commit_id_is_the_sha256_of_its_file(seqlora_store):

@@ -1,0 +1,227 @@
+"""Where a store's bytes live: a local folder or an object store (S3 and compatibles).
+
+The store protocol needs only five primitives, and each backend implements them natively:
+read, an atomic overwrite, a **create-if-absent** (``os.link`` locally, a conditional put
+``If-None-Match: *`` on S3: the one compare-and-swap that makes concurrent writers safe),
+listing one level, and deletion. Payload groups are written through zarr's own store for
+each backend.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import uuid
+from abc import ABC, abstractmethod
+from pathlib import Path
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _write_partial(path: Path, data: bytes) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f"{path.name}.{uuid.uuid4().hex}.partial")
+    with open(tmp, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+    return tmp
+
+
+def atomic_write(path: Path, data: bytes) -> None:
+    """Write ``path`` so readers see the old file or the new one, never half of it."""
+    tmp = _write_partial(path, data)
+    tmp.replace(path)
+    _fsync_dir(path.parent)
+
+
+def create_exclusive(path: Path, data: bytes) -> bool:
+    """Create ``path`` with ``data`` unless it exists; True if we created it.
+
+    ``os.link`` is the compare-and-swap: it fails with FileExistsError when another
+    writer got there first, and the file appears complete or not at all.
+    """
+    tmp = _write_partial(path, data)
+    try:
+        os.link(tmp, path)
+    except FileExistsError:
+        return False
+    finally:
+        tmp.unlink()
+    _fsync_dir(path.parent)
+    return True
+
+
+class Backend(ABC):
+    """Keys are ``/``-separated paths relative to the store's root."""
+
+    url: str
+
+    @abstractmethod
+    def read(self, key: str) -> bytes:
+        """The object's bytes; FileNotFoundError if absent."""
+
+    @abstractmethod
+    def write(self, key: str, data: bytes) -> None:
+        """Atomic overwrite."""
+
+    @abstractmethod
+    def create(self, key: str, data: bytes) -> bool:
+        """Create-if-absent; False if the key exists (another writer won)."""
+
+    @abstractmethod
+    def list(self, prefix: str) -> dict[str, float]:
+        """Names directly below ``prefix/`` (objects and sub-folders) -> last-modified time."""
+
+    @abstractmethod
+    def delete(self, key: str) -> None:
+        """Delete an object or a whole sub-tree."""
+
+    @abstractmethod
+    def zarr_store(self, prefix: str, read_only: bool):
+        """A zarr store rooted at ``prefix``."""
+
+    @abstractmethod
+    def size(self, prefix: str) -> int:
+        """Bytes stored under ``prefix``."""
+
+    def exists(self, key: str) -> bool:
+        try:
+            self.read(key)
+            return True
+        except FileNotFoundError:
+            return False
+
+
+class LocalBackend(Backend):
+    def __init__(self, root: Path) -> None:
+        self.root = Path(root)
+        self.url = str(self.root)
+
+    def read(self, key: str) -> bytes:
+        return (self.root / key).read_bytes()
+
+    def exists(self, key: str) -> bool:
+        return (self.root / key).exists()
+
+    def write(self, key: str, data: bytes) -> None:
+        atomic_write(self.root / key, data)
+
+    def create(self, key: str, data: bytes) -> bool:
+        return create_exclusive(self.root / key, data)
+
+    def list(self, prefix: str) -> dict[str, float]:
+        folder = self.root / prefix
+        if not folder.is_dir():
+            return {}
+        return {p.name: p.stat().st_mtime for p in folder.iterdir()}
+
+    def delete(self, key: str) -> None:
+        path = self.root / key
+        if path.is_dir():
+            shutil.rmtree(path)
+        else:
+            path.unlink(missing_ok=True)
+
+    def zarr_store(self, prefix: str, read_only: bool):
+        from zarr.storage import LocalStore
+
+        return LocalStore(self.root / prefix, read_only=read_only)
+
+    def size(self, prefix: str) -> int:
+        return sum(p.stat().st_size for p in (self.root / prefix).rglob("*") if p.is_file())
+
+
+class ObjectBackend(Backend):
+    """S3 (or any obstore URL). Credentials and endpoint come from the usual ``AWS_*``
+    environment variables (``AWS_ENDPOINT_URL``, ``AWS_ALLOW_HTTP=true`` for a local emulator)."""
+
+    def __init__(self, url: str) -> None:
+        self.url = url.rstrip("/")
+        self._store = self._open("")
+
+    def _open(self, prefix: str):
+        from obstore.store import from_url
+
+        url = f"{self.url}/{prefix}".rstrip("/") if prefix else self.url
+        kwargs = {}
+        if os.environ.get("AWS_ALLOW_HTTP", "").lower() in ("1", "true"):
+            kwargs["client_options"] = {"allow_http": True}
+        return from_url(url, **kwargs)
+
+    def read(self, key: str) -> bytes:
+        import obstore
+        from obstore.exceptions import NotFoundError
+
+        try:
+            return bytes(obstore.get(self._store, key).bytes())
+        except (NotFoundError, FileNotFoundError):
+            raise FileNotFoundError(f"{self.url}/{key}") from None
+
+    def write(self, key: str, data: bytes) -> None:
+        import obstore
+
+        obstore.put(self._store, key, data)  # an S3 PUT is atomic: old or new object, never half
+
+    def create(self, key: str, data: bytes) -> bool:
+        import obstore
+        from obstore.exceptions import AlreadyExistsError, PreconditionError
+
+        try:
+            obstore.put(self._store, key, data, mode="create")  # If-None-Match: *
+        except (AlreadyExistsError, PreconditionError):
+            return False
+        return True
+
+    def list(self, prefix: str) -> dict[str, float]:
+        # A "folder" is as old as the newest object below it (gc's grace period needs that).
+        out: dict[str, float] = {}
+        root = prefix.rstrip("/") + "/"
+        for o in self._keys(prefix):
+            name = o["path"][len(root) :].split("/", 1)[0]
+            out[name] = max(out.get(name, 0.0), o["last_modified"].timestamp())
+        return out
+
+    def _keys(self, prefix: str) -> list[dict]:
+        import obstore
+
+        return [o for batch in obstore.list(self._store, prefix.rstrip("/") + "/") for o in batch]
+
+    def delete(self, key: str) -> None:
+        import obstore
+
+        paths = [o["path"] for o in self._keys(key)] or [key]
+        obstore.delete(self._store, paths)
+
+    def zarr_store(self, prefix: str, read_only: bool):
+        from zarr.storage import ObjectStore
+
+        return ObjectStore(self._open(prefix), read_only=read_only)
+
+    def size(self, prefix: str) -> int:
+        return sum(int(o["size"]) for o in self._keys(prefix))
+
+    def upload_tree(self, folder: Path, prefix: str) -> None:
+        for path in sorted(Path(folder).rglob("*")):
+            if path.is_file():
+                self.write(f"{prefix}/{path.relative_to(folder).as_posix()}", path.read_bytes())
+
+    def download_tree(self, prefix: str, folder: Path) -> None:
+        for o in self._keys(prefix):
+            target = Path(folder) / o["path"][len(prefix) + 1 :]
+            target.parent.mkdir(parents=True, exist_ok=True)
+            target.write_bytes(self.read(o["path"]))
+
+
+def is_url(location: str | Path) -> bool:
+    return isinstance(location, str) and "://" in location
+
+
+def open_backend(location: str | Path) -> Backend:
+    return ObjectBackend(location) if is_url(location) else LocalBackend(Path(location))
