@@ -324,6 +324,22 @@ class Library:
 
         return payload.unpack_summary(commit.library.layers, self.payload_arrays(concept))
 
+    def _earlier(self, commit: Commit):
+        """Every concept of ``commit`` as the trainer sees it (factors, input directions)."""
+        import torch
+
+        from seqlib.train import Earlier
+
+        return [
+            Earlier(
+                *self.factors(c, commit)[:2],
+                orthogonal=c.orthogonal,
+                U={k: torch.from_numpy(u) for k, (u, _) in self.input_summary(c, commit).items()},
+                protect=c.protect,
+            )
+            for c in commit.concepts
+        ]
+
     def _load_base(self, commit: Commit, device: str, base: str | None):
         from seqlib.base import load_base
 
@@ -342,10 +358,11 @@ class Library:
         progress: Callable[[int, int, float], None] | None = None,
         device: str = "cpu",
         base: str | None = None,
+        warn: Callable[[str], None] | None = None,
     ) -> ConceptRecord:
         """Learn concept ``name`` from a folder of images and commit it. All or nothing."""
         from seqlib import data, payload
-        from seqlib.train import Earlier, TrainConfig, train_concept
+        from seqlib.train import TrainConfig, train_concept
 
         check_concept_name(name)
         seq, parent_id, commit = self._writable()
@@ -360,22 +377,18 @@ class Library:
             if full:
                 raise CapacityError(full, r, free)
 
-        files = data.find_images(Path(images))
+        skipped: list[Path] = []
+        files = data.find_images(Path(images), skipped)
+        if skipped and warn:
+            names = ", ".join(p.name for p in skipped[:5]) + (" …" if len(skipped) > 5 else "")
+            warn(f"skipped {len(skipped)} files that are not images: {names}")
         records = data.image_records(files)
         tensor = data.load_images(files, config.resolution)
         pipe = self._load_base(commit, device, base)
-        import torch
-
-        earlier = [
-            Earlier(
-                *self.factors(c, commit)[:2],
-                orthogonal=c.orthogonal,
-                U={k: torch.from_numpy(u) for k, (u, _) in self.input_summary(c, commit).items()},
-                protect=c.protect,
-            )
-            for c in commit.concepts
-        ]
         token = token_for(name)
+        if token in pipe.tokenizer.get_vocab():
+            raise InvalidNameError(f"{token} is already a token of the base's tokenizer; pick another name")
+        earlier = self._earlier(commit)
         result = train_concept(pipe, [layer.name for layer in lib.layers], earlier, tensor, token, r, config, progress)
         arrays = payload.pack(lib.layers, result.A, result.B, result.embedding, result.U, result.energies)
         crosstalk_from, crosstalk_onto = self._crosstalk_with_earlier(commit, result)
@@ -474,7 +487,7 @@ class Library:
         from seqlib.errors import ImportRejectedError
         from seqlib.export import from_lora_file
         from seqlib.format import ImportRecord
-        from seqlib.train import Earlier, _init_token, taken_space
+        from seqlib.train import _init_token, taken_space
 
         check_concept_name(name)
         seq, parent_id, commit = self._writable()
@@ -483,15 +496,7 @@ class Library:
         lib, r = commit.library, rank or commit.library.rank
         path = Path(path)
         fmt, deltas = from_lora_file(path, [layer.name for layer in lib.layers])
-        earlier = [
-            Earlier(
-                *self.factors(c, commit)[:2],
-                orthogonal=c.orthogonal,
-                U={k: torch.from_numpy(u) for k, (u, _) in self.input_summary(c, commit).items()},
-                protect=c.protect,
-            )
-            for c in commit.concepts
-        ]
+        earlier = self._earlier(commit)
         gen = torch.Generator().manual_seed(0)
         A, B, errors, num, den = {}, {}, {}, 0.0, 0.0
         from seqlib.subspace import project_out, random_basis

@@ -232,7 +232,16 @@ def add_command(ctx, name, images, init_word, rank, method, message, device, **h
             def progress(step: int, total: int, loss: float) -> None:
                 bar.update(task, completed=step, loss=f"{loss:.4f}")
 
-            concept = lib.add(name, images, config=config, rank=rank, message=message, progress=progress, device=device)
+            concept = lib.add(
+                name,
+                images,
+                config=config,
+                rank=rank,
+                message=message,
+                progress=progress,
+                device=device,
+                warn=lambda msg: err_console.print(f"[yellow]warning:[/] {msg}"),
+            )
     except KeyboardInterrupt:
         err_console.print("interrupted: nothing was committed, the library is unchanged")
         ctx.exit(130)

@@ -11,13 +11,19 @@ from seqlib.format import ImageRecord
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".webp", ".bmp"}
 
 
-def find_images(folder: Path) -> list[Path]:
+def find_images(folder: Path, skipped: list[Path] | None = None) -> list[Path]:
+    """The image files of ``folder`` (sorted); other files go to ``skipped`` if given."""
     folder = Path(folder)
     if not folder.exists():
         raise DataError(f"{folder} does not exist")
     if folder.is_file():
         return [folder]
-    files = sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+    files, others = [], []
+    for p in sorted(folder.iterdir()):
+        if p.is_file() and not p.name.startswith("."):
+            (files if p.suffix.lower() in IMAGE_SUFFIXES else others).append(p)
+    if skipped is not None:
+        skipped.extend(others)
     if not files:
         raise DataError(f"no images in {folder} (looked for {', '.join(sorted(IMAGE_SUFFIXES))})")
     return files
@@ -37,9 +43,27 @@ def load_images(files: list[Path], resolution: int):
     for path in files:
         try:
             with Image.open(path) as im:
-                im = ImageOps.exif_transpose(im).convert("RGB")
+                im.load()
+                im = _to_rgb(ImageOps.exif_transpose(im))
                 im = ImageOps.fit(im, (resolution, resolution), Image.Resampling.BICUBIC)
-        except (UnidentifiedImageError, OSError) as e:
-            raise DataError(f"cannot read {path} as an image: {e}") from None
+        except (UnidentifiedImageError, OSError, ValueError) as e:
+            raise DataError(f"cannot read {path.name} as an image ({e}); remove or replace it") from None
         out.append(torch.from_numpy(np.asarray(im, dtype=np.float32) / 127.5 - 1.0).permute(2, 0, 1))
     return torch.stack(out)
+
+
+def _to_rgb(im):
+    """Any PIL mode to 8-bit RGB: 16/32-bit greyscale is rescaled (a plain convert clips it
+    to white), transparency is composited on white, CMYK and palettes convert normally."""
+    import numpy as np
+    from PIL import Image
+
+    if im.mode in ("I", "I;16", "I;16B", "I;16L", "F"):
+        a = np.asarray(im, dtype=np.float64)
+        top = 65535.0 if im.mode.startswith("I;16") or a.max() > 255 else 255.0
+        im = Image.fromarray(np.clip(a / top * 255.0, 0, 255).astype(np.uint8), "L")
+    if im.mode in ("RGBA", "LA", "PA") or (im.mode == "P" and "transparency" in im.info):
+        im = im.convert("RGBA")
+        background = Image.new("RGBA", im.size, (255, 255, 255, 255))
+        im = Image.alpha_composite(background, im)
+    return im.convert("RGB")
