@@ -479,9 +479,10 @@ def export_command(ctx, concepts: str, out: str, fmt: str, at: str | None) -> No
     help="Refuse when the relative residual error of the refit exceeds this.",
 )
 @click.option("--force", is_flag=True, help="Import even above --max-error.")
+@click.option("--per-layer", is_flag=True, help="Print the relative error of every layer.")
 @click.option("--device", default="cpu", show_default=True)
 @click.pass_context
-def import_command(ctx, name, lora, rank, init_word, max_error, force, device) -> None:
+def import_command(ctx, name, lora, rank, init_word, max_error, force, per_layer, device) -> None:
     """Adopt LORA (kohya or diffusers .safetensors) as concept NAME.
 
     Its basis is projected onto the space earlier concepts left free and its coefficients
@@ -496,6 +497,10 @@ def import_command(ctx, name, lora, rank, init_word, max_error, force, device) -
         f"Imported {concept.token} from {Path(lora).name} ({concept.imported.format}), rank {concept.rank}: "
         f"relative error {errors['overall']:.3f} overall" + (f", worst {errors[worst]:.3f} on {worst}" if worst else "")
     )
+    if per_layer:
+        for layer, value in errors.items():
+            if layer != "overall":
+                console.print(f"  {value:.4f}  {layer}")
 
 
 @cli.command("gc", short_help="Delete data no version reaches.")

@@ -173,3 +173,16 @@ def test_a_full_library_refuses_with_the_layer_named(tmp_path, photos, capsys):
 def test_nothing_is_ever_unpickled():
     source = "\n".join(p.read_text() for p in Path(__file__).parents[1].joinpath("seqlib").rglob("*.py"))
     assert not re.search(r"torch\.load\(|import pickle|pickle\.loads?\(|weights_only=False", source)
+
+
+def test_a_name_whose_token_the_base_already_has_is_refused(empty_store, tmp_path, photos, capsys):
+    from transformers import CLIPTokenizer
+
+    folder = tmp_path / "sd"
+    shutil.copytree(empty_store / "base", folder)
+    tokenizer = CLIPTokenizer.from_pretrained(folder / "tokenizer")
+    tokenizer.add_tokens(["<clash>"])
+    tokenizer.save_pretrained(folder / "tokenizer")
+    Library.init(tmp_path / ".seqlib", base=str(folder))
+    code = main(["--store", str(tmp_path / ".seqlib"), "add", "clash", str(photos / "gem")])
+    assert code == 1 and "already a token" in capsys.readouterr().err
