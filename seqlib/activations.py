@@ -60,6 +60,8 @@ def activation_basis(sigma: Tensor, Q: Tensor, r: int) -> Tensor:
     the top eigenvectors of P⊥ Σ P⊥ with P⊥ = I − Q Qᵀ.
     """
     m = sigma.shape[0]
+    if r == 0:
+        return torch.zeros(m, 0, dtype=torch.float64)
     P = torch.eye(m, dtype=torch.float64) - Q @ Q.T if Q.shape[1] else torch.eye(m, dtype=torch.float64)
     U, _ = top_directions(P @ sigma.double() @ P, r)
     U = U - Q @ (Q.T @ U) if Q.shape[1] else U  # remove round-off along span(Q)

@@ -35,6 +35,7 @@ from seqlib.format import (
     concepts_that_fit,
     crosstalk_pairs,
     free_dims,
+    layer_ranks,
     now_iso,
     used_dims,
 )
@@ -91,6 +92,7 @@ class Status:
     bottleneck: str  # the layer with the fewest free dimensions
     bottleneck_free: int
     fits: int  # more concepts at the library's rank
+    fits_by_policy: dict[str, int]  # the same under each --when-full policy
     worst_pairs: list[tuple[str, str, float]]  # (source, target, crosstalk), worst first
 
     def to_json(self) -> dict:
@@ -115,6 +117,7 @@ class Status:
             "widths": [g.__dict__ for g in self.groups],
             "bottleneck": {"layer": self.bottleneck, "free": self.bottleneck_free},
             "fits": self.fits,
+            "fits_by_policy": self.fits_by_policy,
             "worst_pairs": [{"source": a, "target": b, "crosstalk": x} for a, b, x in self.worst_pairs],
         }
 
@@ -266,6 +269,7 @@ class Library:
             bottleneck=bottleneck.name,
             bottleneck_free=free[bottleneck.name],
             fits=concepts_that_fit(commit),
+            fits_by_policy={p: concepts_that_fit(commit, policy=p) for p in ("refuse", "shrink", "skip")},
             worst_pairs=crosstalk_pairs(commit)[:5],
         )
 
@@ -359,8 +363,13 @@ class Library:
         device: str = "cpu",
         base: str | None = None,
         warn: Callable[[str], None] | None = None,
+        when_full: str = "shrink",
     ) -> ConceptRecord:
-        """Learn concept ``name`` from a folder of images and commit it. All or nothing."""
+        """Learn concept ``name`` from a folder of images and commit it. All or nothing.
+
+        ``when_full`` decides what happens on a layer with fewer than r free dimensions:
+        ``refuse``, ``shrink`` (train that layer at the rank left) or ``skip`` (leave it out).
+        """
         from seqlib import data, payload
         from seqlib.train import TrainConfig, train_concept
 
@@ -371,11 +380,13 @@ class Library:
         lib = commit.library
         r = rank or lib.rank
         config = config or TrainConfig(resolution=lib.base.resolution)
-        if config.method != "lora":
-            free = free_dims(commit)
-            full = [layer.name for layer in lib.layers if free[layer.name] < r]
-            if full:
-                raise CapacityError(full, r, free)
+        ranks = [r] * len(lib.layers)
+        if config.method != "lora":  # plain LoRA takes no capacity
+            ranks, short = layer_ranks(commit, r, when_full)
+            if short and warn:
+                kept = {layer.name: k for layer, k in zip(lib.layers, ranks)}
+                shown = ", ".join(f"{n} (rank {kept[n]})" for n in short[:3]) + (" …" if len(short) > 3 else "")
+                warn(f"--when-full {when_full}: {len(short)} layers have less than {r} free dimensions: {shown}")
 
         skipped: list[Path] = []
         files = data.find_images(Path(images), skipped)
@@ -388,8 +399,22 @@ class Library:
         token = token_for(name)
         if token in pipe.tokenizer.get_vocab():
             raise InvalidNameError(f"{token} is already a token of the base's tokenizer; pick another name")
+        from dataclasses import replace
+
+        from seqlib.config import resolve_hvp
+
+        config = replace(
+            config, hvp=resolve_hvp(config.hvp, pipe.unet.device.type, sum(p.numel() for p in pipe.unet.parameters()))
+        )
         earlier = self._earlier(commit)
-        result = train_concept(pipe, [layer.name for layer in lib.layers], earlier, tensor, token, r, config, progress)
+        frozen = None
+        if config.method == "frozen-basis":  # the next r columns no earlier concept took
+            taken = [col for c in commit.concepts for col in (c.frozen_columns or [])]
+            start = max(taken) + 1 if taken else 0
+            frozen = list(range(start, start + r))
+        result = train_concept(
+            pipe, [layer.name for layer in lib.layers], earlier, tensor, token, ranks, config, progress, frozen
+        )
         arrays = payload.pack(lib.layers, result.A, result.B, result.embedding, result.U, result.energies)
         crosstalk_from, crosstalk_onto = self._crosstalk_with_earlier(commit, result)
         payload_id, array_records = self.store.write_payload(arrays, {"concept": name, "rank": r})
@@ -397,7 +422,9 @@ class Library:
             name=name,
             token=token,
             rank=r,
+            ranks=None if all(k == r for k in ranks) else ranks,
             orthogonal=config.method != "lora",
+            frozen_columns=frozen,
             payload=payload_id,
             arrays=array_records,
             images=records,

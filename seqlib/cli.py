@@ -126,7 +126,10 @@ def _hyper(flag: str, field: str, type, help: str):
     return click.option(flag, field, type=type, default=None, help=help, show_default=str(default(field)))
 
 
-_METHOD_HELP = "seqlora: bilevel with cross-Hessian (paper). alternating: same without it. lora: no projection."
+_METHOD_HELP = (
+    "seqlora: bilevel with cross-Hessian (paper). alternating: the same without it. frozen-basis: B fixed to "
+    "columns of a shared orthogonal matrix, only A trained (Po et al. 2024). lora: no projection (naive sum)."
+)
 
 
 @cli.command("add", short_help="Learn a new concept from a folder of images.")
@@ -136,7 +139,7 @@ _METHOD_HELP = "seqlora: bilevel with cross-Hessian (paper). alternating: same w
 @click.option("--rank", type=click.IntRange(1), default=None, help="Rank r (default: the library's).")
 @click.option(
     "--method",
-    type=click.Choice(["seqlora", "alternating", "lora"]),
+    type=click.Choice(["seqlora", "alternating", "frozen-basis", "lora"]),
     default="seqlora",
     show_default=True,
     help=_METHOD_HELP,
@@ -158,8 +161,10 @@ _METHOD_HELP = "seqlora: bilevel with cross-Hessian (paper). alternating: same w
 @_hyper(
     "--hvp",
     "hvp",
-    click.Choice(["autograd", "finite-diff"]),
-    "Cross-Hessian by double backward, or by a central difference of ∇_B L (no double backward).",
+    click.Choice(["auto", "autograd", "finite-diff"]),
+    "Cross-Hessian by double backward (exact, math attention), or by a central difference of ∇_B L "
+    "(no double backward: fused attention, memory near a LoRA step). auto: finite-diff on a GPU or for "
+    "a UNet over 100M parameters, autograd otherwise.",
 )
 @_hyper("--batch-size", "batch_size", click.IntRange(1), "Images per round.")
 @_hyper("--seed", "seed", int, "Seed of the basis init, the batches and the noise.")
@@ -182,10 +187,18 @@ _METHOD_HELP = "seqlora: bilevel with cross-Hessian (paper). alternating: same w
     click.IntRange(1),
     "Principal input directions recorded per layer (crosstalk diagnostics; the most --protect can use).",
 )
+@click.option(
+    "--when-full",
+    type=click.Choice(["shrink", "skip", "refuse"]),
+    default="shrink",
+    show_default=True,
+    help="A layer with fewer than r free dimensions: train it at the rank left (shrink), leave it "
+    "unadapted for this concept (skip), or refuse the add.",
+)
 @click.option("-m", "--message", default=None, help="Note recorded in the commit.")
 @click.option("--device", default="cpu", show_default=True)
 @click.pass_context
-def add_command(ctx, name, images, init_word, rank, method, message, device, **hyper) -> None:
+def add_command(ctx, name, images, init_word, rank, method, when_full, message, device, **hyper) -> None:
     """Learn concept NAME (token <NAME>) from the images in IMAGES and commit it.
 
     The concept trains on top of every concept already in the library, with its basis
@@ -241,6 +254,7 @@ def add_command(ctx, name, images, init_word, rank, method, message, device, **h
                 progress=progress,
                 device=device,
                 warn=lambda msg: err_console.print(f"[yellow]warning:[/] {msg}"),
+                when_full=when_full,
             )
     except KeyboardInterrupt:
         err_console.print("interrupted: nothing was committed, the library is unchanged")
@@ -353,6 +367,9 @@ def status_command(ctx, as_json: bool, at: str | None) -> None:
         console.print(f"[bold]worst crosstalk[/] {shown}  (see `seqlib show NAME`)")
     colour = "green" if s.fits > 0 else "red"
     console.print(f"[{colour}]{s.fits} more rank-{lib.rank} concepts fit[/]")
+    by = s.fits_by_policy
+    if by["shrink"] != by["refuse"] or by["skip"] != by["refuse"]:
+        console.print(f"  with --when-full shrink: {by['shrink']}, skip: {by['skip']} (some layers at a smaller rank)")
 
 
 @cli.command("show", short_help="Everything recorded about one concept.")

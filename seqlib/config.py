@@ -13,7 +13,8 @@ class TrainConfig:
     plain gradient steps as in the paper, large because the loss is a per-element mean.
     """
 
-    method: str = "seqlora"  # seqlora | alternating (no cross-Hessian) | lora (no projection)
+    # seqlora | alternating (no cross-Hessian) | frozen-basis (Po et al. 2024: B fixed) | lora (no projection)
+    method: str = "seqlora"
     alpha: float = 30.0  # α: step size of A; also the inner step inside the reduced gradient
     beta: float = 30.0  # β: step size of B
     K: int = 3  # bilevel iterations per round (paper: 3)
@@ -24,7 +25,7 @@ class TrainConfig:
     batch_size: int = 4
     lr_embed: float = 30.0  # step size of the learned token embedding
     max_grad_norm: float = 0.2  # clip each step's gradient to this global norm; 0 = the paper's plain steps
-    hvp: str = "autograd"  # autograd (double backward, math attention) | finite-diff
+    hvp: str = "auto"  # autograd (double backward, math attention) | finite-diff | auto (see resolve_hvp)
     seed: int = 0
     init_word: str = "thing"
     prompt_template: str = "a photo of {token}"
@@ -36,10 +37,10 @@ class TrainConfig:
     activation_k: int = 8  # principal input directions kept per layer (crosstalk diagnostics, --protect)
 
     def __post_init__(self) -> None:
-        if self.method not in ("seqlora", "alternating", "lora"):
-            raise ValueError(f"`method` must be seqlora, alternating or lora, not {self.method!r}")
-        if self.hvp not in ("autograd", "finite-diff"):
-            raise ValueError(f"`hvp` must be autograd or finite-diff, not {self.hvp!r}")
+        if self.method not in ("seqlora", "alternating", "frozen-basis", "lora"):
+            raise ValueError(f"`method` must be seqlora, alternating, frozen-basis or lora, not {self.method!r}")
+        if self.hvp not in ("auto", "autograd", "finite-diff"):
+            raise ValueError(f"`hvp` must be auto, autograd or finite-diff, not {self.hvp!r}")
         for name in ("K", "S_B", "S_A", "steps", "batch_size", "resolution"):
             if getattr(self, name) < 1:
                 raise ValueError(f"`{name}` must be >= 1")
@@ -54,6 +55,18 @@ class TrainConfig:
 
     def record(self) -> dict:
         return asdict(self)
+
+
+LARGE_UNET_PARAMS = 100_000_000  # SD1.5's UNet has 860M; the embedded one well under 10M
+
+
+def resolve_hvp(hvp: str, device_type: str, unet_params: int) -> str:
+    """``auto``: finite differences on a GPU or for a large base (they run with fused attention
+    kernels and need no double-backward graph, so memory stays near a plain LoRA step);
+    exact double backward otherwise."""
+    if hvp != "auto":
+        return hvp
+    return "finite-diff" if device_type != "cpu" or unet_params > LARGE_UNET_PARAMS else "autograd"
 
 
 def default(name: str):

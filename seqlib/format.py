@@ -14,11 +14,11 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from seqlib import __version__
-from seqlib.errors import FormatVersionError
+from seqlib.errors import CapacityError, FormatVersionError
 
 FORMAT_VERSION = 1
 
-METHODS = ("seqlora", "alternating", "lora")
+METHODS = ("seqlora", "alternating", "frozen-basis", "lora")
 
 
 def canonical_json(obj: dict) -> bytes:
@@ -87,7 +87,7 @@ class ArrayRecord(_Model):
 class TrainingRecord(_Model):
     """The hyper-parameters a concept was trained with, named after the paper's symbols."""
 
-    method: Literal["seqlora", "alternating", "lora"]
+    method: Literal["seqlora", "alternating", "frozen-basis", "lora"]
     alpha: float = Field(description="α: step size of the A (lower-level) updates.")
     beta: float = Field(description="β: step size of the B (upper-level) updates.")
     K: int = Field(description="Bilevel iterations per training round.")
@@ -98,7 +98,7 @@ class TrainingRecord(_Model):
     batch_size: int
     lr_embed: float = Field(description="Step size of the token embedding (updated with A).")
     max_grad_norm: float = Field(description="Global-norm clip of each step's gradient; 0 = unclipped.")
-    hvp: Literal["autograd", "finite-diff"]
+    hvp: Literal["autograd", "finite-diff"] = Field(description="As used (`auto` is resolved before training).")
     seed: int
     init_word: str
     prompt_template: str
@@ -121,12 +121,18 @@ class ConceptRecord(_Model):
     name: str
     token: str = Field(description="The prompt token, `<name>`.")
     rank: int
+    ranks: list[int] | None = Field(
+        None, description="Per layer (library order) when not all equal to `rank`: --when-full shrink/skip."
+    )
     orthogonal: bool = Field(description="False for plain LoRA concepts (no projection).")
     payload: str = Field(description="Id of the zarr group under objects/payloads/.")
     arrays: list[ArrayRecord]
     images: list[ImageRecord]
     training: TrainingRecord | None = Field(description="None for imported concepts.")
     imported: ImportRecord | None = Field(None, description="Set for concepts adopted by `seqlib import`.")
+    frozen_columns: list[int] | None = Field(
+        None, description="frozen-basis: the columns of each width's shared orthogonal matrix B was taken from."
+    )
     reserved: list[int] = Field(
         description="Per layer (library order): dimensions this concept's --protect took beyond its basis."
     )
@@ -191,8 +197,9 @@ def used_dims(commit: Commit) -> dict[str, int]:
     used = {layer.name: 0 for layer in commit.library.layers}
     for concept in commit.concepts:
         if concept.orthogonal:
-            for name, reserved in zip(used, concept.reserved):
-                used[name] += concept.rank + reserved
+            ranks = concept.ranks or [concept.rank] * len(used)
+            for name, rank, reserved in zip(used, ranks, concept.reserved):
+                used[name] += rank + reserved
     return used
 
 
@@ -213,7 +220,36 @@ def free_dims(commit: Commit) -> dict[str, int]:
     return {layer.name: layer.in_features - used[layer.name] for layer in commit.library.layers}
 
 
-def concepts_that_fit(commit: Commit, rank: int | None = None) -> int:
-    """How many more rank-r concepts fit: the bottleneck layer decides."""
+def concepts_that_fit(commit: Commit, rank: int | None = None, policy: str = "refuse") -> int:
+    """How many more rank-r concepts fit under a --when-full policy.
+
+    refuse: every layer needs r free dimensions, so the bottleneck layer decides.
+    shrink: a nearly full layer takes what is left (at least 1), so until any layer is full.
+    skip: a full layer is left out, so until no layer has r free dimensions.
+    """
     r = rank or commit.library.rank
-    return min(free // r for free in free_dims(commit).values())
+    free = list(free_dims(commit).values())
+    if policy == "refuse":
+        return min(f // r for f in free)
+    if policy == "skip":
+        return max(f // r for f in free)
+    count = 0
+    while min(free) >= 1:
+        free = [f - min(r, f) for f in free]
+        count += 1
+    return count
+
+
+def layer_ranks(commit: Commit, rank: int, policy: str) -> tuple[list[int], list[str]]:
+    """Per-layer ranks for a new concept under a --when-full policy, and the layers that
+    get less than ``rank`` (empty when every layer has room)."""
+    free = free_dims(commit)
+    names = [layer.name for layer in commit.library.layers]
+    short = [n for n in names if free[n] < rank]
+    if not short:
+        return [rank] * len(names), []
+    if policy == "shrink" and all(free[n] >= 1 for n in names):
+        return [min(rank, free[n]) for n in names], short
+    if policy == "skip" and len(short) < len(names):
+        return [rank if free[n] >= rank else 0 for n in names], short
+    raise CapacityError(short, rank, free)

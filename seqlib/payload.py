@@ -54,13 +54,18 @@ def pack(
     ``U_m{m}``: (layers, m, k) principal directions and ``S_m{m}``: (layers, k) energies."""
     import numpy as np
 
+    r = max(b.shape[1] for b in B.values())
+
+    def pad(x: np.ndarray) -> np.ndarray:  # layers trained at a smaller rank get zero columns
+        return np.pad(x, ((0, 0), (0, r - x.shape[1])))
+
     arrays = {}
     for m, names in _groups(layers, "in_features").items():
-        arrays[basis_array(m)] = np.stack([B[name] for name in names]).astype(np.float32)
+        arrays[basis_array(m)] = np.stack([pad(B[name]) for name in names]).astype(np.float32)
         arrays[directions_array(m)] = np.stack([U[name] for name in names]).astype(np.float32)
         arrays[energies_array(m)] = np.stack([energies[name] for name in names]).astype(np.float32)
     arrays |= {
-        coeff_array(n): np.stack([A[name] for name in names]).astype(np.float32)
+        coeff_array(n): np.stack([pad(A[name]) for name in names]).astype(np.float32)
         for n, names in _groups(layers, "out_features").items()
     }
     arrays[EMBEDDING_ARRAY] = np.asarray(embedding, dtype=np.float32)

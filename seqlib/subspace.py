@@ -55,10 +55,34 @@ def free_dimensions(in_features: int, Q: Tensor) -> int:
 
 def random_basis(m: int, r: int, Q: Tensor, generator: torch.Generator) -> Tensor:
     """r orthonormal directions drawn uniformly from the complement of span(Q) (m x r)."""
+    if r == 0:
+        return torch.zeros(m, 0, dtype=torch.float64)
     X = torch.randn(m, r, generator=generator, dtype=torch.float64)
     X = project_out(X, Q)
     B, _ = torch.linalg.qr(X)
     return project_out(B, Q)  # QR mixes columns only; re-project to kill round-off
+
+
+FROZEN_BASIS_SEED = 20240101
+
+
+def shared_orthogonal(m: int, seed: int = FROZEN_BASIS_SEED) -> Tensor:
+    """The m x m orthogonal matrix every frozen-basis concept of width m takes columns from
+    (Orthogonal Adaptation, Po et al. 2024); seeded, so any machine rebuilds it."""
+    g = torch.Generator().manual_seed(seed + m)
+    Q, R = torch.linalg.qr(torch.randn(m, m, generator=g, dtype=torch.float64))
+    return Q * torch.sign(torch.diagonal(R))  # unique QR: positive diagonal of R
+
+
+def frozen_basis(m: int, columns: list[int], Q: Tensor) -> Tensor:
+    """Columns of the shared orthogonal matrix, kept orthonormal in the free space.
+
+    In a library of frozen-basis concepts only, the projection changes nothing (the shared
+    matrix's columns are mutually orthogonal); next to other methods' bases it keeps the
+    orthogonality promise."""
+    B = project_out(shared_orthogonal(m)[:, columns], Q)
+    B, _ = torch.linalg.qr(B)
+    return project_out(B, Q)
 
 
 def max_cosine(B_i: Tensor, B_j: Tensor) -> float:

@@ -32,7 +32,7 @@ from seqlib.activations import SecondMoments, activation_basis, top_directions
 from seqlib.config import TrainConfig
 from seqlib.errors import CapacityError, DataError, TrainingDivergedError
 from seqlib.lora import LiveResiduals, WeightPatch, adapted_layers, summed_deltas
-from seqlib.subspace import orthonormal_basis, project_out, random_basis
+from seqlib.subspace import frozen_basis, orthonormal_basis, project_out, random_basis
 
 
 @dataclass
@@ -164,11 +164,16 @@ def train_concept(
     earlier: list[Earlier],
     image_tensor: Tensor,
     token: str,
-    rank: int,
+    rank: int | list[int],
     cfg: TrainConfig,
     progress: Progress | None = None,
+    frozen_columns: list[int] | None = None,
 ) -> TrainResult:
-    """Learn one concept; returns its factors. Touches nothing on disk."""
+    """Learn one concept; returns its factors. Touches nothing on disk.
+
+    ``rank``: one rank for every layer, or one per layer (0 leaves a layer unadapted);
+    ``frozen_columns``: for ``method="frozen-basis"``, the shared-matrix columns B is fixed to.
+    """
     start = time.perf_counter()
     unet, vae, text_encoder, tokenizer = pipe.unet, pipe.vae, pipe.text_encoder, pipe.tokenizer
     device = unet.device
@@ -177,7 +182,8 @@ def train_concept(
         module.eval()
 
     layers = [(n, m) for n, m in adapted_layers(unet) if n in set(layer_names)]
-    if [n for n, _ in layers] != list(layer_names):
+    names = [n for n, _ in layers]
+    if names != list(layer_names):
         raise DataError("the base's adapted layers do not match the library's layer list")
 
     gen = torch.Generator().manual_seed(cfg.seed)
@@ -192,12 +198,16 @@ def train_concept(
             else:
                 Q[name], extra = taken_space(name, module.in_features, earlier, cfg.protect)
             reserved.append(extra)
-        full = [n for n, m in layers if m.in_features - Q[n].shape[1] < rank]
+        ranks = dict(zip(names, rank if isinstance(rank, list) else [rank] * len(layers)))
+        full = [n for n, m in layers if m.in_features - Q[n].shape[1] < ranks[n]]
         if full:
-            raise CapacityError(full, rank, {n: m.in_features - Q[n].shape[1] for n, m in layers})
+            raise CapacityError(full, max(ranks.values()), {n: m.in_features - Q[n].shape[1] for n, m in layers})
         # 2) A = 0, B random orthonormal in the free complement (the residual starts at 0)
-        Bs = [random_basis(m.in_features, rank, Q[n], gen).float().to(device) for n, m in layers]
-        As = [torch.zeros(m.out_features, rank, device=device) for _, m in layers]
+        if cfg.method == "frozen-basis":
+            Bs = [frozen_basis(m.in_features, frozen_columns[: ranks[n]], Q[n]).float().to(device) for n, m in layers]
+        else:
+            Bs = [random_basis(m.in_features, ranks[n], Q[n], gen).float().to(device) for n, m in layers]
+        As = [torch.zeros(m.out_features, ranks[n], device=device) for n, m in layers]
         Qs = [Q[n].to(device) for n, _ in layers]
 
         emb, embed_hook = _init_token(pipe, token, cfg.init_word)
@@ -233,10 +243,10 @@ def train_concept(
                     objective(As, Bs, encode(e), eval_batch)
                 return recorder
 
-            if cfg.basis_init == "activation":
+            if cfg.basis_init == "activation" and cfg.method != "frozen-basis":
                 # B spans the top principal directions of the concept's inputs in the free space
                 before = moments(As, Bs, emb)
-                Bs = [activation_basis(before.moment(n), Q[n], rank).float().to(device) for n, _ in layers]
+                Bs = [activation_basis(before.moment(n), Q[n], ranks[n]).float().to(device) for n, _ in layers]
 
             with objective.live, torch.no_grad():
                 initial = _check_finite(objective(As, Bs, encode(emb), eval_batch), "start", cfg)
@@ -257,7 +267,6 @@ def train_concept(
         finally:
             embed_hook.remove()
 
-    names = [n for n, _ in layers]
     return TrainResult(
         A={n: a.detach().cpu().numpy() for n, a in zip(names, As)},
         B={n: b.detach().cpu().numpy() for n, b in zip(names, Bs)},
@@ -295,7 +304,7 @@ def _bilevel_iteration(objective, encode, A_k, B_k, Qs, emb, batch, cfg: TrainCo
 
     # Steps 2-3: S_B reduced-gradient steps on B, each projected onto the free complement
     B = list(B_k)
-    for _ in range(cfg.S_B):
+    for _ in range(cfg.S_B if cfg.method != "frozen-basis" else 0):  # frozen-basis: B never moves
         At, Bl = _leaves(A_tilde), _leaves(B)
         grads = torch.autograd.grad(objective(At, Bl, ehs, batch), At + Bl)
         g_A, g_B = grads[: len(At)], grads[len(At) :]
