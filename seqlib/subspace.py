@@ -81,7 +81,8 @@ def frozen_basis(m: int, columns: list[int], Q: Tensor) -> Tensor:
     matrix's columns are mutually orthogonal); next to other methods' bases it keeps the
     orthogonality promise."""
     B = project_out(shared_orthogonal(m)[:, columns], Q)
-    B, _ = torch.linalg.qr(B)
+    B, R = torch.linalg.qr(B)
+    B = B * torch.sign(torch.diagonal(R))  # unique QR: columns already orthonormal come back unchanged
     return project_out(B, Q)
 
 
