@@ -395,7 +395,13 @@ class Library:
             warn(f"skipped {len(skipped)} files that are not images: {names}")
         records = data.image_records(files)
         tensor = data.load_images(files, config.resolution)
+        augmented = None
+        if config.crop == "random" or config.flip:
+            augmented = data.load_images(
+                files, config.resolution, config.crop, config.flip, config.aug_copies, config.seed
+            )
         pipe = self._load_base(commit, device, base)
+        _prepare_for_training(pipe, config, warn)
         token = token_for(name)
         if token in pipe.tokenizer.get_vocab():
             raise InvalidNameError(f"{token} is already a token of the base's tokenizer; pick another name")
@@ -413,7 +419,16 @@ class Library:
             start = max(taken) + 1 if taken else 0
             frozen = list(range(start, start + r))
         result = train_concept(
-            pipe, [layer.name for layer in lib.layers], earlier, tensor, token, ranks, config, progress, frozen
+            pipe,
+            [layer.name for layer in lib.layers],
+            earlier,
+            tensor,
+            token,
+            ranks,
+            config,
+            progress,
+            frozen,
+            augmented,
         )
         arrays = payload.pack(lib.layers, result.A, result.B, result.embedding, result.U, result.energies)
         crosstalk_from, crosstalk_onto = self._crosstalk_with_earlier(commit, result)
@@ -792,6 +807,30 @@ def _contact_sheet(images: list, path: Path) -> Path:
         sheet.paste(im, ((i % cols) * w, (i // cols) * h))
     sheet.save(path)
     return path
+
+
+def _prepare_for_training(pipe, config: TrainConfig, warn: Callable[[str], None] | None) -> None:
+    """Precision, gradient checkpointing, and an honest warning for big bases on a CPU."""
+    import torch
+
+    device = pipe.unet.device.type
+    if config.precision != "fp32":
+        if config.precision == "fp16" and device == "cpu":
+            raise SeqlibError("--precision fp16 needs a GPU; on a CPU use bf16 or fp32")
+        dtype = torch.float16 if config.precision == "fp16" else torch.bfloat16
+        for module in (pipe.unet, pipe.vae, pipe.text_encoder):
+            module.to(dtype)  # the frozen base only: LoRA factors and their updates stay fp32
+    if config.gradient_checkpointing:
+        pipe.unet.enable_gradient_checkpointing()
+    params = sum(p.numel() for p in pipe.unet.parameters())
+    if device == "cpu" and params > 100_000_000 and warn:
+        # measured: one SD1.5 forward+backward at 512 px takes ~20 s on 2 CPU cores
+        passes = config.K * (1 + config.S_B * (4 if config.hvp == "autograd" else 3) + config.S_A)
+        seconds = config.steps * passes * 20 * (config.resolution / 512) ** 2 * config.batch_size / 4 * params / 860e6
+        warn(
+            f"training a {params / 1e6:.0f}M-parameter UNet on the CPU: about {seconds / 3600:.1f} h "
+            "(use --device cuda on a GPU machine)"
+        )
 
 
 def _check_prompt(prompt: str, weights: dict[str, float], commit: Commit) -> None:

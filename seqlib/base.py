@@ -31,6 +31,20 @@ def _quiet() -> None:
     warnings.filterwarnings("ignore", module="transformers")
 
 
+def pick_device(name: str) -> str:
+    """``auto``: CUDA, else Apple's MPS, else the CPU; a named device must exist."""
+    import torch
+
+    cuda, mps = torch.cuda.is_available(), torch.backends.mps.is_available()
+    if name == "auto":
+        return "cuda" if cuda else "mps" if mps else "cpu"
+    if name.startswith("cuda") and not cuda:
+        raise BaseLoadError("--device cuda: no CUDA GPU is visible (install a CUDA build of torch; see README)")
+    if name == "mps" and not mps:
+        raise BaseLoadError("--device mps: Apple's Metal backend is not available here")
+    return name
+
+
 def classify(spec: str | None, config: str | None) -> tuple[str, str]:
     """(kind, source) for what the user passed to ``--base``."""
     if spec is None:
@@ -84,7 +98,7 @@ def load_pipeline(kind: str, source: str, config: str | None, embedded_dir: Path
     if len(pipe.tokenizer) < 100:
         raise BaseLoadError(f"base {source}: its tokenizer did not load (vocabulary of {len(pipe.tokenizer)})")
     pipe.set_progress_bar_config(disable=True)
-    return pipe.to(device)
+    return pipe.to(pick_device(device))
 
 
 def describe(pipe, kind: str, source: str, config: str | None) -> tuple[BaseRecord, list[LayerRecord]]:

@@ -88,7 +88,7 @@ def cli(ctx: click.Context, store: str | None) -> None:
     help="Diffusers config folder for a single-file checkpoint (e.g. SD1.5's).",
 )
 @click.option("--rank", default=4, show_default=True, type=click.IntRange(1), help="Default rank r of each concept.")
-@click.option("--device", default="cpu", show_default=True, help="Device used to fingerprint the base.")
+@click.option("--device", default="auto", show_default=True, help="Device to load the base on (auto, cuda, mps, cpu).")
 @click.pass_context
 def init_command(ctx: click.Context, location, base, base_config, rank, device) -> None:
     """Create a library at LOCATION (default: --store, or ./.seqlib) on a base model.
@@ -187,6 +187,23 @@ _METHOD_HELP = (
     click.IntRange(1),
     "Principal input directions recorded per layer (crosstalk diagnostics; the most --protect can use).",
 )
+@_hyper(
+    "--precision",
+    "precision",
+    click.Choice(["fp32", "fp16", "bf16"]),
+    "dtype of the frozen base (fp16 on GPUs only); the LoRA factors are always trained in fp32.",
+)
+@_hyper("--resolution", "resolution", click.IntRange(8), "Training resolution in pixels (default: the base's).")
+@_hyper("--crop", "crop", click.Choice(["center", "random"]), "Square crop of each photo: centre, or random 80-100%.")
+@_hyper("--aug-copies", "aug_copies", click.IntRange(1), "Augmented views encoded per photo with --crop random/--flip.")
+@click.option("--flip", is_flag=True, default=None, help="Random horizontal flips (off: many concepts are asymmetric).")
+@click.option(
+    "--gradient-checkpointing",
+    "gradient_checkpointing",
+    is_flag=True,
+    default=None,
+    help="Recompute UNet activations in backward: less memory, slower.",
+)
 @click.option(
     "--when-full",
     type=click.Choice(["shrink", "skip", "refuse"]),
@@ -196,7 +213,7 @@ _METHOD_HELP = (
     "unadapted for this concept (skip), or refuse the add.",
 )
 @click.option("-m", "--message", default=None, help="Note recorded in the commit.")
-@click.option("--device", default="cpu", show_default=True)
+@click.option("--device", default="auto", show_default=True, help="auto (CUDA, else MPS, else CPU), cuda, mps or cpu.")
 @click.pass_context
 def add_command(ctx, name, images, init_word, rank, method, when_full, message, device, **hyper) -> None:
     """Learn concept NAME (token <NAME>) from the images in IMAGES and commit it.
@@ -223,10 +240,10 @@ def add_command(ctx, name, images, init_word, rank, method, when_full, message, 
     from seqlib.config import TrainConfig
 
     lib = _library(ctx)
-    res = lib.head().library.base.resolution
     overrides = {k: v for k, v in hyper.items() if v is not None}
+    overrides.setdefault("resolution", lib.head().library.base.resolution)
     try:
-        config = TrainConfig(method=method, init_word=init_word, resolution=res, **overrides)
+        config = TrainConfig(method=method, init_word=init_word, **overrides)
     except ValueError as e:
         raise UserError(str(e)) from None
     columns = (
@@ -284,7 +301,7 @@ def add_command(ctx, name, images, init_word, rank, method, when_full, message, 
     help="Sampler (default: the base's own).",
 )
 @click.option("--grid", is_flag=True, help="Also write a contact sheet of all images.")
-@click.option("--device", default="cpu", show_default=True)
+@click.option("--device", default="auto", show_default=True, help="auto (CUDA, else MPS, else CPU), cuda, mps or cpu.")
 @click.option("--at", default=None, metavar="VERSION|TAG", help="Read this version instead of the current one.")
 @click.pass_context
 def compose_command(
@@ -497,7 +514,7 @@ def export_command(ctx, concepts: str, out: str, fmt: str, at: str | None) -> No
 )
 @click.option("--force", is_flag=True, help="Import even above --max-error.")
 @click.option("--per-layer", is_flag=True, help="Print the relative error of every layer.")
-@click.option("--device", default="cpu", show_default=True)
+@click.option("--device", default="auto", show_default=True, help="auto (CUDA, else MPS, else CPU), cuda, mps or cpu.")
 @click.pass_context
 def import_command(ctx, name, lora, rank, init_word, max_error, force, per_layer, device) -> None:
     """Adopt LORA (kohya or diffusers .safetensors) as concept NAME.

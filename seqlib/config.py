@@ -35,6 +35,11 @@ class TrainConfig:
     )
     protect: int = 0  # also keep B orthogonal to the top-`protect` input directions of every earlier concept
     activation_k: int = 8  # principal input directions kept per layer (crosstalk diagnostics, --protect)
+    precision: str = "fp32"  # fp32 | fp16 | bf16: the frozen base's dtype; LoRA factors always stay fp32
+    gradient_checkpointing: bool = False  # recompute UNet activations in backward: less memory, ~30% slower
+    crop: str = "center"  # center | random (random crops of 80-100% of the image side)
+    flip: bool = False  # random horizontal flips (off by default: many concepts are not mirror-symmetric)
+    aug_copies: int = 4  # augmented variants encoded per image when crop=random or flip
 
     def __post_init__(self) -> None:
         if self.method not in ("seqlora", "alternating", "frozen-basis", "lora"):
@@ -50,6 +55,10 @@ class TrainConfig:
             raise ValueError(f"`protect` must be between 0 and `activation_k` ({self.activation_k})")
         if self.protect and self.method == "lora":
             raise ValueError("`protect` needs a projected method (seqlora or alternating), not lora")
+        if self.precision not in ("fp32", "fp16", "bf16"):
+            raise ValueError(f"`precision` must be fp32, fp16 or bf16, not {self.precision!r}")
+        if self.crop not in ("center", "random"):
+            raise ValueError(f"`crop` must be center or random, not {self.crop!r}")
         if "{token}" not in self.prompt_template:
             raise ValueError("`prompt_template` must contain {token}")
 

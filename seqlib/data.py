@@ -33,8 +33,16 @@ def image_records(files: list[Path]) -> list[ImageRecord]:
     return [ImageRecord(file=p.name, sha256=hashlib.sha256(p.read_bytes()).hexdigest()) for p in files]
 
 
-def load_images(files: list[Path], resolution: int):
-    """RGB, centre-cropped to a square and resized: a (N, 3, res, res) tensor in [-1, 1]."""
+def load_images(
+    files: list[Path], resolution: int, crop: str = "center", flip: bool = False, copies: int = 1, seed: int = 0
+):
+    """RGB, cropped to a square and resized: a (N * copies, 3, res, res) tensor in [-1, 1].
+
+    ``crop="random"`` takes squares of 80-100% of the short side at random places, ``flip``
+    mirrors half of the copies at random: few-shot concepts see more poses without new photos.
+    """
+    import random
+
     import numpy as np
     import torch
     from PIL import Image, ImageOps, UnidentifiedImageError
@@ -45,10 +53,19 @@ def load_images(files: list[Path], resolution: int):
             with Image.open(path) as im:
                 im.load()
                 im = _to_rgb(ImageOps.exif_transpose(im))
-                im = ImageOps.fit(im, (resolution, resolution), Image.Resampling.BICUBIC)
         except (UnidentifiedImageError, OSError, ValueError) as e:
             raise DataError(f"cannot read {path.name} as an image ({e}); remove or replace it") from None
-        out.append(torch.from_numpy(np.asarray(im, dtype=np.float32) / 127.5 - 1.0).permute(2, 0, 1))
+        rng = random.Random(f"{seed}-{path.name}")
+        for _ in range(copies):
+            view = im
+            if crop == "random":
+                side = int(min(im.size) * rng.uniform(0.8, 1.0))
+                x, y = rng.randint(0, im.size[0] - side), rng.randint(0, im.size[1] - side)
+                view = im.crop((x, y, x + side, y + side))
+            view = ImageOps.fit(view, (resolution, resolution), Image.Resampling.BICUBIC)
+            if flip and rng.random() < 0.5:
+                view = ImageOps.mirror(view)
+            out.append(torch.from_numpy(np.asarray(view, dtype=np.float32) / 127.5 - 1.0).permute(2, 0, 1))
     return torch.stack(out)
 
 

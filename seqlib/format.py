@@ -104,6 +104,11 @@ class TrainingRecord(_Model):
     prompt_template: str
     resolution: int
     basis_init: Literal["random", "activation"] = "random"
+    precision: Literal["fp32", "fp16", "bf16"] = "fp32"
+    gradient_checkpointing: bool = False
+    crop: Literal["center", "random"] = "center"
+    flip: bool = False
+    aug_copies: int = 4
     protect: int = Field(0, description="Top input directions of each earlier concept B was kept orthogonal to.")
     activation_k: int = Field(8, description="Principal input directions stored per layer.")
 

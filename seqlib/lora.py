@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import hashlib
 import re
-from collections.abc import Iterator
-from contextlib import contextmanager
 
 import torch
 from torch import Tensor, nn
@@ -70,14 +68,10 @@ class LiveResiduals:
             h.remove()
         self._handles = []
 
-    @contextmanager
-    def using(self, As: list[Tensor], Bs: list[Tensor]) -> Iterator[None]:
-        previous = self.factors
+    def set(self, As: list[Tensor], Bs: list[Tensor]) -> None:
+        """Use these factors from now on. They stay set after the forward pass on purpose:
+        gradient checkpointing re-runs the forward during backward and must see the same."""
         self.factors = {name: (A, B) for (name, _), A, B in zip(self.layers, As, Bs)}
-        try:
-            yield
-        finally:
-            self.factors = previous
 
 
 class WeightPatch:

@@ -88,9 +88,9 @@ class _Objective:
 
     def __call__(self, As, Bs, ehs: Tensor, batch: tuple[Tensor, Tensor, Tensor]) -> Tensor:
         latents, noise, t = batch
-        noisy = self.scheduler.add_noise(latents, noise, t)
-        with self.live.using(As, Bs):
-            pred = self.unet(noisy, t, ehs.expand(latents.shape[0], -1, -1)).sample
+        noisy = self.scheduler.add_noise(latents, noise, t).to(self.unet.dtype)
+        self.live.set(As, Bs)
+        pred = self.unet(noisy, t, ehs.to(self.unet.dtype).expand(latents.shape[0], -1, -1)).sample
         if self.scheduler.config.prediction_type == "v_prediction":
             target = self.scheduler.get_velocity(latents, noise, t)
         else:
@@ -168,11 +168,14 @@ def train_concept(
     cfg: TrainConfig,
     progress: Progress | None = None,
     frozen_columns: list[int] | None = None,
+    train_images: Tensor | None = None,
 ) -> TrainResult:
     """Learn one concept; returns its factors. Touches nothing on disk.
 
     ``rank``: one rank for every layer, or one per layer (0 leaves a layer unadapted);
-    ``frozen_columns``: for ``method="frozen-basis"``, the shared-matrix columns B is fixed to.
+    ``frozen_columns``: for ``method="frozen-basis"``, the shared-matrix columns B is fixed to;
+    ``train_images``: augmented views to draw batches from (default: ``image_tensor``, which
+    always serves the evaluation batch).
     """
     start = time.perf_counter()
     unet, vae, text_encoder, tokenizer = pipe.unet, pipe.vae, pipe.text_encoder, pipe.tokenizer
@@ -224,15 +227,19 @@ def train_concept(
                 embed_hook.value = e
                 return text_encoder(ids)[0]
 
-            with torch.no_grad():
-                latents = vae.encode(image_tensor.to(device, vae.dtype)).latent_dist.mean
-                latents = latents * vae.config.scaling_factor  # (N, 4, h, w)
+            def encode_images(x: Tensor) -> Tensor:  # (N, 4, h, w) float32
+                with torch.no_grad():
+                    latents = vae.encode(x.to(device, vae.dtype)).latent_dist.mean
+                    return (latents * vae.config.scaling_factor).float()
+
+            latents = encode_images(image_tensor)
+            pool = latents if train_images is None else encode_images(train_images)
 
             def draw(g: torch.Generator, size: int) -> tuple[Tensor, Tensor, Tensor]:
-                idx = torch.randint(0, latents.shape[0], (size,), generator=g)
-                noise = torch.randn(latents[idx].shape, generator=g)
+                idx = torch.randint(0, pool.shape[0], (size,), generator=g)
+                noise = torch.randn(pool[idx].shape, generator=g)
                 t = torch.randint(0, pipe.scheduler.config.num_train_timesteps, (size,), generator=g)
-                return latents[idx], noise.to(device), t.to(device)
+                return pool[idx], noise.to(device), t.to(device)
 
             eval_batch = _eval_batch(latents, pipe.scheduler.config.num_train_timesteps, cfg.seed + 1)
             objective = _Objective(pipe, LiveResiduals(layers))
@@ -363,7 +370,7 @@ def _init_token(pipe, token: str, init_word: str) -> tuple[Tensor, _EmbeddingHoo
     init_ids = tokenizer(init_word, add_special_tokens=False).input_ids
     if not init_ids:
         raise DataError(f"--init-word {init_word!r} is empty after tokenisation")
-    start = table[init_ids].mean(0).detach().clone()  # (d,) several sub-words: their mean
+    start = table[init_ids].mean(0).detach().float().clone()  # (d,) fp32 whatever the base's dtype
     add_tokens(pipe, {token: start})
     hook = _EmbeddingHook(text_encoder.get_input_embeddings(), tokenizer.convert_tokens_to_ids(token))
     return start, hook
@@ -380,7 +387,8 @@ def evaluation_inputs(pipe, token: str, embedding: Tensor, image_tensor: Tensor,
         return_tensors="pt",
     ).input_ids.to(pipe.unet.device)
     with torch.no_grad():
-        latents = pipe.vae.encode(image_tensor.to(pipe.vae.device)).latent_dist.mean * pipe.vae.config.scaling_factor
+        latents = pipe.vae.encode(image_tensor.to(pipe.vae.device, pipe.vae.dtype)).latent_dist.mean.float()
+        latents = latents * pipe.vae.config.scaling_factor
         batch = _eval_batch(latents, pipe.scheduler.config.num_train_timesteps, cfg.seed + 1)
         return pipe.text_encoder(ids)[0], batch
 

@@ -121,3 +121,59 @@ def test_skip_leaves_full_layers_unadapted(brim, photos, capsys):
         if k == 0:
             assert float(A[layer.name].abs().max()) == 0.0 and float(B[layer.name].abs().max()) == 0.0
     assert brim.verify(check_base=False)["ok"]
+
+
+def test_gradient_checkpointing_changes_memory_not_results(tmp_path, empty_store, photos):
+    factors = {}
+    for checkpointing in (False, True):
+        shutil.copytree(empty_store, tmp_path / str(checkpointing) / ".seqlib")
+        lib = Library.open(tmp_path / str(checkpointing) / ".seqlib")
+        cfg = TrainConfig(gradient_checkpointing=checkpointing, steps=1, K=1, S_B=1, S_A=1)
+        concept = lib.add("mascot", photos / "mascot", config=cfg)
+        factors[checkpointing] = lib.factors(concept, lib.head())[0]
+    assert max(float((factors[True][n] - factors[False][n]).abs().max()) for n in factors[True]) < 1e-5
+
+
+def test_bf16_base_with_augmentation_trains_fp32_factors(store_copy, photos, capsys):
+    code = main(
+        [
+            "--store",
+            str(store_copy),
+            "add",
+            "newone",
+            str(photos / "gem"),
+            "--steps",
+            "2",
+            "-K",
+            "1",
+            "--precision",
+            "bf16",
+            "--crop",
+            "random",
+            "--flip",
+            "--aug-copies",
+            "2",
+        ]
+    )
+    assert code == 0, capsys.readouterr().err
+    lib = Library.open(store_copy)
+    concept = lib.head().concept("newone")
+    assert (concept.training.precision, concept.training.crop, concept.training.flip) == ("bf16", "random", True)
+    assert lib.payload_arrays(concept)["B_m64"].dtype == np.float32
+    assert np.isfinite(concept.final_loss)
+
+
+def test_fp16_on_a_cpu_is_refused(store_copy, photos, capsys):
+    code = main(["--store", str(store_copy), "add", "newone", str(photos / "gem"), "--precision", "fp16"])
+    assert code == 1 and "fp16 needs a GPU" in capsys.readouterr().err
+
+
+def test_augmented_views_differ_but_stay_deterministic(photos):
+    from seqlib.data import find_images, load_images
+
+    files = find_images(photos / "mascot")
+    a = load_images(files, 64, crop="random", flip=True, copies=3, seed=1)
+    b = load_images(files, 64, crop="random", flip=True, copies=3, seed=1)
+    assert a.shape == (3 * len(files), 3, 64, 64)
+    torch.testing.assert_close(a, b)
+    assert float((a[0] - a[1]).abs().max()) > 0.1
