@@ -364,11 +364,14 @@ class Library:
         base: str | None = None,
         warn: Callable[[str], None] | None = None,
         when_full: str = "shrink",
+        resume: bool = False,
     ) -> ConceptRecord:
         """Learn concept ``name`` from a folder of images and commit it. All or nothing.
 
         ``when_full`` decides what happens on a layer with fewer than r free dimensions:
         ``refuse``, ``shrink`` (train that layer at the rank left) or ``skip`` (leave it out).
+        Training state is checkpointed every few rounds; ``resume`` continues an interrupted
+        add of the same name, images and settings on the same library version.
         """
         from seqlib import data, payload
         from seqlib.train import TrainConfig, train_concept
@@ -418,6 +421,23 @@ class Library:
             taken = [col for c in commit.concepts for col in (c.frozen_columns or [])]
             start = max(taken) + 1 if taken else 0
             frozen = list(range(start, start + r))
+        from seqlib import checkpoint
+
+        meta = {"parent": parent_id, "config": config.record(), "images": [i.sha256 for i in records], "ranks": ranks}
+        state = None
+        if resume:
+            saved = checkpoint.load(self.store, name)
+            if saved is None:
+                raise SeqlibError(f"no interrupted add of {name!r} to resume; run it without --resume")
+            state, saved_meta = saved
+            for key, what in (
+                ("parent", "the library changed since"),
+                ("images", "the images changed"),
+                ("config", "the settings differ"),
+                ("ranks", "the free capacity changed"),
+            ):
+                if saved_meta[key] != meta[key]:
+                    raise SeqlibError(f"cannot resume {name!r}: {what}; run it again without --resume")
         result = train_concept(
             pipe,
             [layer.name for layer in lib.layers],
@@ -429,6 +449,8 @@ class Library:
             progress,
             frozen,
             augmented,
+            resume=state,
+            checkpoint=lambda s: checkpoint.save(self.store, name, s, meta),
         )
         arrays = payload.pack(lib.layers, result.A, result.B, result.embedding, result.U, result.energies)
         crosstalk_from, crosstalk_onto = self._crosstalk_with_earlier(commit, result)
@@ -459,6 +481,7 @@ class Library:
             concepts=[*commit.concepts, concept],
         )
         self.store.commit(new, expected_seq=seq)
+        checkpoint.clear(self.store, name)
         return concept
 
     def _crosstalk_with_earlier(self, commit: Commit, result) -> tuple[dict[str, float], dict[str, float]]:

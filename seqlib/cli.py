@@ -212,10 +212,11 @@ _METHOD_HELP = (
     help="A layer with fewer than r free dimensions: train it at the rank left (shrink), leave it "
     "unadapted for this concept (skip), or refuse the add.",
 )
+@click.option("--resume", is_flag=True, help="Continue an interrupted add of NAME (same images and settings).")
 @click.option("-m", "--message", default=None, help="Note recorded in the commit.")
 @click.option("--device", default="auto", show_default=True, help="auto (CUDA, else MPS, else CPU), cuda, mps or cpu.")
 @click.pass_context
-def add_command(ctx, name, images, init_word, rank, method, when_full, message, device, **hyper) -> None:
+def add_command(ctx, name, images, init_word, rank, method, when_full, resume, message, device, **hyper) -> None:
     """Learn concept NAME (token <NAME>) from the images in IMAGES and commit it.
 
     The concept trains on top of every concept already in the library, with its basis
@@ -272,9 +273,14 @@ def add_command(ctx, name, images, init_word, rank, method, when_full, message, 
                 device=device,
                 warn=lambda msg: err_console.print(f"[yellow]warning:[/] {msg}"),
                 when_full=when_full,
+                resume=resume,
             )
     except KeyboardInterrupt:
+        from seqlib import checkpoint
+
         err_console.print("interrupted: nothing was committed, the library is unchanged")
+        if checkpoint.exists(lib.store, name):
+            err_console.print("to continue where it stopped, run the same command with --resume")
         ctx.exit(130)
     gain = 100 * (1 - concept.final_loss / concept.initial_loss)
     console.print(

@@ -169,13 +169,18 @@ def train_concept(
     progress: Progress | None = None,
     frozen_columns: list[int] | None = None,
     train_images: Tensor | None = None,
+    resume: dict | None = None,
+    checkpoint: Callable[[dict], None] | None = None,
+    checkpoint_every: int = 5,
 ) -> TrainResult:
     """Learn one concept; returns its factors. Touches nothing on disk.
 
     ``rank``: one rank for every layer, or one per layer (0 leaves a layer unadapted);
     ``frozen_columns``: for ``method="frozen-basis"``, the shared-matrix columns B is fixed to;
     ``train_images``: augmented views to draw batches from (default: ``image_tensor``, which
-    always serves the evaluation batch).
+    always serves the evaluation batch). ``checkpoint`` receives the training state every
+    ``checkpoint_every`` rounds; passing such a state back as ``resume`` continues exactly
+    where it left off (same factors, same random stream).
     """
     start = time.perf_counter()
     unet, vae, text_encoder, tokenizer = pipe.unet, pipe.vae, pipe.text_encoder, pipe.tokenizer
@@ -250,23 +255,39 @@ def train_concept(
                     objective(As, Bs, encode(e), eval_batch)
                 return recorder
 
-            if cfg.basis_init == "activation" and cfg.method != "frozen-basis":
-                # B spans the top principal directions of the concept's inputs in the free space
-                before = moments(As, Bs, emb)
-                Bs = [activation_basis(before.moment(n), Q[n], ranks[n]).float().to(device) for n, _ in layers]
+            if resume is not None:
+                As = [a.to(device) for a in resume["As"]]
+                Bs = [b.to(device) for b in resume["Bs"]]
+                emb, initial, losses = resume["embedding"].to(device), resume["initial"], list(resume["losses"])
+                gen.set_state(resume["rng"])
+            else:
+                if cfg.basis_init == "activation" and cfg.method != "frozen-basis":
+                    # B spans the top principal directions of the concept's inputs in the free space
+                    before = moments(As, Bs, emb)
+                    Bs = [activation_basis(before.moment(n), Q[n], ranks[n]).float().to(device) for n, _ in layers]
+                with objective.live, torch.no_grad():
+                    initial = _check_finite(objective(As, Bs, encode(emb), eval_batch), "start", cfg)
+                losses = []
 
-            with objective.live, torch.no_grad():
-                initial = _check_finite(objective(As, Bs, encode(emb), eval_batch), "start", cfg)
-
-            losses: list[float] = []
             with objective.live:
-                for step in range(cfg.steps):
+                for step in range(len(losses), cfg.steps):
                     batch = draw(gen, cfg.batch_size)
                     for _ in range(cfg.K):
                         As, Bs, emb, loss = _bilevel_iteration(objective, encode, As, Bs, Qs, emb, batch, cfg)
                     losses.append(_check_finite(loss, f"round {step + 1}", cfg))
                     if progress:
                         progress(step + 1, cfg.steps, losses[-1])
+                    if checkpoint and (step + 1) % checkpoint_every == 0 and step + 1 < cfg.steps:
+                        checkpoint(
+                            {
+                                "As": As,
+                                "Bs": Bs,
+                                "embedding": emb,
+                                "initial": initial,
+                                "losses": losses,
+                                "rng": gen.get_state(),
+                            }
+                        )
                 with torch.no_grad():
                     final = _check_finite(objective(As, Bs, encode(emb), eval_batch), "end", cfg)
             after = moments(As, Bs, emb)
