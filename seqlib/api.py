@@ -373,10 +373,11 @@ class Library:
         Training state is checkpointed every few rounds; ``resume`` continues an interrupted
         add of the same name, images and settings on the same library version.
         """
-        from seqlib import data, payload
+        from seqlib import data, distributed, payload
         from seqlib.train import TrainConfig, train_concept
 
         check_concept_name(name)
+        device = distributed.device_for(device)
         seq, parent_id, commit = self._writable()
         if commit.concept(name) is not None:
             raise ConceptExistsError(f"concept {name!r} already exists; pick another name")
@@ -404,6 +405,7 @@ class Library:
                 files, config.resolution, config.crop, config.flip, config.aug_copies, config.seed
             )
         pipe = self._load_base(commit, device, base)
+        distributed.init_from_env(pipe.unet.device.type)
         _prepare_for_training(pipe, config, warn)
         token = token_for(name)
         if token in pipe.tokenizer.get_vocab():
@@ -453,8 +455,14 @@ class Library:
             checkpoint=lambda s: checkpoint.save(self.store, name, s, meta),
         )
         arrays = payload.pack(lib.layers, result.A, result.B, result.embedding, result.U, result.energies)
+        # every process must hold the same factors: the gradients were averaged before each step
+        if not distributed.same_everywhere(payload.digest(arrays)):
+            raise SeqlibError("the training processes ended with different factors; nothing was committed")
         crosstalk_from, crosstalk_onto = self._crosstalk_with_earlier(commit, result)
-        payload_id, array_records = self.store.write_payload(arrays, {"concept": name, "rank": r})
+        if distributed.is_main():
+            payload_id, array_records = self.store.write_payload(arrays, {"concept": name, "rank": r})
+        else:
+            payload_id, array_records = self.store.describe_payload(arrays)
         concept = ConceptRecord(
             name=name,
             token=token,
@@ -480,8 +488,16 @@ class Library:
             library=lib,
             concepts=[*commit.concepts, concept],
         )
-        self.store.commit(new, expected_seq=seq)
-        checkpoint.clear(self.store, name)
+        error = None
+        if distributed.is_main():
+            try:
+                self.store.commit(new, expected_seq=seq)
+                checkpoint.clear(self.store, name)
+            except SeqlibError as e:
+                error = str(e)
+        error = distributed.from_main(error)  # the other processes report the main one's outcome
+        if error:
+            raise SeqlibError(error)
         return concept
 
     def _crosstalk_with_earlier(self, commit: Commit, result) -> tuple[dict[str, float], dict[str, float]]:

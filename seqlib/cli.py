@@ -6,6 +6,7 @@ Nothing here imports torch at module level: ``seqlib status`` and ``seqlib log``
 from __future__ import annotations
 
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -213,10 +214,19 @@ _METHOD_HELP = (
     "unadapted for this concept (skip), or refuse the add.",
 )
 @click.option("--resume", is_flag=True, help="Continue an interrupted add of NAME (same images and settings).")
+@click.option(
+    "--num-processes",
+    type=click.IntRange(1),
+    default=1,
+    show_default=True,
+    help="Data-parallel processes (one per GPU; gloo on CPU). `accelerate launch -m seqlib add …` works too.",
+)
 @click.option("-m", "--message", default=None, help="Note recorded in the commit.")
 @click.option("--device", default="auto", show_default=True, help="auto (CUDA, else MPS, else CPU), cuda, mps or cpu.")
 @click.pass_context
-def add_command(ctx, name, images, init_word, rank, method, when_full, resume, message, device, **hyper) -> None:
+def add_command(
+    ctx, name, images, init_word, rank, method, when_full, resume, num_processes, message, device, **hyper
+) -> None:
     """Learn concept NAME (token <NAME>) from the images in IMAGES and commit it.
 
     The concept trains on top of every concept already in the library, with its basis
@@ -240,6 +250,8 @@ def add_command(ctx, name, images, init_word, rank, method, when_full, resume, m
 
     from seqlib.config import TrainConfig
 
+    if num_processes > 1 and "WORLD_SIZE" not in os.environ:
+        ctx.exit(_launch(num_processes))
     lib = _library(ctx)
     overrides = {k: v for k, v in hyper.items() if v is not None}
     overrides.setdefault("resolution", lib.head().library.base.resolution)
@@ -288,6 +300,9 @@ def add_command(ctx, name, images, init_word, rank, method, when_full, resume, m
         f"loss {concept.initial_loss:.4f} → {concept.final_loss:.4f} ({gain:+.1f}% better) "
         f"in {concept.train_seconds:.0f}s"
     )
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world > 1:
+        console.print(f"data parallel: factors identical across {world} processes (payload {concept.payload[:12]})")
 
 
 @cli.command("compose", short_help="Render any subset of concepts together.")
@@ -677,9 +692,44 @@ def verify_command(ctx, as_json: bool, skip_base: bool) -> None:
         ctx.exit(1)
 
 
+_ARGV: list[str] = []
+
+
+def _launch(n: int) -> int:
+    """Run this same command in ``n`` data-parallel processes on this machine."""
+    import socket
+    import subprocess
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    args, skip = [], False
+    for a in _ARGV:  # drop --num-processes N (or --num-processes=N)
+        if skip:
+            skip = False
+        elif a == "--num-processes":
+            skip = True
+        elif not a.startswith("--num-processes="):
+            args.append(a)
+    procs = []
+    for r in range(n):
+        env = os.environ | {
+            "RANK": str(r),
+            "LOCAL_RANK": str(r),
+            "WORLD_SIZE": str(n),
+            "MASTER_ADDR": "127.0.0.1",
+            "MASTER_PORT": str(port),
+        }
+        quiet = subprocess.DEVNULL if r else None
+        procs.append(subprocess.Popen([sys.executable, "-m", "seqlib", *args], env=env, stdout=quiet, stderr=quiet))
+    codes = [p.wait() for p in procs]
+    return max(codes, key=abs)
+
+
 def main(argv: list[str] | None = None) -> int:
     try:
         # Without standalone mode click *returns* the code of ctx.exit(code) instead of raising.
+        _ARGV[:] = list(argv if argv is not None else sys.argv[1:])
         code = cli.main(args=argv, prog_name="seqlib", standalone_mode=False)
     except click.exceptions.Abort:
         err_console.print("aborted")

@@ -99,5 +99,16 @@ def unpack_summary(
     }
 
 
+def digest(arrays: dict[str, np.ndarray]) -> str:
+    """sha256 over every array's name and bytes, in name order."""
+    import hashlib
+
+    h = hashlib.sha256()
+    for name in sorted(arrays):
+        h.update(name.encode())
+        h.update(arrays[name].tobytes())
+    return h.hexdigest()
+
+
 def basis_arrays(layers: list[LayerRecord]) -> list[str]:
     return [basis_array(m) for m in _groups(layers, "in_features")]

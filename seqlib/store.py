@@ -278,11 +278,7 @@ class Store:
         """
         import zarr
 
-        records = [
-            ArrayRecord(name=name, shape=list(a.shape), dtype=str(a.dtype), sha256=array_sha256(a))
-            for name, a in sorted(arrays.items())
-        ]
-        payload_id = sha256_hex(canonical_json({"arrays": [r.model_dump() for r in records]}))
+        payload_id, records = self.describe_payload(arrays)
         if self.is_local:
             final = self.payload_path(payload_id)
             if final.exists():
@@ -311,6 +307,15 @@ class Store:
                 shutil.rmtree(target, ignore_errors=True)
             raise
         return payload_id, records
+
+    @staticmethod
+    def describe_payload(arrays: dict[str, np.ndarray]) -> tuple[str, list[ArrayRecord]]:
+        """The id and array records a payload of these arrays has, without writing it."""
+        records = [
+            ArrayRecord(name=name, shape=list(a.shape), dtype=str(a.dtype), sha256=array_sha256(a))
+            for name, a in sorted(arrays.items())
+        ]
+        return sha256_hex(canonical_json({"arrays": [r.model_dump() for r in records]})), records
 
     def read_payload(self, payload_id: str, names: list[str] | None = None) -> dict[str, np.ndarray]:
         import zarr

@@ -28,8 +28,10 @@ import torch
 from torch import Tensor
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
+from seqlib import distributed
 from seqlib.activations import SecondMoments, activation_basis, top_directions
 from seqlib.config import TrainConfig
+from seqlib.distributed import average
 from seqlib.errors import CapacityError, DataError, TrainingDivergedError
 from seqlib.lora import LiveResiduals, WeightPatch, adapted_layers, summed_deltas
 from seqlib.subspace import frozen_basis, orthonormal_basis, project_out, random_basis
@@ -240,6 +242,9 @@ def train_concept(
             latents = encode_images(image_tensor)
             pool = latents if train_images is None else encode_images(train_images)
 
+            # Batches differ per process (data parallel); the basis init above does not.
+            batches = torch.Generator().manual_seed(cfg.seed + 7919 * (distributed.rank() + 1))
+
             def draw(g: torch.Generator, size: int) -> tuple[Tensor, Tensor, Tensor]:
                 idx = torch.randint(0, pool.shape[0], (size,), generator=g)
                 noise = torch.randn(pool[idx].shape, generator=g)
@@ -259,7 +264,7 @@ def train_concept(
                 As = [a.to(device) for a in resume["As"]]
                 Bs = [b.to(device) for b in resume["Bs"]]
                 emb, initial, losses = resume["embedding"].to(device), resume["initial"], list(resume["losses"])
-                gen.set_state(resume["rng"])
+                batches.set_state(resume["rng"])
             else:
                 if cfg.basis_init == "activation" and cfg.method != "frozen-basis":
                     # B spans the top principal directions of the concept's inputs in the free space
@@ -271,7 +276,7 @@ def train_concept(
 
             with objective.live:
                 for step in range(len(losses), cfg.steps):
-                    batch = draw(gen, cfg.batch_size)
+                    batch = draw(batches, cfg.batch_size)
                     for _ in range(cfg.K):
                         As, Bs, emb, loss = _bilevel_iteration(objective, encode, As, Bs, Qs, emb, batch, cfg)
                     losses.append(_check_finite(loss, f"round {step + 1}", cfg))
@@ -327,18 +332,18 @@ def _bilevel_iteration(objective, encode, A_k, B_k, Qs, emb, batch, cfg: TrainCo
 
     # Step 1: tentative lower-level update Ã = A_k − α ∇_A L(A_k, B_k)
     A_leaf = _leaves(A_k)
-    grad_A = clip(torch.autograd.grad(objective(A_leaf, B_k, ehs, batch), A_leaf), cfg.max_grad_norm)
+    grad_A = clip(average(torch.autograd.grad(objective(A_leaf, B_k, ehs, batch), A_leaf)), cfg.max_grad_norm)
     A_tilde = [a - alpha * g for a, g in zip(A_k, grad_A)]
 
     # Steps 2-3: S_B reduced-gradient steps on B, each projected onto the free complement
     B = list(B_k)
     for _ in range(cfg.S_B if cfg.method != "frozen-basis" else 0):  # frozen-basis: B never moves
         At, Bl = _leaves(A_tilde), _leaves(B)
-        grads = torch.autograd.grad(objective(At, Bl, ehs, batch), At + Bl)
+        grads = average(torch.autograd.grad(objective(At, Bl, ehs, batch), At + Bl))
         g_A, g_B = grads[: len(At)], grads[len(At) :]
         if cfg.method == "seqlora":
             hvp = cross_hessian_autograd if cfg.hvp == "autograd" else cross_hessian_finite_diff
-            H = hvp(objective, A_k, B, g_A, ehs, batch)
+            H = average(hvp(objective, A_k, B, g_A, ehs, batch))
             g_B = [gb - alpha * h for gb, h in zip(g_B, H)]  # ∇Φ = g_B − α H[g_A]
         B = [b - beta * g for b, g in zip(B, clip(g_B, cfg.max_grad_norm))]
         if cfg.method != "lora":
@@ -349,10 +354,10 @@ def _bilevel_iteration(objective, encode, A_k, B_k, Qs, emb, batch, cfg: TrainCo
     for _ in range(cfg.S_A):
         Al, e = _leaves(A), emb.detach().requires_grad_(True)
         loss = objective(Al, B, encode(e), batch)
-        grads = clip(torch.autograd.grad(loss, Al + [e]), cfg.max_grad_norm)
+        grads = clip(average(torch.autograd.grad(loss, Al + [e])), cfg.max_grad_norm)
         A = [a - alpha * g for a, g in zip(A, grads[:-1])]
         emb = (e - cfg.lr_embed * grads[-1]).detach()
-    return [a.detach() for a in A], [b.detach() for b in B], emb, loss.detach()
+    return [a.detach() for a in A], [b.detach() for b in B], emb, average([loss.detach()])[0]
 
 
 class _EmbeddingHook:

@@ -214,3 +214,36 @@ def test_an_interrupted_add_resumes_to_the_same_factors(tmp_path, empty_store, p
     assert not list((store / "scratch").iterdir())  # the checkpoint is gone once committed
     code = main(["--store", str(store), "add", "gem", str(photos / "gem"), "--resume"])
     assert code == 1 and "no interrupted add" in capsys.readouterr().err
+
+
+def test_two_data_parallel_processes_agree_and_commit_once(store_copy, photos):
+    import subprocess
+    import sys
+
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "seqlib",
+            "--store",
+            str(store_copy),
+            "add",
+            "newone",
+            str(photos / "gem"),
+            "--steps",
+            "2",
+            "-K",
+            "1",
+            "--num-processes",
+            "2",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env={**__import__("os").environ, "HF_HUB_OFFLINE": "1"},
+    )
+    assert result.returncode == 0, result.stderr
+    assert "factors identical across 2 processes" in result.stdout.replace("\n", " ")
+    lib = Library.open(store_copy)
+    assert lib.log()[0][2].message == "add newone" and len(lib.log()) == 5  # one commit, not two
+    assert lib.verify(check_base=False)["ok"]
