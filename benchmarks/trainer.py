@@ -1,0 +1,252 @@
+"""Trainer benchmark: time and memory of a bilevel iteration per method, projector cost,
+and a small quality table (fit and forgetting) for the four methods. Ratios from one run.
+
+    python benchmarks/trainer.py                 # embedded base + full-size SD1.5 UNet (random weights)
+    python benchmarks/trainer.py --skip-sd15     # embedded base only (about 5 minutes)
+
+Memory is the peak resident set size of a fresh process running that variant only, minus
+the same process's size before the first iteration (CPU); on a GPU it is the CUDA peak.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import resource
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from datetime import date
+from pathlib import Path
+
+VARIANTS = {
+    "seqlora / autograd": dict(method="seqlora", hvp="autograd"),
+    "seqlora / finite-diff": dict(method="seqlora", hvp="finite-diff"),
+    "alternating": dict(method="alternating"),
+    "plain LoRA step": None,  # one forward+backward on A and B: the unit everything is measured in
+}
+
+
+def _setup(base: str, resolution: int):
+    """(objective, A, B, ehs, batch, layers) for one base, frozen, on the CPU or a GPU."""
+    import torch
+    from diffusers import DDIMScheduler, UNet2DConditionModel
+
+    from seqlib.lora import LiveResiduals, adapted_layers
+    from seqlib.train import _Objective
+
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    torch.manual_seed(0)
+    if base == "sd15":
+        unet = UNet2DConditionModel(  # Stable Diffusion v1.5's UNet config, random weights
+            sample_size=64,
+            cross_attention_dim=768,
+            attention_head_dim=8,
+            layers_per_block=2,
+            block_out_channels=(320, 640, 1280, 1280),
+            down_block_types=("CrossAttnDownBlock2D",) * 3 + ("DownBlock2D",),
+            up_block_types=("UpBlock2D",) + ("CrossAttnUpBlock2D",) * 3,
+        )
+        d = 768
+    else:
+        from seqlib.embedded import build_embedded_pipeline
+
+        folder = Path(tempfile.mkdtemp()) / "base"
+        build_embedded_pipeline(folder)
+        unet = UNet2DConditionModel.from_pretrained(folder / "unet")
+        d = unet.config.cross_attention_dim
+    unet = unet.to(device).requires_grad_(False).eval()
+    scheduler = DDIMScheduler(beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012)
+    pipe = type("Pipe", (), {"unet": unet, "scheduler": scheduler})()
+    layers = adapted_layers(unet)
+    g = torch.Generator().manual_seed(0)
+    A = [0.01 * torch.randn(m.out_features, 4, generator=g).to(device) for _, m in layers]
+    B = [torch.linalg.qr(torch.randn(m.in_features, 4, generator=g))[0].to(device) for _, m in layers]
+    h = resolution // 8
+    batch = (torch.randn(1, 4, h, h).to(device), torch.randn(1, 4, h, h).to(device), torch.tensor([500]).to(device))
+    ehs = torch.randn(1, 77, d).to(device)
+    return _Objective(pipe, LiveResiduals(layers)), A, B, ehs, batch, layers
+
+
+def measure_variant(base: str, variant: str, resolution: int, iterations: int) -> dict:
+    """Seconds per iteration and peak memory of one variant (run in its own process)."""
+    import torch
+
+    from seqlib.config import TrainConfig
+    from seqlib.subspace import orthonormal_basis
+    from seqlib.train import _bilevel_iteration
+
+    objective, A, B, ehs, batch, layers = _setup(base, resolution)
+    Qs = [orthonormal_basis(torch.zeros(m.in_features, 0)).to(A[0].device) for _, m in layers]
+    emb = torch.zeros(8)
+    cuda = A[0].is_cuda
+    before = torch.cuda.memory_allocated() if cuda else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+    def one():
+        if VARIANTS[variant] is None:
+            leaves = [t.detach().requires_grad_(True) for t in A + B]
+            torch.autograd.grad(objective(leaves[: len(A)], leaves[len(A) :], ehs, batch), leaves)
+        else:
+            cfg = TrainConfig(**VARIANTS[variant])
+            _bilevel_iteration(objective, lambda e: ehs + 0 * e.sum(), A, B, Qs, emb, batch, cfg)  # no text encoder
+
+    with objective.live:
+        one()  # warm-up
+        if cuda:
+            torch.cuda.synchronize()
+            torch.cuda.reset_peak_memory_stats()
+        start = time.perf_counter()
+        for _ in range(iterations):
+            one()
+        if cuda:
+            torch.cuda.synchronize()
+        seconds = (time.perf_counter() - start) / iterations
+    peak = torch.cuda.max_memory_allocated() if cuda else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    return {"seconds": seconds, "memory": max(peak - before, 0)}
+
+
+def projector_cost(concepts: int = 100) -> dict:
+    """Building the projector over `concepts` earlier bases on SD1.5's layer widths, and one
+    projection per layer, against an SD1.5 step measured elsewhere in this run."""
+    import torch
+
+    from seqlib.subspace import orthonormal_basis, project_out
+
+    widths = [320] * 30 + [640] * 30 + [768] * 32 + [1280] * 36 + [1280] * 12  # ≈ SD1.5's 140 adapted layers
+    start = time.perf_counter()
+    for m in widths:
+        r = min(4, m // (concepts + 1))
+        Q = orthonormal_basis(torch.randn(m, concepts * r))
+        project_out(torch.randn(m, r), Q)
+    build = time.perf_counter() - start
+    Qs = [orthonormal_basis(torch.randn(m, concepts * min(4, m // (concepts + 1)))) for m in widths]
+    start = time.perf_counter()
+    for m, Q in zip(widths, Qs):
+        project_out(torch.randn(m, 4), Q)
+    per_step = time.perf_counter() - start
+    return {"build_seconds": build, "projection_seconds_per_B_step": per_step}
+
+
+def quality(concepts: int, steps: int) -> list[tuple[str, dict]]:
+    """Fit (gain when learned) and forgetting (loss increase after all later concepts) per method."""
+    from seqlib.api import Library
+    from seqlib.config import TrainConfig
+    from seqlib.data import find_images, load_images
+    from seqlib.demo import concept_specs, write_examples
+    from seqlib.lora import summed_deltas
+    from seqlib.train import concept_loss, evaluation_inputs
+
+    rows = []
+    specs = concept_specs(concepts)
+    with tempfile.TemporaryDirectory() as tmp:
+        photos = Path(tmp) / "photos"
+        write_examples(photos, specs=specs, count=4)
+        for method in ("seqlora", "alternating", "frozen-basis", "lora"):
+            lib = Library.init(Path(tmp) / method / ".seqlib")
+            start = time.perf_counter()
+            for i, name in enumerate(specs):
+                lib.add(name, photos / name, config=TrainConfig(method=method, steps=steps, seed=i))
+            per_concept = (time.perf_counter() - start) / concepts
+            head = lib.head()
+            pipe = lib._load_base(head, "cpu", None)
+            factors = [lib.factors(c, head) for c in head.concepts]
+            fits, forgetting = [], []
+            for j, c in enumerate(head.concepts):
+                cfg = TrainConfig(method=method, steps=steps, seed=j)
+                inputs = evaluation_inputs(
+                    pipe, c.token, factors[j][2], load_images(find_images(photos / c.name), 64), cfg
+                )
+                upto = concept_loss(pipe, summed_deltas([(A, B, 1.0) for A, B, _ in factors[: j + 1]]), inputs)
+                before = concept_loss(pipe, summed_deltas([(A, B, 1.0) for A, B, _ in factors[:j]]), inputs)
+                end = concept_loss(pipe, summed_deltas([(A, B, 1.0) for A, B, _ in factors]), inputs)
+                fits.append(before - upto)
+                forgetting.append(end - upto)
+            rows.append(
+                (
+                    method,
+                    {
+                        "fit": statistics.mean(fits),
+                        "forgetting": statistics.mean(forgetting),
+                        "forgetting_sem": statistics.stdev(forgetting) / len(forgetting) ** 0.5,
+                        "seconds": per_concept,
+                    },
+                )
+            )
+            print(method, rows[-1][1], flush=True)
+    return rows
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--skip-sd15", action="store_true")
+    parser.add_argument("--concepts", type=int, default=8)
+    parser.add_argument("--steps", type=int, default=10)
+    parser.add_argument("--out", type=Path, default=None, help="Append the tables to this markdown file.")
+    parser.add_argument("--_variant", nargs=4, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args._variant:  # child process: one variant, JSON on stdout
+        base, variant, res, iters = args._variant
+        print(json.dumps(measure_variant(base, variant, int(res), int(iters))))
+        return
+
+    lines = [f"### Trainer benchmark ({date.today()}, {platform.machine()}, {platform.processor() or 'cpu'})", ""]
+    bases = [("embedded", 64, 5)] + ([] if args.skip_sd15 else [("sd15", 128, 1)])
+    for base, res, iters in bases:
+        results = {}
+        for variant in VARIANTS:
+            out = subprocess.run(
+                [sys.executable, __file__, "--_variant", base, variant, str(res), str(iters)],
+                capture_output=True,
+                text=True,
+                check=True,
+            ).stdout
+            results[variant] = json.loads(out.strip().splitlines()[-1])
+            print(base, variant, results[variant], flush=True)
+        unit, mem = results["plain LoRA step"]["seconds"], results["plain LoRA step"]["memory"] or 1
+        alt = results["alternating"]["seconds"]
+        lines += [
+            f"**{base}** ({res} px, batch 1, K=1 iteration with S_B=S_A=2)",
+            "",
+            "| variant | s / iteration | × plain LoRA step | × alternating | peak memory | × plain LoRA step |",
+            "|---|---|---|---|---|---|",
+        ]
+        for variant, r in results.items():
+            lines.append(
+                f"| {variant} | {r['seconds']:.3f} | {r['seconds'] / unit:.1f} | {r['seconds'] / alt:.2f} "
+                f"| {r['memory'] / 2**20:.0f} MiB | {r['memory'] / mem:.2f} |"
+            )
+        lines.append("")
+        if base == "sd15":
+            proj = projector_cost()
+            step = results["seqlora / autograd"]["seconds"]
+            per_step = proj["projection_seconds_per_B_step"]
+            lines += [
+                f"Projector at 100 concepts on SD1.5's widths: built once per concept in "
+                f"{proj['build_seconds']:.2f} s; applied per B-step in {per_step * 1e3:.1f} ms "
+                f"= {per_step / step:.2%} of a seqlora iteration at this resolution.",
+                "",
+            ]
+    rows = quality(args.concepts, args.steps)
+    lines += [
+        f"**Quality**, {args.concepts} sequential concepts, {args.steps} rounds each, embedded random base",
+        "",
+        "| method | fit (loss gain when learned) | forgetting (loss rise after all later concepts, ± SEM) "
+        "| s per concept |",
+        "|---|---|---|---|",
+    ]
+    for method, r in rows:
+        lines.append(
+            f"| {method} | {r['fit']:.4f} | {r['forgetting']:+.4f} ± {r['forgetting_sem']:.4f} | {r['seconds']:.1f} |"
+        )
+    table = "\n".join(lines)
+    print(table)
+    if args.out:
+        with open(args.out, "a") as f:
+            f.write(table + "\n\n")
+
+
+if __name__ == "__main__":
+    main()
