@@ -22,6 +22,10 @@ console = Console()
 err_console = Console(stderr=True)
 
 
+def _warn(message: str) -> None:
+    err_console.print(f"[yellow]warning:[/] {message}")
+
+
 class UserError(click.ClickException):
     """A SeqlibError as click shows it: ``Error: <one line>``, exit 1, no traceback."""
 
@@ -283,7 +287,7 @@ def add_command(
                 message=message,
                 progress=progress,
                 device=device,
-                warn=lambda msg: err_console.print(f"[yellow]warning:[/] {msg}"),
+                warn=_warn,
                 when_full=when_full,
                 resume=resume,
             )
@@ -351,7 +355,7 @@ def compose_command(
             negative_prompt=negative_prompt,
             size=size,
             device=device,
-            warn=lambda msg: err_console.print(f"[yellow]warning:[/] {msg}"),
+            warn=_warn,
             scheduler=scheduler,
             grid=grid,
         )
