@@ -22,6 +22,8 @@ import time
 from datetime import date
 from pathlib import Path
 
+from _report import emit
+
 SETTINGS = {
     "naive sum (plain LoRA)": dict(method="lora"),
     "SeqLoRA, random init": dict(),
@@ -104,11 +106,7 @@ def main() -> None:
             f"| {label} | {r['gain']:.4f} | {r['positive']}/{args.concepts} | {r['share']:.0%}, {r['share_mean']:.0%} "
             f"| {r['crosstalk']:.3g} | {r['dims']:.1f} | {r['fits']} | {r['seconds']:.1f} |"
         )
-    table = "\n".join(lines)
-    print(table)
-    if args.out:
-        with open(args.out, "a") as f:
-            f.write(table + "\n\n")
+    emit(lines, args.out)
 
 
 if __name__ == "__main__":

@@ -22,6 +22,8 @@ import time
 from datetime import date
 from pathlib import Path
 
+from _report import emit
+
 VARIANTS = {
     "seqlora / autograd": dict(method="seqlora", hvp="autograd"),
     "seqlora / finite-diff": dict(method="seqlora", hvp="finite-diff"),
@@ -241,11 +243,7 @@ def main() -> None:
         lines.append(
             f"| {method} | {r['fit']:.4f} | {r['forgetting']:+.4f} ± {r['forgetting_sem']:.4f} | {r['seconds']:.1f} |"
         )
-    table = "\n".join(lines)
-    print(table)
-    if args.out:
-        with open(args.out, "a") as f:
-            f.write(table + "\n\n")
+    emit(lines, args.out)
 
 
 if __name__ == "__main__":

@@ -51,9 +51,10 @@ class _Group(click.Group):
 @click.option(
     "--store",
     envvar="SEQLIB_STORE",
-    type=click.Path(file_okay=False),
     default=None,
-    help="The library folder. Default: ./.seqlib, or the nearest one in a parent folder (like git).",
+    metavar="PATH|URL",
+    help="The library: a folder (default: ./.seqlib, or the nearest one in a parent folder, like git) "
+    "or an object-store URL such as s3://bucket/prefix. Also $SEQLIB_STORE.",
 )
 @click.version_option(__version__, prog_name="seqlib")
 @click.pass_context
