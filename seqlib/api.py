@@ -488,16 +488,18 @@ class Library:
             library=lib,
             concepts=[*commit.concepts, concept],
         )
-        error = None
+        error: SeqlibError | None = None
         if distributed.is_main():
             try:
                 self.store.commit(new, expected_seq=seq)
                 checkpoint.clear(self.store, name)
             except SeqlibError as e:
-                error = str(e)
-        error = distributed.from_main(error)  # the other processes report the main one's outcome
+                error = e
+        message = distributed.from_main(str(error) if error else None)  # every process reports the outcome
         if error:
-            raise SeqlibError(error)
+            raise error
+        if message:
+            raise SeqlibError(message)
         return concept
 
     def _crosstalk_with_earlier(self, commit: Commit, result) -> tuple[dict[str, float], dict[str, float]]:

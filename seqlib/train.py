@@ -290,7 +290,7 @@ def train_concept(
                                 "embedding": emb,
                                 "initial": initial,
                                 "losses": losses,
-                                "rng": gen.get_state(),
+                                "rng": batches.get_state(),
                             }
                         )
                 with torch.no_grad():

@@ -108,12 +108,15 @@ def test_activation_init_captures_more_input_energy_than_random(tmp_path, empty_
         path = tmp_path / init / ".seqlib"
         shutil.copytree(empty_store, path)
         lib = Library.open(path)
-        concept = lib.add("mascot", photos / "mascot", config=TrainConfig(basis_init=init, **FAST))
+        # β = 0: B stays where it was initialised, so this measures the initialisation itself
+        cfg = TrainConfig(basis_init=init, beta=0.0, steps=1, K=1, S_B=1, S_A=1)
+        concept = lib.add("mascot", photos / "mascot", config=cfg)
         assert concept.training.basis_init == init
         fractions[init] = _captured_fraction(lib, concept)
-    # Training itself pulls a random B toward the dominant input directions (measured: 0.65
-    # of the recorded energy); starting there captures clearly more (measured: 0.70).
-    assert fractions["activation"] > fractions["random"] + 0.02
+    # (Training also pulls a random B toward the dominant directions: with the default β the
+    # two end up close, so the comparison is made before B moves.)
+    # measured: 0.35 against 0.05 (the summary is of the inputs after the A-steps, which moved them)
+    assert fractions["activation"] > 5 * fractions["random"]
 
 
 def test_protect_keeps_the_new_basis_away_from_earlier_inputs_and_costs_capacity(store_copy, photos, capsys):
