@@ -22,6 +22,12 @@ console = Console()
 err_console = Console(stderr=True)
 
 
+_at_option = click.option(
+    "--at", default=None, metavar="VERSION|TAG", help="Read this version instead of the current one."
+)
+_json_option = click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+
+
 def _warn(message: str) -> None:
     err_console.print(f"[yellow]warning:[/] {message}")
 
@@ -328,7 +334,7 @@ def add_command(
 )
 @click.option("--grid", is_flag=True, help="Also write a contact sheet of all images.")
 @click.option("--device", default="auto", show_default=True, help="auto (CUDA, else MPS, else CPU), cuda, mps or cpu.")
-@click.option("--at", default=None, metavar="VERSION|TAG", help="Read this version instead of the current one.")
+@_at_option
 @click.pass_context
 def compose_command(
     ctx, concepts, prompt, negative_prompt, seed, num_images, steps, guidance, size, out, scheduler, grid, device, at
@@ -365,8 +371,8 @@ def compose_command(
 
 
 @cli.command("status", short_help="Concepts and the capacity left on every layer.")
-@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
-@click.option("--at", default=None, metavar="VERSION|TAG", help="Read this version instead of the current one.")
+@_json_option
+@_at_option
 @click.pass_context
 def status_command(ctx, as_json: bool, at: str | None) -> None:
     """Show the base, the concepts, per-width capacity used/free, and the bottleneck layer.
@@ -417,8 +423,8 @@ def status_command(ctx, as_json: bool, at: str | None) -> None:
 
 @cli.command("show", short_help="Everything recorded about one concept.")
 @click.argument("name")
-@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
-@click.option("--at", default=None, metavar="VERSION|TAG", help="Read this version instead of the current one.")
+@_json_option
+@_at_option
 @click.pass_context
 def show_command(ctx, name: str, as_json: bool, at: str | None) -> None:
     """Token, method, rank, images with hashes, hyper-parameters, losses, size on disk, and
@@ -459,7 +465,7 @@ def show_command(ctx, name: str, as_json: bool, at: str | None) -> None:
 
 
 @cli.command("log", short_help="History of the library, newest first.")
-@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@_json_option
 @click.pass_context
 def log_command(ctx, as_json: bool) -> None:
     """One entry per change (init, add, …), newest first, with its version number."""
@@ -507,7 +513,7 @@ def log_command(ctx, as_json: bool) -> None:
     show_default=True,
     help="kohya: AUTOMATIC1111/ComfyUI/kohya keys. diffusers: pipe.load_lora_weights / PEFT keys.",
 )
-@click.option("--at", default=None, metavar="VERSION|TAG", help="Read this version instead of the current one.")
+@_at_option
 @click.pass_context
 def export_command(ctx, concepts: str, out: str, fmt: str, at: str | None) -> None:
     """Export CONCEPTS (comma-separated, optional weights) as ONE LoRA of rank Σr.
@@ -583,8 +589,8 @@ def gc_command(ctx, grace: float, dry_run: bool) -> None:
 
 
 @cli.command("list", short_help="The concepts, one line each.")
-@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
-@click.option("--at", default=None, metavar="VERSION|TAG", help="Read this version instead of the current one.")
+@_json_option
+@_at_option
 @click.pass_context
 def list_command(ctx, as_json: bool, at: str | None) -> None:
     """The concepts of the current version (or --at), in training order."""
@@ -674,7 +680,7 @@ def revert_command(ctx, version: str, message: str | None) -> None:
 
 
 @cli.command("verify", short_help="Check every promise of the store format.")
-@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@_json_option
 @click.option("--skip-base", is_flag=True, help="Do not load the base to check its fingerprint.")
 @click.pass_context
 def verify_command(ctx, as_json: bool, skip_base: bool) -> None:
