@@ -570,6 +570,7 @@ class Library:
         from seqlib.errors import ImportRejectedError
         from seqlib.export import from_lora_file
         from seqlib.format import ImportRecord
+        from seqlib.subspace import fit_in_free_space, random_basis
         from seqlib.train import _init_token, taken_space
 
         check_concept_name(name)
@@ -582,8 +583,6 @@ class Library:
         earlier = self._earlier(commit)
         gen = torch.Generator().manual_seed(0)
         A, B, errors, num, den = {}, {}, {}, 0.0, 0.0
-        from seqlib.subspace import project_out, random_basis
-
         free = free_dims(commit)
         full = [layer.name for layer in lib.layers if free[layer.name] < r]
         if full:
@@ -596,9 +595,7 @@ class Library:
                 A[layer.name] = np.zeros((layer.out_features, r), np.float32)
                 continue
             dW = dW.double()
-            _, _, Vh = torch.linalg.svd(project_out(dW.T, Q).T, full_matrices=False)  # rows of ΔW P⊥
-            b = project_out(Vh[:r].T, Q)
-            a = dW @ b
+            a, b = fit_in_free_space(dW, Q, r)
             err = float(torch.linalg.norm(dW - a @ b.T))
             errors[layer.name] = err / float(torch.linalg.norm(dW))
             num, den = num + err**2, den + float(torch.linalg.norm(dW)) ** 2

@@ -63,6 +63,16 @@ def random_basis(m: int, r: int, Q: Tensor, generator: torch.Generator) -> Tenso
     return project_out(B, Q)  # QR mixes columns only; re-project to kill round-off
 
 
+def fit_in_free_space(delta: Tensor, Q: Tensor, r: int) -> tuple[Tensor, Tensor]:
+    """The rank-r residual A Bᵀ with B orthonormal in the complement of span(Q) closest to
+    ``delta`` (n x m) in Frobenius norm: B = the top-r right singular vectors of ΔW P⊥, A = ΔW B
+    (Eckart–Young on ΔW P⊥; the part ΔW Q Qᵀ cannot be represented at all)."""
+    D = delta.double()
+    _, _, Vh = torch.linalg.svd(project_out(D.T, Q).T, full_matrices=False)  # rows of ΔW P⊥
+    B = project_out(Vh[:r].T, Q)
+    return D @ B, B
+
+
 FROZEN_BASIS_SEED = 20240101
 
 

@@ -79,3 +79,22 @@ def test_capacity_is_floor_m_over_r(m, r, expected):
 def test_max_cosine_detects_overlap():
     b = torch.randn(12, 3, dtype=torch.float64)
     assert max_cosine(b, b) == pytest.approx(1.0)
+
+
+def test_fit_in_free_space_is_exact_inside_it_and_optimal_outside(earlier):
+    from seqlib.subspace import fit_in_free_space
+
+    g = torch.Generator().manual_seed(3)
+    Q = orthonormal_basis(earlier)
+    B0 = random_basis(40, 4, Q, g)
+    A0 = torch.randn(6, 4, generator=g, dtype=torch.float64)
+    A, B = fit_in_free_space(A0 @ B0.T, Q, 4)
+    torch.testing.assert_close(A @ B.T, A0 @ B0.T, atol=1e-10, rtol=0)
+    assert max_cosine(B, Q) < 1e-10
+    # a generic residual: the error is what Q holds plus the singular values beyond r (closed form)
+    D = torch.randn(6, 40, generator=g, dtype=torch.float64)
+    A, B = fit_in_free_space(D, Q, 4)
+    P = torch.eye(40, dtype=torch.float64) - Q @ Q.T
+    s = torch.linalg.svdvals(D @ P)
+    expected = (torch.linalg.norm(D @ Q @ Q.T) ** 2 + (s[4:] ** 2).sum()).sqrt()
+    assert float(torch.linalg.norm(D - A @ B.T)) == pytest.approx(float(expected), rel=1e-9)
