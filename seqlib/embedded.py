@@ -11,6 +11,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from seqlib.world import VOCABULARY
+
 # Bumped whenever the architecture or seed changes: part of the base identity.
 EMBEDDED_BASE_ID = "seqlib-embedded-tiny-sd-v1"
 EMBEDDED_SEED = 0
@@ -24,6 +26,7 @@ _WORDS = (
     "city table room sky water mountain red green blue yellow black white small big "
     "cute old new wearing sitting standing next near front top portrait close up"
 ).split()
+_WORDS = list(dict.fromkeys([*_WORDS, *VOCABULARY]))  # the procedural world's words are whole tokens too
 
 
 def _bytes_to_unicode() -> dict[int, str]:
