@@ -12,7 +12,9 @@ step, g_A, g_B and the cross-Hessian — is of the same loss L:
 3. S_A times: A ← A − α ∇_A L(A, B_{k+1}),  starting from A_k      (token embedding too)
 
 ``method="alternating"`` drops H (same code path, one flag); ``method="lora"`` also drops
-the projection (the naive-sum baseline).
+the projection (the naive-sum baseline); ``method="frozen-basis"`` never moves B. Every
+gradient is clipped to ``max_grad_norm`` (0 = the paper's plain steps) and, when several
+processes train together, averaged across them before it is used.
 """
 
 from __future__ import annotations
