@@ -750,6 +750,12 @@ class Library:
             self.concept(name, commit)
         _check_prompt(prompt, weights, commit)
         if warn is not None:
+            loose = [n for n in weights if not commit.concept(n).orthogonal]
+            if loose and len(weights) > 1:
+                warn(
+                    f"{', '.join(token_for(n) for n in loose)} trained without projection (plain LoRA): "
+                    "composed with others it shares their subspaces and may bleed into them"
+                )
             for a, b, x in crosstalk_pairs(commit):
                 if a in weights and b in weights and x > CROSSTALK_WARN:
                     warn(

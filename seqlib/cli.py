@@ -411,6 +411,12 @@ def status_command(ctx, as_json: bool, at: str | None) -> None:
         )
     console.print(widths)
     console.print(f"[bold]bottleneck[/] {s.bottleneck} ({s.bottleneck_free} dims free)")
+    loose = [c.token for c in s.commit.concepts if not c.orthogonal]
+    if loose and len(s.commit.concepts) > 1:
+        _warn(
+            f"{', '.join(loose)} trained without projection (plain LoRA): composing them with other concepts "
+            "mixes subspaces (no orthogonality guarantee)"
+        )
     if s.worst_pairs:
         shown = ", ".join(f"<{a}> on <{b}> {x:.3g}" for a, b, x in s.worst_pairs[:3])
         console.print(f"[bold]worst crosstalk[/] {shown}  (see `seqlib show NAME`)")

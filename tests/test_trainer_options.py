@@ -247,3 +247,26 @@ def test_two_data_parallel_processes_agree_and_commit_once(store_copy, photos):
     lib = Library.open(store_copy)
     assert lib.log()[0][2].message == "add newone" and len(lib.log()) == 5  # one commit, not two
     assert lib.verify(check_base=False)["ok"]
+
+
+def test_plain_lora_concepts_are_flagged_in_status_and_compose(lora_store, tmp_path, capsys):
+    assert main(["--store", str(lora_store), "status"]) == 0
+    assert "trained without projection" in capsys.readouterr().err
+    assert (
+        main(
+            [
+                "--store",
+                str(lora_store),
+                "compose",
+                "mascot,gem",
+                "-p",
+                "<mascot> <gem>",
+                "--steps",
+                "1",
+                "-o",
+                str(tmp_path),
+            ]
+        )
+        == 0
+    )
+    assert "trained without projection" in capsys.readouterr().err
