@@ -33,6 +33,16 @@ def batch_of(indices, size: int = 64):
     return x, [s.caption for s in scenes]
 
 
+def optimise(opt, loss, step: int, history: list, stage: str) -> None:
+    """One optimiser step; every 50th loss goes to the log and the terminal."""
+    opt.zero_grad()
+    loss.backward()
+    opt.step()
+    if step % 50 == 0:
+        history.append((step, float(loss)))
+        print(f"{stage} {step} {float(loss):.4f}", flush=True)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, default=Path("build/world-base"))
@@ -67,13 +77,8 @@ def main() -> None:
         post = vae.encode(x).latent_dist
         rec = vae.decode(post.sample(generator=g)).sample
         loss = F.mse_loss(rec, x) + 1e-6 * post.kl().mean()
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
         step += 1
-        if step % 50 == 0:
-            log["vae"].append((step, float(loss)))
-            print(f"vae {step} {float(loss):.4f}", flush=True)
+        optimise(opt, loss, step, log["vae"], "vae")
     vae.eval().requires_grad_(False)
     # SD's convention: scale latents to unit variance
     with torch.no_grad():
@@ -98,13 +103,8 @@ def main() -> None:
         t = torch.randint(0, sched.config.num_train_timesteps, (lat.shape[0],), generator=g)
         pred = unet(sched.add_noise(lat, noise, t), t, te(ids)[0]).sample
         loss = F.mse_loss(pred, noise)
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
         step += 1
-        if step % 50 == 0:
-            log["unet"].append((step, float(loss)))
-            print(f"unet {step} {float(loss):.4f}", flush=True)
+        optimise(opt, loss, step, log["unet"], "unet")
 
     unet.eval()
     te.eval()
