@@ -81,13 +81,13 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=None, help="Append the table to this markdown file.")
     args = parser.parse_args()
 
-    from seqlib.demo import concept_specs, write_examples
+    from seqlib.concepts import held_out, write_photos
 
-    specs = concept_specs(args.concepts)
+    specs = held_out(args.concepts)
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         photos = Path(tmp) / "photos"
-        write_examples(photos, specs=specs, count=4)
+        write_photos(photos, specs, count=4)
         for label, overrides in SETTINGS.items():
             result = run_setting(Path(tmp) / label.replace(" ", "_"), photos, list(specs), overrides, args.steps)
             rows.append((label, result))
@@ -95,7 +95,7 @@ def main() -> None:
 
     lines = [
         f"### Interference, {args.concepts} sequential concepts, {args.steps} rounds each "
-        f"({date.today()}, {platform.machine()}, {platform.processor() or 'cpu'}, embedded random base)",
+        f"({date.today()}, {platform.machine()}, {platform.processor() or 'cpu'}, embedded pretrained base)",
         "",
         "| setting | mean gain L(∅)−L({j}) | concepts with gain > 0 | gain lost composed (median, mean) "
         "| median crosstalk | dims per concept | more concepts fit | s per concept |",

@@ -135,17 +135,17 @@ def projector_cost(concepts: int = 100) -> dict:
 def quality(concepts: int, steps: int) -> list[tuple[str, dict]]:
     """Fit (gain when learned) and forgetting (loss increase after all later concepts) per method."""
     from seqlib.api import Library
+    from seqlib.concepts import held_out, write_photos
     from seqlib.config import TrainConfig
     from seqlib.data import find_images, load_images
-    from seqlib.demo import concept_specs, write_examples
     from seqlib.lora import summed_deltas
     from seqlib.train import concept_loss, evaluation_inputs
 
     rows = []
-    specs = concept_specs(concepts)
+    specs = held_out(concepts)
     with tempfile.TemporaryDirectory() as tmp:
         photos = Path(tmp) / "photos"
-        write_examples(photos, specs=specs, count=4)
+        write_photos(photos, specs, count=4)
         for method in ("seqlora", "alternating", "frozen-basis", "lora"):
             lib = Library.init(Path(tmp) / method / ".seqlib")
             start = time.perf_counter()
@@ -233,7 +233,7 @@ def main() -> None:
             ]
     rows = quality(args.concepts, args.steps)
     lines += [
-        f"**Quality**, {args.concepts} sequential concepts, {args.steps} rounds each, embedded random base",
+        f"**Quality**, {args.concepts} sequential concepts, {args.steps} rounds each, embedded pretrained base",
         "",
         "| method | fit (loss gain when learned) | forgetting (loss rise after all later concepts, ± SEM) "
         "| s per concept |",

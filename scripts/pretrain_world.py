@@ -1,99 +1,214 @@
-"""Pretrain the embedded tiny SD-architecture pipeline on the procedural world (issue 5, draft).
+"""Pretrain the embedded tiny SD-architecture pipeline on the procedural world.
 
-Two stages, both from scratch on CPU, deterministic for a seed and resumable:
-1. the VAE reconstructs world images (MSE + a small KL term);
+Two stages, from scratch on CPU, counted in optimiser steps (not wall-clock), so a seed
+gives the same weights on every run and a killed run resumes where it stopped:
+1. the VAE reconstructs world scenes and caption-free clutter (MSE + L1 + a small KL term);
 2. the text encoder and UNet learn ε-prediction on the frozen VAE's latents of captioned
-   scenes, with 10% empty captions for classifier-free guidance.
-Writes a diffusers pipeline folder, a contact sheet of samples for held-out captions, and
-`train_log.json` (settings, losses) beside it.
+   scenes; 10% of captions are dropped (classifier-free guidance) and 10% of images are
+   clutter with an empty caption (a broad unconditional prior). The UNet weights shipped
+   are an exponential moving average.
+Every batch, noise draw and timestep is a function of (seed, stage, step); a checkpoint
+(models, optimiser, EMA, log) is written atomically every ``--checkpoint-every`` steps.
+The output folder gets the diffusers pipeline, ``recipe.json`` (settings, losses, times)
+and a contact sheet of samples for captions it was trained on.
 
-    python scripts/pretrain_world.py --out build/world-base --minutes 40
+    python scripts/pretrain_world.py --out build/world-base        # ~50 min on 2 cores
+    python scripts/pretrain_world.py --out build/world-base        # again: resumes
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import math
+import os
+import random
 import time
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 
+STAGES = ("vae", "unet")
 
-def batch_of(indices, size: int = 64):
+
+def pixels(images) -> torch.Tensor:
     import numpy as np
+
+    return torch.stack(
+        [torch.from_numpy(np.asarray(im, dtype=np.float32) / 127.5 - 1).permute(2, 0, 1) for im in images]
+    )
+
+
+def batch(seed: int, stage: str, step: int, size: int, clutter_share: float, drop_caption: float):
+    """Images and captions of one step: a pure function of its arguments."""
+    from seqlib.world import clutter, render, scene
+
+    rng = random.Random(f"{seed}-{stage}-{step}")
+    images, captions = [], []
+    for _ in range(size):
+        if rng.random() < clutter_share:
+            images.append(clutter(rng.getrandbits(40)))
+            captions.append("")
+        else:
+            s = scene(rng.randrange(TRAIN_SCENES))
+            images.append(render(s))
+            captions.append("" if rng.random() < drop_caption else s.caption)
+    return pixels(images), captions
+
+
+TRAIN_SCENES = 10_000_000  # training scenes are drawn below this index; held-out ones above
+
+
+def generator(seed: int, stage: str, step: int) -> torch.Generator:
+    return torch.Generator().manual_seed(seed * 1_000_003 + STAGES.index(stage) * 100_000_000 + step)
+
+
+def learning_rate(peak: float, step: int, total: int, warmup: int = 200) -> float:
+    """Linear warm-up, then cosine decay to a tenth of the peak."""
+    if step < warmup:
+        return peak * (step + 1) / warmup
+    progress = (step - warmup) / max(1, total - warmup)
+    return peak * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * progress)))
+
+
+def save_atomic(obj, path: Path) -> None:
+    tmp = path.with_suffix(".tmp")
+    torch.save(obj, tmp)
+    os.replace(tmp, path)
+
+
+def contact_sheet(pipe, out: Path, seed: int, count: int = 12) -> None:
+    """Left: the world's rendering of a training caption; right: the base's sample for it."""
+    from PIL import Image
 
     from seqlib.world import render, scene
 
-    scenes = [scene(int(i)) for i in indices]
-    x = torch.stack(
-        [torch.from_numpy(np.asarray(render(s, size), dtype=np.float32) / 127.5 - 1).permute(2, 0, 1) for s in scenes]
-    )
-    return x, [s.caption for s in scenes]
-
-
-def optimise(opt, loss, step: int, history: list, stage: str) -> None:
-    """One optimiser step; every 50th loss goes to the log and the terminal."""
-    opt.zero_grad()
-    loss.backward()
-    opt.step()
-    if step % 50 == 0:
-        history.append((step, float(loss)))
-        print(f"{stage} {step} {float(loss):.4f}", flush=True)
+    rng = random.Random(f"{seed}-samples")
+    scenes = [scene(rng.randrange(TRAIN_SCENES)) for _ in range(count)]
+    pipe.set_progress_bar_config(disable=True)
+    sheet = Image.new("RGB", (64 * 2, 64 * count), "white")
+    for k, s in enumerate(scenes):
+        sample = pipe(
+            s.caption,
+            num_inference_steps=30,
+            guidance_scale=4.0,
+            height=64,
+            width=64,
+            generator=torch.Generator().manual_seed(k),
+        ).images[0]
+        sheet.paste(render(s), (0, 64 * k))
+        sheet.paste(sample, (64, 64 * k))
+    sheet.save(out / "samples.png")
+    (out / "samples.txt").write_text("\n".join(s.caption for s in scenes) + "\n")
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, default=Path("build/world-base"))
-    parser.add_argument("--minutes", type=float, default=40.0, help="Wall-clock budget for both stages.")
-    parser.add_argument("--vae-share", type=float, default=0.25, help="Share of the budget for the VAE.")
+    parser.add_argument("--vae-steps", type=int, default=2600)
+    parser.add_argument("--unet-steps", type=int, default=6500)
     parser.add_argument("--batch", type=int, default=32)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--threads", type=int, default=2, help="CPU threads; part of what makes a run reproducible.")
+    parser.add_argument("--checkpoint-every", type=int, default=250)
+    parser.add_argument(
+        "--stop-after", type=int, default=0, help="Checkpoint and exit after this many steps (run again to resume)."
+    )
     args = parser.parse_args()
+    torch.set_num_threads(args.threads)
 
     from diffusers import StableDiffusionPipeline
 
     from seqlib.embedded import build_embedded_pipeline
 
-    torch.manual_seed(args.seed)
     args.out.mkdir(parents=True, exist_ok=True)
-    init = args.out / "init"
+    init, ckpt_path = args.out / "init", args.out / "checkpoint.pt"
     if not (init / "model_index.json").exists():
-        build_embedded_pipeline(init)
+        build_embedded_pipeline(init)  # the architecture, with seeded random weights
     pipe = StableDiffusionPipeline.from_pretrained(init, safety_checker=None, requires_safety_checker=False)
     vae, unet, te, tok, sched = pipe.vae, pipe.unet, pipe.text_encoder, pipe.tokenizer, pipe.scheduler
-    log = {"args": {k: str(v) for k, v in vars(args).items()}, "vae": [], "unet": []}
-    budget, start = args.minutes * 60, time.time()
-    g = torch.Generator().manual_seed(args.seed)
-    held_out = 10_000_000  # training scenes are drawn below this index, samples above it
-
-    # 1) VAE
-    vae.train()
+    ema = {k: v.detach().clone() for k, v in unet.state_dict().items()}
+    settings = {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()}
+    state = {"stage": "vae", "step": 0, "log": {"settings": settings, "vae": [], "unet": [], "seconds": {}}}
     opt = torch.optim.AdamW(vae.parameters(), lr=1e-3)
-    step = 0
-    while time.time() - start < budget * args.vae_share:
-        x, _ = batch_of(torch.randint(0, held_out, (args.batch,), generator=g))
-        post = vae.encode(x).latent_dist
-        rec = vae.decode(post.sample(generator=g)).sample
-        loss = F.mse_loss(rec, x) + 1e-6 * post.kl().mean()
-        step += 1
-        optimise(opt, loss, step, log["vae"], "vae")
+    if ckpt_path.exists():
+        ckpt = torch.load(ckpt_path, weights_only=True)  # our own file; weights_only never runs code
+        vae.load_state_dict(ckpt["vae"])
+        unet.load_state_dict(ckpt["unet"])
+        te.load_state_dict(ckpt["te"])
+        ema = ckpt["ema"]
+        state = json.loads(ckpt["state"])
+        if state["stage"] == "unet":
+            vae.register_to_config(scaling_factor=state["scaling_factor"])
+            opt = torch.optim.AdamW([*unet.parameters(), *te.parameters()], lr=3e-4)
+        opt.load_state_dict(ckpt["opt"])
+        print(f"resuming {state['stage']} at step {state['step']}", flush=True)
+    log = state["log"]
+
+    def checkpoint() -> None:
+        save_atomic(
+            {
+                "vae": vae.state_dict(),
+                "unet": unet.state_dict(),
+                "te": te.state_dict(),
+                "ema": ema,
+                "opt": opt.state_dict(),
+                "state": json.dumps(state),
+            },
+            ckpt_path,
+        )
+
+    steps_this_run = 0
+
+    def step_done(loss: torch.Tensor, stage: str, spent: float) -> None:
+        nonlocal steps_this_run
+        state["step"] += 1
+        steps_this_run += 1
+        log["seconds"][stage] = log["seconds"].get(stage, 0.0) + spent
+        if state["step"] % 50 == 0:
+            log[stage].append((state["step"], round(float(loss), 5)))
+            print(f"{stage} {state['step']} {float(loss):.4f} {log['seconds'][stage] / 60:.1f} min", flush=True)
+        if state["step"] % args.checkpoint_every == 0 or steps_this_run == args.stop_after:
+            checkpoint()
+        if steps_this_run == args.stop_after:
+            raise SystemExit(f"stopped after {steps_this_run} steps; run again to resume")
+
+    # 1) VAE on world scenes and clutter
+    if state["stage"] == "vae":
+        vae.train()
+        while state["step"] < args.vae_steps:
+            t0, step = time.time(), state["step"]
+            for group in opt.param_groups:
+                group["lr"] = learning_rate(1e-3, step, args.vae_steps)
+            x, _ = batch(args.seed, "vae", step, args.batch, clutter_share=0.5, drop_caption=0.0)
+            post = vae.encode(x).latent_dist
+            rec = vae.decode(post.sample(generator=generator(args.seed, "vae", step))).sample
+            loss = F.mse_loss(rec, x) + 0.5 * F.l1_loss(rec, x) + 1e-6 * post.kl().mean()
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            step_done(loss, "vae", time.time() - t0)
+        # SD's convention: latents scaled to unit variance
+        vae.eval()
+        with torch.no_grad():
+            x, _ = batch(args.seed, "scale", 0, 256, clutter_share=0.1, drop_caption=0.0)
+            state["scaling_factor"] = 1.0 / float(vae.encode(x).latent_dist.mean.std())
+        vae.register_to_config(scaling_factor=state["scaling_factor"])
+        state.update(stage="unet", step=0)
+        opt = torch.optim.AdamW([*unet.parameters(), *te.parameters()], lr=3e-4)
+        checkpoint()
     vae.eval().requires_grad_(False)
-    # SD's convention: scale latents to unit variance
-    with torch.no_grad():
-        x, _ = batch_of(range(held_out, held_out + 256))
-        std = float(vae.encode(x).latent_dist.mean.std())
-    vae.register_to_config(scaling_factor=1.0 / std)
 
     # 2) text encoder + UNet
     unet.train()
     te.train()
-    opt = torch.optim.AdamW([*unet.parameters(), *te.parameters()], lr=3e-4)
-    step = 0
-    while time.time() - start < budget:
-        x, captions = batch_of(torch.randint(0, held_out, (args.batch,), generator=g))
-        captions = ["" if torch.rand(1, generator=g).item() < 0.1 else c for c in captions]
+    while state["step"] < args.unet_steps:
+        t0, step = time.time(), state["step"]
+        for group in opt.param_groups:
+            group["lr"] = learning_rate(3e-4, step, args.unet_steps)
+        x, captions = batch(args.seed, "unet", step, args.batch, clutter_share=0.1, drop_caption=0.1)
+        g = generator(args.seed, "unet", step)
         with torch.no_grad():
             lat = vae.encode(x).latent_dist.mean * vae.config.scaling_factor
         ids = tok(
@@ -103,39 +218,26 @@ def main() -> None:
         t = torch.randint(0, sched.config.num_train_timesteps, (lat.shape[0],), generator=g)
         pred = unet(sched.add_noise(lat, noise, t), t, te(ids)[0]).sample
         loss = F.mse_loss(pred, noise)
-        step += 1
-        optimise(opt, loss, step, log["unet"], "unet")
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        decay = min(0.999, (1 + step) / (10 + step))
+        with torch.no_grad():
+            for k, v in unet.state_dict().items():
+                ema[k].mul_(decay).add_(v.detach(), alpha=1 - decay) if v.is_floating_point() else ema[k].copy_(v)
+        step_done(loss, "unet", time.time() - t0)
+    if state["step"] % args.checkpoint_every:
+        checkpoint()
 
+    unet.load_state_dict(ema)
     unet.eval()
     te.eval()
     final = args.out / "pipeline"
     pipe.save_pretrained(final, safe_serialization=True)
-    (args.out / "train_log.json").write_text(json.dumps(log, indent=1) + "\n")
-
-    from PIL import Image
-
-    from seqlib.world import render, scene
-
-    rows = []
-    pipe.set_progress_bar_config(disable=True)
-    for i in range(8):
-        s = scene(held_out + 1000 + i)
-        sample = pipe(
-            s.caption,
-            num_inference_steps=25,
-            guidance_scale=4.0,
-            height=64,
-            width=64,
-            generator=torch.Generator().manual_seed(i),
-        ).images[0]
-        rows.append((render(s), sample, s.caption))
-    sheet = Image.new("RGB", (64 * 2, 64 * len(rows)), "white")  # left: the world's rendering, right: a sample
-    for k, (truth, sample, _) in enumerate(rows):
-        sheet.paste(truth, (0, 64 * k))
-        sheet.paste(sample, (64, 64 * k))
-    sheet.save(args.out / "samples.png")
-    (args.out / "samples.txt").write_text("\n".join(c for _, _, c in rows) + "\n")
-    print("done", final)
+    log["scaling_factor"] = vae.config.scaling_factor
+    (args.out / "recipe.json").write_text(json.dumps(log, indent=1) + "\n")
+    contact_sheet(pipe, args.out, args.seed)
+    print("done", final, flush=True)
 
 
 if __name__ == "__main__":

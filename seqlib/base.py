@@ -10,7 +10,7 @@ import os
 import warnings
 from pathlib import Path
 
-from seqlib.embedded import EMBEDDED_BASE_ID, RESOLUTION, build_embedded_pipeline
+from seqlib.embedded import EMBEDDED_BASE_ID, RESOLUTION, SHIPPED_BASE
 from seqlib.errors import BaseLoadError, BaseMismatchError
 from seqlib.format import BaseRecord, LayerRecord
 
@@ -113,8 +113,14 @@ def describe(pipe, kind: str, source: str, config: str | None) -> tuple[BaseReco
 
 
 def write_embedded(folder: Path) -> None:
-    _quiet()
-    build_embedded_pipeline(folder / EMBEDDED_DIRNAME)
+    """Copy the pretrained embedded base that ships in the package into ``folder/base``."""
+    import shutil
+
+    if not (SHIPPED_BASE / "model_index.json").is_file():
+        raise BaseLoadError(f"the embedded base is missing from this installation ({SHIPPED_BASE}); reinstall seqlib")
+    shutil.copytree(
+        SHIPPED_BASE, folder / EMBEDDED_DIRNAME, ignore=shutil.ignore_patterns("recipe.json", "*.png", "*.txt")
+    )
 
 
 def load_base(base: BaseRecord, embedded_dir: Path | None, device: str = "cpu", override: str | None = None):

@@ -1,9 +1,11 @@
-"""The embedded default base: a tiny Stable-Diffusion-architecture pipeline built offline.
+"""The embedded default base: a tiny Stable-Diffusion-architecture pipeline, pretrained offline.
 
 Same diffusers/transformers classes and the same adapted-layer names as SD1.5
 (``down_blocks.0.attentions.0.transformer_blocks.0.attn1.to_q`` ...), at a size that
-trains and samples in seconds on a CPU. Its weights are random but deterministic
-(fixed seed), so every machine builds the identical base and the fingerprint matches.
+trains and samples in seconds on a CPU. ``build_embedded_pipeline`` writes the architecture
+with seeded random weights; ``scripts/pretrain_world.py`` trains it on the procedural world
+(``seqlib.world``) and its output ships as ``assets/base`` — the default base of
+``seqlib init`` — with ``recipe.json`` (script settings, seed, losses) beside it.
 """
 
 from __future__ import annotations
@@ -14,8 +16,9 @@ from pathlib import Path
 from seqlib.world import VOCABULARY
 
 # Bumped whenever the architecture or seed changes: part of the base identity.
-EMBEDDED_BASE_ID = "seqlib-embedded-tiny-sd-v1"
-EMBEDDED_SEED = 0
+EMBEDDED_BASE_ID = "seqlib-world-tiny-sd-v2"
+EMBEDDED_SEED = 0  # of the random initialisation pretraining starts from
+SHIPPED_BASE = Path(__file__).parent / "assets" / "base"
 RESOLUTION = 64  # pixels; the VAE downsamples by 8 like SD1.5's, so latents are 8x8
 
 # Words the embedded tokenizer knows as whole tokens; anything else is spelled
@@ -76,7 +79,7 @@ def write_tokenizer(folder: Path) -> None:
 
 
 def build_embedded_pipeline(folder: Path) -> None:
-    """Write the embedded base as a diffusers pipeline folder (about 5 MB)."""
+    """Write the untrained embedded architecture as a diffusers pipeline folder (about 18 MB)."""
     import torch
     from diffusers import (
         AutoencoderKL,
@@ -107,9 +110,9 @@ def build_embedded_pipeline(folder: Path) -> None:
         out_channels=3,
         down_block_types=("DownEncoderBlock2D",) * 4,
         up_block_types=("UpDecoderBlock2D",) * 4,
-        block_out_channels=(8, 16, 16, 16),
+        block_out_channels=(16, 32, 64, 64),
         latent_channels=4,
-        norm_num_groups=4,
+        norm_num_groups=8,
         layers_per_block=1,
         sample_size=RESOLUTION,
     )

@@ -111,3 +111,44 @@ def render(s: Scene, size: int = 64):
                     for x in range(int(cx - r / 2), int(cx + r / 2) + 1, step):
                         d.point((x, y), fill=contrast)
     return im
+
+
+def clutter(index: int, size: int = 64):
+    """A caption-free image of random primitives in arbitrary colours (deterministic per index).
+
+    Outside the grammar on purpose: the VAE must encode any picture a user brings (new
+    colours, small parts, busy layouts), and the UNet learns a broad unconditional prior
+    from these with an empty caption."""
+    from PIL import Image, ImageDraw
+
+    rng = random.Random(f"clutter-{index}")
+
+    def colour() -> tuple[int, int, int]:
+        return (rng.randrange(256), rng.randrange(256), rng.randrange(256))
+
+    im = Image.new("RGB", (size, size), colour())
+    d = ImageDraw.Draw(im)
+    for _ in range(rng.randint(1, 6)):
+        r = rng.uniform(0.04, 0.4) * size
+        cx, cy = rng.uniform(0, size), rng.uniform(0, size)
+        box = (cx - r, cy - r * rng.uniform(0.5, 1.5), cx + r, cy + r * rng.uniform(0.5, 1.5))
+        kind = rng.choice(("ellipse", "rectangle", "polygon", "line", "ring", "dots"))
+        if kind == "ellipse":
+            d.ellipse(box, fill=colour())
+        elif kind == "rectangle":
+            d.rectangle(box, fill=colour())
+        elif kind == "polygon":
+            d.polygon(
+                [(rng.uniform(box[0], box[2]), rng.uniform(box[1], box[3])) for _ in range(rng.randint(3, 6))],
+                fill=colour(),
+            )
+        elif kind == "line":
+            d.line(box, fill=colour(), width=rng.randint(1, 4))
+        elif kind == "ring":
+            d.ellipse(box, outline=colour(), width=rng.randint(1, 5))
+        else:
+            fill, step = colour(), rng.randint(3, 6)
+            for y in range(int(box[1]), int(box[3]), step):
+                for x in range(int(box[0]), int(box[2]), step):
+                    d.point((x, y), fill=fill)
+    return im

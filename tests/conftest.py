@@ -11,17 +11,17 @@ import pytest
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 from seqlib.api import Library  # noqa: E402
+from seqlib.concepts import examples, write_photos  # noqa: E402
 from seqlib.config import TrainConfig  # noqa: E402
-from seqlib.demo import write_examples  # noqa: E402
 
-NAMES = ["mascot", "emblem", "gem"]
+NAMES = ["mascot", "emblem", "robot"]
 FAST = dict(steps=4, K=2, S_B=1, S_A=1)
 
 
 @pytest.fixture(scope="session")
 def photos(tmp_path_factory) -> Path:
     folder = tmp_path_factory.mktemp("photos")
-    write_examples(folder, NAMES, count=4)
+    write_photos(folder, {n: examples()[n] for n in NAMES}, count=4)
     return folder
 
 

@@ -42,7 +42,7 @@ def test_status_numbers_follow_the_capacity_arithmetic(seqlora_store, capsys):
     code, out, _ = run(seqlora_store, "status", "--json", capsys=capsys)
     assert code == 0
     status = json.loads(out)
-    assert [c["name"] for c in status["concepts"]] == ["mascot", "emblem", "gem"]
+    assert [c["name"] for c in status["concepts"]] == ["mascot", "emblem", "robot"]
     widths = {w["in_features"]: w for w in status["widths"]}
     r, used = status["rank"], 3 * status["rank"]
     for m, w in widths.items():
@@ -57,7 +57,7 @@ def test_log_lists_one_entry_per_change_newest_first(seqlora_store, capsys):
     code, out, _ = run(seqlora_store, "log", "--json", capsys=capsys)
     entries = json.loads(out)
     assert code == 0
-    assert [e["message"] for e in entries][:3] == ["add gem", "add emblem", "add mascot"]
+    assert [e["message"] for e in entries][:3] == ["add robot", "add emblem", "add mascot"]
     assert entries[-1]["message"].startswith("init")
 
 
@@ -93,7 +93,7 @@ def test_compose_is_deterministic_for_a_seed(seqlora_store, tmp_path, capsys):
         (["compose", "nosuch", "-p", "a <nosuch>"], "no concept named 'nosuch'"),
         (["compose", ",", "-p", "a photo"], "no concepts selected"),
         (["compose", "mascot", "-p", "a photo of a dog"], "mentions none of the selected"),
-        (["compose", "mascot", "-p", "<mascot> and <gem>"], "does not include it"),
+        (["compose", "mascot", "-p", "<mascot> and <robot>"], "does not include it"),
         (["add", "mascot", "."], "already exists"),
         (["add", "Bad Name", "."], "must start with a lower-case letter"),
         (["add", "newone", "/nonexistent/photos"], "does not exist"),
@@ -134,7 +134,7 @@ def test_a_failed_add_leaves_the_store_exactly_as_it_was(store_copy, photos, cap
 
     monkeypatch.setattr(seqlib.train, "_bilevel_iteration", crash_midway)
     with pytest.raises(RuntimeError, match="simulated crash"):
-        main(["--store", str(store_copy), "add", "newone", str(photos / "gem"), "--steps", "3"])
+        main(["--store", str(store_copy), "add", "newone", str(photos / "robot"), "--steps", "3"])
     assert calls["n"] == 3
     assert tree_digest(store_copy) == before
 
@@ -142,7 +142,7 @@ def test_a_failed_add_leaves_the_store_exactly_as_it_was(store_copy, photos, cap
         raise KeyboardInterrupt
 
     monkeypatch.setattr(seqlib.train, "_bilevel_iteration", interrupt)
-    assert main(["--store", str(store_copy), "add", "newone", str(photos / "gem"), "--steps", "3"]) == 130
+    assert main(["--store", str(store_copy), "add", "newone", str(photos / "robot"), "--steps", "3"]) == 130
     assert "library is unchanged" in capsys.readouterr().err
     assert tree_digest(store_copy) == before
 
@@ -153,7 +153,7 @@ def test_diverging_training_stops_with_advice_and_commits_nothing(store_copy, ph
         store_copy,
         "add",
         "newone",
-        str(photos / "gem"),
+        str(photos / "robot"),
         "--steps",
         "2",
         "--alpha",
@@ -187,4 +187,4 @@ def test_store_is_found_in_a_parent_folder(seqlora_store, tmp_path, monkeypatch,
     (tmp_path / "deep" / "er").mkdir(parents=True)
     monkeypatch.chdir(tmp_path / "deep" / "er")
     assert main(["log"]) == 0
-    assert "add gem" in capsys.readouterr().out
+    assert "add robot" in capsys.readouterr().out

@@ -15,8 +15,8 @@ from seqlib.lora import adapted_layers
 def test_pngs_carry_their_generation_parameters_and_a_grid(seqlora_store, tmp_path):
     lib = Library.open(seqlora_store)
     paths = lib.compose(
-        "mascot=0.8,gem",
-        "a photo of <mascot> with <gem>",
+        "mascot=0.8,robot",
+        "a photo of <mascot> with <robot>",
         out=tmp_path,
         seed=5,
         num_images=3,
@@ -25,14 +25,14 @@ def test_pngs_carry_their_generation_parameters_and_a_grid(seqlora_store, tmp_pa
         grid=True,
     )
     assert [p.name for p in paths] == [
-        "mascot+gem-seed5.png",
-        "mascot+gem-seed6.png",
-        "mascot+gem-seed7.png",
-        "mascot+gem-seed5-grid.png",
+        "mascot+robot-seed5.png",
+        "mascot+robot-seed6.png",
+        "mascot+robot-seed7.png",
+        "mascot+robot-seed5-grid.png",
     ]
     meta = json.loads(Image.open(paths[1]).text["seqlib"])
-    assert meta["seed"] == 6 and meta["concepts"] == {"mascot": 0.8, "gem": 1.0}
-    assert meta["prompt"] == "a photo of <mascot> with <gem>" and meta["negative_prompt"] == "blurry"
+    assert meta["seed"] == 6 and meta["concepts"] == {"mascot": 0.8, "robot": 1.0}
+    assert meta["prompt"] == "a photo of <mascot> with <robot>" and meta["negative_prompt"] == "blurry"
     assert meta["store_version"] == 4 and meta["commit"] == lib.version()[1]
     assert meta["base_fingerprint"] == lib.head().library.base.fingerprint
     assert "Seed: 6" in Image.open(paths[1]).text["parameters"]

@@ -15,7 +15,7 @@ from seqlib.errors import ImportRejectedError
 from seqlib.lora import adapted_layers
 from seqlib.subspace import max_cosine
 
-SELECTION = {"mascot": 0.8, "emblem": 1.0, "gem": 1.0}
+SELECTION = {"mascot": 0.8, "emblem": 1.0, "robot": 1.0}
 
 
 @pytest.mark.parametrize("fmt", ["diffusers", "kohya"])
@@ -39,12 +39,12 @@ def test_diffusers_loads_the_export_to_exactly_the_composed_weights(seqlora_stor
         meta = f.metadata()
         rank = 3 * 4
         assert meta["ss_network_dim"] == str(rank) and meta["ss_base_model_version"] == "sd_v1"
-        assert meta["modelspec.trigger_phrase"] == "<mascot> <emblem> <gem>"
+        assert meta["modelspec.trigger_phrase"] == "<mascot> <emblem> <robot>"
         assert json.loads(meta["seqlib"])["concepts"] == SELECTION
         if fmt == "diffusers":
             assert json.loads(meta["lora_adapter_metadata"])["unet.lora_alpha"] == rank
     sidecar = json.loads(file.with_suffix(".json").read_text())
-    assert sidecar["activation text"] == "<mascot> <emblem> <gem>"
+    assert sidecar["activation text"] == "<mascot> <emblem> <robot>"
 
 
 def test_textual_inversion_files_load_into_diffusers(seqlora_store, tmp_path):

@@ -30,7 +30,7 @@ def test_rm_frees_capacity_and_keeps_history(store_copy, capsys):
     code, out, _ = cli(store_copy, "rm", "emblem", capsys=capsys)
     assert code == 0 and "Removed <emblem>" in out
     after = Library.open(store_copy).status()
-    assert [c.name for c in after.commit.concepts] == ["mascot", "gem"]
+    assert [c.name for c in after.commit.concepts] == ["mascot", "robot"]
     assert after.bottleneck_free == before.bottleneck_free + 4
     assert after.fits == before.fits + 1
     # the version before still holds it
@@ -60,7 +60,7 @@ def test_checkout_is_read_only_until_main(store_copy, photos, capsys):
     assert cli(store_copy, "checkout", "2", capsys=capsys)[0] == 0
     code, out, _ = cli(store_copy, "status", "--json", capsys=capsys)
     assert json.loads(out)["version"] == 2 and len(json.loads(out)["concepts"]) == 1
-    for args in (["rm", "mascot"], ["add", "newone", str(photos / "gem")], ["revert", "1"]):
+    for args in (["rm", "mascot"], ["add", "newone", str(photos / "robot")], ["revert", "1"]):
         code, _, err = cli(store_copy, *args, capsys=capsys)
         assert code == 1 and "checked out read-only" in err
     assert "(checked out)" in cli(store_copy, "log", capsys=capsys)[1]
@@ -109,14 +109,14 @@ def test_a_corrupted_array_is_caught_by_verify_and_by_any_read(store_copy, tmp_p
 
 
 def test_a_truncated_array_and_an_altered_commit_are_reported(store_copy, capsys):
-    _chunk(store_copy, "gem", "B_m64").write_bytes(b"")
+    _chunk(store_copy, "robot", "B_m64").write_bytes(b"")
     commit_id = Library.open(store_copy).store.entries()[1][1]
     path = store_copy / "objects" / "commits" / f"{commit_id}.json"
     path.write_text(path.read_text().replace('"add mascot"', '"add mascot (edited)"'))
     code, out, _ = cli(store_copy, "verify", "--skip-base", "--json", capsys=capsys)
     problems = json.loads(out)["problems"]
     assert code == 1
-    assert any("concept gem" in p for p in problems)
+    assert any("concept robot" in p for p in problems)
     assert any(p.startswith("version 2: commit") for p in problems)
 
 

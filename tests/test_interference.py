@@ -122,7 +122,7 @@ def test_activation_init_captures_more_input_energy_than_random(tmp_path, empty_
 def test_protect_keeps_the_new_basis_away_from_earlier_inputs_and_costs_capacity(store_copy, photos, capsys):
     lib = Library.open(store_copy)
     before = lib.status()
-    concept = lib.add("guarded", photos / "gem", config=TrainConfig(protect=2, **FAST))
+    concept = lib.add("guarded", photos / "robot", config=TrainConfig(protect=2, **FAST))
     head = lib.head()
     _, B_new, _ = lib.factors(concept, head)
     for earlier in head.concepts[:-1]:
@@ -142,7 +142,7 @@ def test_show_and_status_report_interference(seqlora_store, capsys):
     assert main(["--store", str(seqlora_store), "show", "emblem", "--json"]) == 0
     info = json.loads(capsys.readouterr().out)
     assert info["size_bytes"] > 0 and len(info["concept"]["images"]) == 4
-    assert {r["source"] for r in info["interfered_by"]} == {"mascot", "gem"}
+    assert {r["source"] for r in info["interfered_by"]} == {"mascot", "robot"}
     values = [r["crosstalk"] for r in info["interfered_by"]]
     assert values == sorted(values, reverse=True)
     assert main(["--store", str(seqlora_store), "status", "--json"]) == 0
@@ -152,7 +152,7 @@ def test_show_and_status_report_interference(seqlora_store, capsys):
 
 def test_compose_warns_exactly_for_pairs_above_the_threshold(seqlora_store, tmp_path, capsys):
     head = Library.open(seqlora_store).head()
-    for a, b in (("mascot", "emblem"), ("emblem", "gem"), ("mascot", "gem")):
+    for a, b in (("mascot", "emblem"), ("emblem", "robot"), ("mascot", "robot")):
         flagged = [p for p in crosstalk_pairs(head) if {p[0], p[1]} == {a, b} and p[2] > CROSSTALK_WARN]
         code = main(
             [

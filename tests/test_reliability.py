@@ -42,7 +42,7 @@ def _run(store: Path, args: list[str], kill_at: int) -> subprocess.CompletedProc
 
 
 OPERATIONS = {
-    "add": lambda photos, tmp: ["add", "newone", str(photos / "gem"), "--steps", "1", "-K", "1", "--s-b", "1"],
+    "add": lambda photos, tmp: ["add", "newone", str(photos / "robot"), "--steps", "1", "-K", "1", "--s-b", "1"],
     "rm": lambda photos, tmp: ["rm", "emblem"],
     "tag": lambda photos, tmp: ["tag", "keep", "2"],
     "revert": lambda photos, tmp: ["revert", "2"],
@@ -140,7 +140,7 @@ def _png_bytes() -> bytes:
 
 def test_non_images_are_skipped_with_a_warning(store_copy, photos, tmp_path, capsys):
     folder = tmp_path / "mixed"
-    shutil.copytree(photos / "gem", folder)
+    shutil.copytree(photos / "robot", folder)
     (folder / "notes.txt").write_text("x")
     (folder / "Thumbs.db").write_bytes(b"x")
     code = main(["--store", str(store_copy), "add", "newone", str(folder), "--steps", "1", "-K", "1"])
@@ -151,7 +151,7 @@ def test_non_images_are_skipped_with_a_warning(store_copy, photos, tmp_path, cap
 
 @pytest.mark.parametrize("name", ["a/b", "..", "my dog", "Dog", "", "x" * 41, "-x", "ü"])
 def test_invalid_names_are_refused(store_copy, photos, capsys, name):
-    code = main(["--store", str(store_copy), "add", "--", name, str(photos / "gem")])
+    code = main(["--store", str(store_copy), "add", "--", name, str(photos / "robot")])
     assert code == 1
     assert "Traceback" not in capsys.readouterr().err
 
@@ -164,7 +164,7 @@ def test_a_full_library_refuses_with_the_layer_named(tmp_path, photos, capsys):
         lib.add(name, photos / name, config=TrainConfig(**FAST))
     assert lib.status().fits == 0
     before = lib.store.entries()
-    code = main(["--store", str(tmp_path / ".seqlib"), "add", "gem", str(photos / "gem")])
+    code = main(["--store", str(tmp_path / ".seqlib"), "add", "robot", str(photos / "robot")])
     err = capsys.readouterr().err
     assert code == 1 and "no room for a rank-32 concept" in err and "down_blocks.0" in err
     assert lib.store.entries() == before
@@ -184,5 +184,5 @@ def test_a_name_whose_token_the_base_already_has_is_refused(empty_store, tmp_pat
     tokenizer.add_tokens(["<clash>"])
     tokenizer.save_pretrained(folder / "tokenizer")
     Library.init(tmp_path / ".seqlib", base=str(folder))
-    code = main(["--store", str(tmp_path / ".seqlib"), "add", "clash", str(photos / "gem")])
+    code = main(["--store", str(tmp_path / ".seqlib"), "add", "clash", str(photos / "robot")])
     assert code == 1 and "already a token" in capsys.readouterr().err

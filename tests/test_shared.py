@@ -86,7 +86,7 @@ def test_two_racing_adds_exactly_one_wins(where, s3, empty_store, photos, tmp_pa
 
         store = str(tmp_path / ".seqlib")
         shutil.copytree(empty_store, store)
-    procs = [_racing_add(store, name, photos / name) for name in ("emblem", "gem")]
+    procs = [_racing_add(store, name, photos / name) for name in ("emblem", "robot")]
     results = [(p.wait(timeout=300), p.stderr.read()) for p in procs]
     codes = sorted(code for code, _ in results)
     assert codes == [0, 1], results

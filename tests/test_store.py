@@ -26,7 +26,7 @@ def test_commit_id_is_the_sha256_of_its_file(seqlora_store):
 def test_log_is_a_parent_chain_newest_first(seqlora_store):
     entries = Store(seqlora_store).log()
     assert [v for v, _, _ in entries] == [4, 3, 2, 1]
-    assert [c.message for _, _, c in entries] == ["add gem", "add emblem", "add mascot", entries[-1][2].message]
+    assert [c.message for _, _, c in entries] == ["add robot", "add emblem", "add mascot", entries[-1][2].message]
     for (_, _, newer), (_, older_id, _) in zip(entries, entries[1:]):
         assert newer.parent == older_id
     assert entries[-1][2].parent is None
@@ -114,7 +114,7 @@ def test_an_add_that_raced_another_add_conflicts_instead_of_merging(store_copy, 
 
     def meanwhile(step: int, total: int, loss: float) -> None:
         if not landed:  # another process commits while this add is still training
-            landed.append(fast.add("rival", photos / "gem", config=TrainConfig(**FAST)))
+            landed.append(fast.add("rival", photos / "robot", config=TrainConfig(**FAST)))
 
     with pytest.raises(ConflictError):
         slow.add("loser", photos / "emblem", config=TrainConfig(**FAST), progress=meanwhile)

@@ -78,12 +78,12 @@ def test_status_counts_what_fits_under_each_policy(brim):
 
 def test_refuse_names_the_full_layers(brim, photos):
     with pytest.raises(CapacityError, match="down_blocks.0"):
-        brim.add("gem", photos / "gem", config=TrainConfig(**FAST), when_full="refuse")
+        brim.add("robot", photos / "robot", config=TrainConfig(**FAST), when_full="refuse")
 
 
 def test_shrink_trains_a_full_layer_at_the_rank_left_and_warns(brim, photos):
     warnings = []
-    concept = brim.add("gem", photos / "gem", config=TrainConfig(**FAST), warn=warnings.append)
+    concept = brim.add("robot", photos / "robot", config=TrainConfig(**FAST), warn=warnings.append)
     layers = brim.head().library.layers
     assert [k for k, layer in zip(concept.ranks, layers)] == [16 if layer.in_features == 64 else 24 for layer in layers]
     assert "--when-full shrink" in warnings[0] and "down_blocks.0" in warnings[0]
@@ -102,8 +102,8 @@ def test_skip_leaves_full_layers_unadapted(brim, photos, capsys):
             "--store",
             str(brim.store.root),
             "add",
-            "gem",
-            str(photos / "gem"),
+            "robot",
+            str(photos / "robot"),
             "--steps",
             "1",
             "-K",
@@ -114,7 +114,7 @@ def test_skip_leaves_full_layers_unadapted(brim, photos, capsys):
     )
     assert code == 0 and "--when-full skip" in capsys.readouterr().err
     head = brim.head()
-    concept = head.concept("gem")
+    concept = head.concept("robot")
     A, B, _ = brim.factors(concept, head)
     for layer, k in zip(head.library.layers, concept.ranks):
         assert k == (0 if layer.in_features == 64 else 24)
@@ -141,7 +141,7 @@ def test_bf16_base_with_augmentation_trains_fp32_factors(store_copy, photos, cap
             str(store_copy),
             "add",
             "newone",
-            str(photos / "gem"),
+            str(photos / "robot"),
             "--steps",
             "2",
             "-K",
@@ -164,7 +164,7 @@ def test_bf16_base_with_augmentation_trains_fp32_factors(store_copy, photos, cap
 
 
 def test_fp16_on_a_cpu_is_refused(store_copy, photos, capsys):
-    code = main(["--store", str(store_copy), "add", "newone", str(photos / "gem"), "--precision", "fp16"])
+    code = main(["--store", str(store_copy), "add", "newone", str(photos / "robot"), "--precision", "fp16"])
     assert code == 1 and "fp16 needs a GPU" in capsys.readouterr().err
 
 
@@ -212,7 +212,7 @@ def test_an_interrupted_add_resumes_to_the_same_factors(tmp_path, empty_store, p
     for want, have in zip(expected[:2], got[:2]):
         assert max(float((want[n] - have[n]).abs().max()) for n in want) < 1e-3
     assert not list((store / "scratch").iterdir())  # the checkpoint is gone once committed
-    code = main(["--store", str(store), "add", "gem", str(photos / "gem"), "--resume"])
+    code = main(["--store", str(store), "add", "robot", str(photos / "robot"), "--resume"])
     assert code == 1 and "no interrupted add" in capsys.readouterr().err
 
 
@@ -229,7 +229,7 @@ def test_two_data_parallel_processes_agree_and_commit_once(store_copy, photos):
             str(store_copy),
             "add",
             "newone",
-            str(photos / "gem"),
+            str(photos / "robot"),
             "--steps",
             "2",
             "-K",
@@ -258,9 +258,9 @@ def test_plain_lora_concepts_are_flagged_in_status_and_compose(lora_store, tmp_p
                 "--store",
                 str(lora_store),
                 "compose",
-                "mascot,gem",
+                "mascot,robot",
                 "-p",
-                "<mascot> <gem>",
+                "<mascot> <robot>",
                 "--steps",
                 "1",
                 "-o",
