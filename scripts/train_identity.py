@@ -88,7 +88,9 @@ def main() -> None:
     tmp = out.with_suffix(".tmp")
     save_file({k: v.contiguous() for k, v in encoder.state_dict().items()}, tmp)
     os.replace(tmp, out)
-    recipe = {"settings": vars(args) | {"out": str(out)}, "loss": history, "minutes": (time.time() - start) / 60}
+    os.chmod(out, 0o644)
+    settings = vars(args) | {"out": str(out.relative_to(Path.cwd()) if out.is_relative_to(Path.cwd()) else out)}
+    recipe = {"settings": settings, "loss": history, "minutes": (time.time() - start) / 60}
     out.with_suffix(".json").write_text(json.dumps(recipe, indent=1) + "\n")
     print("wrote", out, flush=True)
 

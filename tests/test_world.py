@@ -32,3 +32,14 @@ def test_each_named_colour_is_where_the_caption_puts_it(index):
             patch = pixels[cy, max(cx - r, 0) : cx - r + 3].reshape(-1, 3)
         distance = np.abs(patch - np.array(COLOURS[thing.colour])).sum(axis=1)
         assert (distance < 60).mean() > 0.3, (s.caption, thing)
+
+
+def test_clutter_is_deterministic_and_outside_the_grammar_palette():
+    from seqlib.world import BACKGROUNDS, clutter
+
+    a, b = np.asarray(clutter(3)), np.asarray(clutter(3))
+    np.testing.assert_array_equal(a, b)
+    assert np.abs(a.astype(int) - np.asarray(clutter(4))).mean() > 5
+    # arbitrary colours: most clutter backgrounds are none of the world's four
+    corners = [tuple(np.asarray(clutter(i))[0, 0]) for i in range(50)]
+    assert sum(c in BACKGROUNDS.values() for c in corners) < 5

@@ -1,0 +1,49 @@
+"""The shipped default base has learned the world: it draws what a training caption says."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from seqlib.embedded import SHIPPED_BASE
+from seqlib.world import BACKGROUNDS, COLOURS
+
+
+@pytest.fixture(scope="module")
+def pipe():
+    from seqlib.base import load_pipeline
+
+    return load_pipeline("embedded", "", None, SHIPPED_BASE)
+
+
+def _nearest(rgb, palette: dict) -> str:
+    return min(palette, key=lambda k: sum((a - b) ** 2 for a, b in zip(rgb, palette[k])))
+
+
+@pytest.mark.parametrize(
+    "colour,background", [("red", "white"), ("blue", "black"), ("yellow", "blue"), ("green", "grey")]
+)
+def test_colour_and_background_follow_the_caption(pipe, colour, background):
+    prompt = f"a big {colour} square in the center on a {background} background"
+    out = pipe(
+        prompt,
+        num_inference_steps=20,
+        guidance_scale=4.0,
+        height=64,
+        width=64,
+        generator=torch.Generator().manual_seed(0),
+    ).images[0]
+    px = np.asarray(out).astype(int)
+    centre = px[26:38, 26:38].reshape(-1, 3).mean(0)
+    border = np.concatenate([px[:3].reshape(-1, 3), px[-3:].reshape(-1, 3)]).mean(0)
+    assert _nearest(centre, COLOURS) == colour
+    assert _nearest(border, BACKGROUNDS) == background
+
+
+def test_recipe_is_recorded_next_to_the_weights():
+    recipe = json.loads((SHIPPED_BASE / "recipe.json").read_text())
+    assert recipe["settings"]["seed"] == 0 and recipe["settings"]["unet_steps"] > 0
+    assert recipe["unet"][-1][1] < recipe["unet"][0][1]  # the loss went down
+    size = sum(p.stat().st_size for p in SHIPPED_BASE.rglob("*") if p.is_file())
+    assert size < 20e6
