@@ -107,7 +107,8 @@ def run_method(method: str, concepts: dict, photos: Path, work: Path, out: Path,
     seconds, images = {}, {}
     for t, name in enumerate(names, 1):
         start = time.perf_counter()
-        lib.add(name, photos / name, config=TrainConfig(method=method, seed=t))
+        # the 64-wide layers hold 16 rank-4 concepts; later ones leave those layers out
+        lib.add(name, photos / name, config=TrainConfig(method=method, seed=t), when_full="skip")
         seconds[name] = time.perf_counter() - start
         visible = names[:t]
         due = t % every == 0 or t in SIZES

@@ -112,6 +112,7 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=2, help="CPU threads; part of what makes a run reproducible.")
     parser.add_argument("--checkpoint-every", type=int, default=250)
+    parser.add_argument("--samples", type=int, default=12, help="Rows of the contact sheet (0: none).")
     parser.add_argument(
         "--stop-after", type=int, default=0, help="Checkpoint and exit after this many steps (run again to resume)."
     )
@@ -236,7 +237,8 @@ def main() -> None:
     pipe.save_pretrained(final, safe_serialization=True)
     log["scaling_factor"] = vae.config.scaling_factor
     (args.out / "recipe.json").write_text(json.dumps(log, indent=1) + "\n")
-    contact_sheet(pipe, args.out, args.seed)
+    if args.samples:
+        contact_sheet(pipe, args.out, args.seed, args.samples)
     print("done", final, flush=True)
 
 

@@ -15,15 +15,15 @@ class TrainConfig:
 
     # seqlora | alternating (no cross-Hessian) | frozen-basis (Po et al. 2024: B fixed) | lora (no projection)
     method: str = "seqlora"
-    alpha: float = 30.0  # α: step size of A; also the inner step inside the reduced gradient
-    beta: float = 30.0  # β: step size of B
+    alpha: float = 3.0  # α: step size of A; also the inner step inside the reduced gradient
+    beta: float = 3.0  # β: step size of B
     K: int = 3  # bilevel iterations per round (paper: 3)
     S_B: int = 2  # local B iterations (paper: 2)
     S_A: int = 2  # local A iterations (paper: 2)
     eps: float = 1e-8  # ε of the paper's regularised projector; see subspace.regularized_projector
-    steps: int = 25  # training rounds, each on a fresh batch
+    steps: int = 30  # training rounds, each on a fresh batch
     batch_size: int = 4
-    lr_embed: float = 30.0  # step size of the learned token embedding
+    lr_embed: float = 3.0  # step size of the learned token embedding
     max_grad_norm: float = 0.2  # clip each step's gradient to this global norm; 0 = the paper's plain steps
     hvp: str = "auto"  # autograd (double backward, math attention) | finite-diff | auto (see resolve_hvp)
     seed: int = 0

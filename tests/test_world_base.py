@@ -21,24 +21,35 @@ def _nearest(rgb, palette: dict) -> str:
     return min(palette, key=lambda k: sum((a - b) ** 2 for a, b in zip(rgb, palette[k])))
 
 
-@pytest.mark.parametrize(
-    "colour,background", [("red", "white"), ("blue", "black"), ("yellow", "blue"), ("green", "grey")]
-)
-def test_colour_and_background_follow_the_caption(pipe, colour, background):
-    prompt = f"a big {colour} square in the center on a {background} background"
-    out = pipe(
-        prompt,
-        num_inference_steps=20,
-        guidance_scale=4.0,
-        height=64,
-        width=64,
-        generator=torch.Generator().manual_seed(0),
-    ).images[0]
-    px = np.asarray(out).astype(int)
-    centre = px[26:38, 26:38].reshape(-1, 3).mean(0)
-    border = np.concatenate([px[:3].reshape(-1, 3), px[-3:].reshape(-1, 3)]).mean(0)
-    assert _nearest(centre, COLOURS) == colour
-    assert _nearest(border, BACKGROUNDS) == background
+CAPTIONS = [
+    ("red", "white"),
+    ("blue", "black"),
+    ("yellow", "blue"),
+    ("green", "grey"),
+    ("purple", "white"),
+    ("orange", "black"),
+]
+
+
+def test_colour_and_background_follow_the_caption(pipe):
+    colours, backgrounds = [], []
+    for colour, background in CAPTIONS:
+        for seed in (0, 1):
+            out = pipe(
+                f"a big {colour} square in the center on a {background} background",
+                num_inference_steps=20,
+                guidance_scale=4.0,
+                height=64,
+                width=64,
+                generator=torch.Generator().manual_seed(seed),
+            ).images[0]
+            px = np.asarray(out).astype(int)
+            centre = px[26:38, 26:38].reshape(-1, 3).mean(0)
+            border = np.concatenate([px[:3].reshape(-1, 3), px[-3:].reshape(-1, 3)]).mean(0)
+            colours.append(_nearest(centre, COLOURS) == colour)
+            backgrounds.append(_nearest(border, BACKGROUNDS) == background)
+    # measured: 11 of 12 colours (one red drawn orange), 12 of 12 backgrounds; chance is 1/8 and 1/4
+    assert sum(colours) >= 10 and all(backgrounds)
 
 
 def test_recipe_is_recorded_next_to_the_weights():
