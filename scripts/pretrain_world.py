@@ -162,14 +162,21 @@ def main() -> None:
 
     steps_this_run = 0
 
-    def step_done(loss: torch.Tensor, stage: str, spent: float) -> None:
+    def step_done(loss: torch.Tensor, stage: str, t0: float, before_log=None) -> None:
+        """Apply the gradient of ``loss``, then count, log and checkpoint the step."""
         nonlocal steps_this_run
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        if before_log is not None:
+            before_log(state["step"])
+        spent = time.time() - t0
         state["step"] += 1
         steps_this_run += 1
         log["seconds"][stage] = log["seconds"].get(stage, 0.0) + spent
         if state["step"] % 50 == 0:
-            log[stage].append((state["step"], round(float(loss), 5)))
-            print(f"{stage} {state['step']} {float(loss):.4f} {log['seconds'][stage] / 60:.1f} min", flush=True)
+            log[stage].append((state["step"], round(loss.item(), 5)))
+            print(f"{stage} {state['step']} {loss.item():.4f} {log['seconds'][stage] / 60:.1f} min", flush=True)
         if state["step"] % args.checkpoint_every == 0 or steps_this_run == args.stop_after:
             checkpoint()
         if steps_this_run == args.stop_after:
@@ -186,10 +193,7 @@ def main() -> None:
             post = vae.encode(x).latent_dist
             rec = vae.decode(post.sample(generator=generator(args.seed, "vae", step))).sample
             loss = F.mse_loss(rec, x) + 0.5 * F.l1_loss(rec, x) + 1e-6 * post.kl().mean()
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
-            step_done(loss, "vae", time.time() - t0)
+            step_done(loss, "vae", t0)
         # SD's convention: latents scaled to unit variance
         vae.eval()
         with torch.no_grad():
@@ -200,6 +204,12 @@ def main() -> None:
         opt = torch.optim.AdamW([*unet.parameters(), *te.parameters()], lr=3e-4)
         checkpoint()
     vae.eval().requires_grad_(False)
+
+    def update_ema(step: int) -> None:
+        decay = min(0.999, (1 + step) / (10 + step))
+        with torch.no_grad():
+            for k, v in unet.state_dict().items():
+                ema[k].mul_(decay).add_(v.detach(), alpha=1 - decay) if v.is_floating_point() else ema[k].copy_(v)
 
     # 2) text encoder + UNet
     unet.train()
@@ -219,14 +229,7 @@ def main() -> None:
         t = torch.randint(0, sched.config.num_train_timesteps, (lat.shape[0],), generator=g)
         pred = unet(sched.add_noise(lat, noise, t), t, te(ids)[0]).sample
         loss = F.mse_loss(pred, noise)
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-        decay = min(0.999, (1 + step) / (10 + step))
-        with torch.no_grad():
-            for k, v in unet.state_dict().items():
-                ema[k].mul_(decay).add_(v.detach(), alpha=1 - decay) if v.is_floating_point() else ema[k].copy_(v)
-        step_done(loss, "unet", time.time() - t0)
+        step_done(loss, "unet", t0, before_log=update_ema)
     if state["step"] % args.checkpoint_every:
         checkpoint()
 
