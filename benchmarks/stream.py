@@ -171,7 +171,7 @@ def sheet(lib, names: list[str], concepts: dict, path: Path) -> None:
     grid = Image.new("RGB", (64 * len(names), 128))
     for k, (n, im) in enumerate(zip(names, images)):
         grid.paste(photo(concepts[n], 0), (64 * k, 0))
-        grid.paste(Image.fromarray(((im.permute(1, 2, 0) + 1) * 127.5).clamp(0, 255).byte().numpy()), (64 * k, 64))
+        grid.paste(Image.fromarray(to_uint8(im).permute(1, 2, 0).numpy()), (64 * k, 64))
     path.parent.mkdir(parents=True, exist_ok=True)
     grid.save(path)
 

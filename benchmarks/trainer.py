@@ -54,11 +54,9 @@ def _setup(base: str, resolution: int):
         )
         d = 768
     else:
-        from seqlib.embedded import build_embedded_pipeline
+        from seqlib.embedded import SHIPPED_BASE
 
-        folder = Path(tempfile.mkdtemp()) / "base"
-        build_embedded_pipeline(folder)
-        unet = UNet2DConditionModel.from_pretrained(folder / "unet")
+        unet = UNet2DConditionModel.from_pretrained(SHIPPED_BASE / "unet")
         d = unet.config.cross_attention_dim
     unet = unet.to(device).requires_grad_(False).eval()
     scheduler = DDIMScheduler(beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012)

@@ -30,18 +30,12 @@ import torch
 import torch.nn.functional as F
 
 STAGES = ("vae", "unet")
-
-
-def pixels(images) -> torch.Tensor:
-    import numpy as np
-
-    return torch.stack(
-        [torch.from_numpy(np.asarray(im, dtype=np.float32) / 127.5 - 1).permute(2, 0, 1) for im in images]
-    )
+TRAIN_SCENES = 10_000_000  # training scenes are drawn below this index; held-out ones above
 
 
 def batch(seed: int, stage: str, step: int, size: int, clutter_share: float, drop_caption: float):
     """Images and captions of one step: a pure function of its arguments."""
+    from seqlib.data import pil_to_tensor
     from seqlib.world import clutter, render, scene
 
     rng = random.Random(f"{seed}-{stage}-{step}")
@@ -54,10 +48,7 @@ def batch(seed: int, stage: str, step: int, size: int, clutter_share: float, dro
             s = scene(rng.randrange(TRAIN_SCENES))
             images.append(render(s))
             captions.append("" if rng.random() < drop_caption else s.caption)
-    return pixels(images), captions
-
-
-TRAIN_SCENES = 10_000_000  # training scenes are drawn below this index; held-out ones above
+    return torch.stack([pil_to_tensor(im) for im in images]), captions
 
 
 def generator(seed: int, stage: str, step: int) -> torch.Generator:
@@ -162,14 +153,20 @@ def main() -> None:
 
     steps_this_run = 0
 
-    def step_done(loss: torch.Tensor, stage: str, t0: float, before_log=None) -> None:
-        """Apply the gradient of ``loss``, then count, log and checkpoint the step."""
+    peak = {"vae": 1e-3, "unet": 3e-4}
+    total = {"vae": args.vae_steps, "unet": args.unet_steps}
+
+    def step_done(loss: torch.Tensor, stage: str, t0: float, after_step=None) -> None:
+        """Apply the gradient of ``loss`` at the scheduled learning rate, then count, log and
+        checkpoint the step."""
         nonlocal steps_this_run
+        for group in opt.param_groups:
+            group["lr"] = learning_rate(peak[stage], state["step"], total[stage])
         opt.zero_grad()
         loss.backward()
         opt.step()
-        if before_log is not None:
-            before_log(state["step"])
+        if after_step is not None:
+            after_step(state["step"])
         spent = time.time() - t0
         state["step"] += 1
         steps_this_run += 1
@@ -187,8 +184,6 @@ def main() -> None:
         vae.train()
         while state["step"] < args.vae_steps:
             t0, step = time.time(), state["step"]
-            for group in opt.param_groups:
-                group["lr"] = learning_rate(1e-3, step, args.vae_steps)
             x, _ = batch(args.seed, "vae", step, args.batch, clutter_share=0.5, drop_caption=0.0)
             post = vae.encode(x).latent_dist
             rec = vae.decode(post.sample(generator=generator(args.seed, "vae", step))).sample
@@ -216,8 +211,6 @@ def main() -> None:
     te.train()
     while state["step"] < args.unet_steps:
         t0, step = time.time(), state["step"]
-        for group in opt.param_groups:
-            group["lr"] = learning_rate(3e-4, step, args.unet_steps)
         x, captions = batch(args.seed, "unet", step, args.batch, clutter_share=0.1, drop_caption=0.1)
         g = generator(args.seed, "unet", step)
         with torch.no_grad():
@@ -229,7 +222,7 @@ def main() -> None:
         t = torch.randint(0, sched.config.num_train_timesteps, (lat.shape[0],), generator=g)
         pred = unet(sched.add_noise(lat, noise, t), t, te(ids)[0]).sample
         loss = F.mse_loss(pred, noise)
-        step_done(loss, "unet", t0, before_log=update_ema)
+        step_done(loss, "unet", t0, after_step=update_ema)
     if state["step"] % args.checkpoint_every:
         checkpoint()
 

@@ -43,7 +43,6 @@ def load_images(
     """
     import random
 
-    import numpy as np
     import torch
     from PIL import Image, ImageOps, UnidentifiedImageError
 
@@ -65,8 +64,16 @@ def load_images(
             view = ImageOps.fit(view, (resolution, resolution), Image.Resampling.BICUBIC)
             if flip and rng.random() < 0.5:
                 view = ImageOps.mirror(view)
-            out.append(torch.from_numpy(np.asarray(view, dtype=np.float32) / 127.5 - 1.0).permute(2, 0, 1))
+            out.append(pil_to_tensor(view))
     return torch.stack(out)
+
+
+def pil_to_tensor(im):
+    """An RGB PIL image -> a (3, H, W) float tensor in [-1, 1], the range the VAE expects."""
+    import numpy as np
+    import torch
+
+    return torch.from_numpy(np.asarray(im, dtype=np.float32) / 127.5 - 1.0).permute(2, 0, 1)
 
 
 def _to_rgb(im):

@@ -45,17 +45,11 @@ class IdentityEncoder(nn.Module):
 
 def to_tensor(images) -> Tensor:
     """PIL images (any size) -> (N, 3, 64, 64) in [-1, 1]."""
-    import numpy as np
     from PIL import Image
 
-    return torch.stack(
-        [
-            torch.from_numpy(
-                np.asarray(im.convert("RGB").resize((64, 64), Image.Resampling.BILINEAR), dtype=np.float32) / 127.5 - 1
-            ).permute(2, 0, 1)
-            for im in images
-        ]
-    )
+    from seqlib.data import pil_to_tensor
+
+    return torch.stack([pil_to_tensor(im.convert("RGB").resize((64, 64), Image.Resampling.BILINEAR)) for im in images])
 
 
 def load_encoder(path: Path = WEIGHTS) -> IdentityEncoder:

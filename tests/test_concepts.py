@@ -2,7 +2,7 @@
 
 import numpy as np
 
-from seqlib.concepts import EXAMPLES, FAMILIES, examples, held_out, pair_photo, photo
+from seqlib.concepts import EXAMPLES, FAMILIES, PALETTE, examples, held_out, pair_photo, photo
 from seqlib.world import COLOURS, SHAPES
 
 
@@ -34,8 +34,6 @@ def test_photos_are_deterministic_and_varied():
 def test_concept_colours_are_in_the_photo():
     for c in held_out(8).values():
         pixels = np.asarray(photo(c, 0)).reshape(-1, 3).astype(int)
-        from seqlib.concepts import PALETTE
-
         for part in (c.body, c.accent):
             nearest = np.abs(pixels - np.array(PALETTE[part])).sum(-1).min()
             assert nearest < 30, (c.name, part)
@@ -44,8 +42,6 @@ def test_concept_colours_are_in_the_photo():
 
 def test_pair_photo_puts_one_concept_in_each_half():
     concepts = held_out(4)
-    from seqlib.concepts import PALETTE
-
     left, right = concepts["emblem"], concepts["robot"]
     im = np.asarray(pair_photo(left, right, 0)).astype(int)
 
