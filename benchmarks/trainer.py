@@ -52,12 +52,12 @@ def _setup(base: str, resolution: int):
             down_block_types=("CrossAttnDownBlock2D",) * 3 + ("DownBlock2D",),
             up_block_types=("UpBlock2D",) + ("CrossAttnUpBlock2D",) * 3,
         )
-        d = 768
+        d, factor = 768, 8
     else:
-        from seqlib.embedded import SHIPPED_BASE
+        from seqlib.embedded import SHIPPED_BASE, VAE_FACTOR
 
         unet = UNet2DConditionModel.from_pretrained(SHIPPED_BASE / "unet")
-        d = unet.config.cross_attention_dim
+        d, factor = unet.config.cross_attention_dim, VAE_FACTOR
     unet = unet.to(device).requires_grad_(False).eval()
     scheduler = DDIMScheduler(beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012)
     pipe = type("Pipe", (), {"unet": unet, "scheduler": scheduler})()
@@ -65,7 +65,7 @@ def _setup(base: str, resolution: int):
     g = torch.Generator().manual_seed(0)
     A = [0.01 * torch.randn(m.out_features, 4, generator=g).to(device) for _, m in layers]
     B = [torch.linalg.qr(torch.randn(m.in_features, 4, generator=g))[0].to(device) for _, m in layers]
-    h = resolution // 8
+    h = resolution // factor
     batch = (torch.randn(1, 4, h, h).to(device), torch.randn(1, 4, h, h).to(device), torch.tensor([500]).to(device))
     ehs = torch.randn(1, 77, d).to(device)
     return _Objective(pipe, LiveResiduals(layers)), A, B, ehs, batch, layers

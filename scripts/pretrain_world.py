@@ -12,7 +12,7 @@ Every batch, noise draw and timestep is a function of (seed, stage, step); a che
 The output folder gets the diffusers pipeline, ``recipe.json`` (settings, losses, times)
 and a contact sheet of samples for captions it was trained on.
 
-    python scripts/pretrain_world.py --out build/world-base        # ~50 min on 2 cores
+    python scripts/pretrain_world.py --out build/world-base        # ~53 min on 2 cores
     python scripts/pretrain_world.py --out build/world-base        # again: resumes
 """
 
@@ -97,7 +97,7 @@ def contact_sheet(pipe, out: Path, seed: int, count: int = 12) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, default=Path("build/world-base"))
-    parser.add_argument("--vae-steps", type=int, default=2600)
+    parser.add_argument("--vae-steps", type=int, default=4000)
     parser.add_argument("--unet-steps", type=int, default=6500)
     parser.add_argument("--batch", type=int, default=32)
     parser.add_argument("--seed", type=int, default=0)

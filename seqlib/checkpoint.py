@@ -31,6 +31,7 @@ def save(store: Store, name: str, state: dict, meta: dict) -> None:
     tensors |= {f"B.{i}": b.detach().cpu().contiguous() for i, b in enumerate(state["Bs"])}
     tensors["embedding"] = state["embedding"].detach().cpu().contiguous()
     tensors["rng"] = state["rng"].contiguous()
+    tensors |= {f"optimizer.{k}": v.detach().cpu().contiguous() for k, v in state.get("optimizer", {}).items()}
     base = folder(store)
     atomic_write(base / f"{name}.safetensors", to_bytes(tensors))
     info = {"meta": meta, "initial": state["initial"], "losses": state["losses"], "layers": len(state["As"])}
@@ -50,6 +51,7 @@ def load(store: Store, name: str) -> tuple[dict, dict] | None:
         "Bs": [tensors[f"B.{i}"] for i in range(info["layers"])],
         "embedding": tensors["embedding"],
         "rng": tensors["rng"].to(torch.uint8),
+        "optimizer": {k.removeprefix("optimizer."): v for k, v in tensors.items() if k.startswith("optimizer.")},
         "initial": info["initial"],
         "losses": info["losses"],
     }

@@ -157,6 +157,13 @@ _METHOD_HELP = (
     help=_METHOD_HELP,
 )
 @_hyper("--steps", "steps", click.IntRange(1), "Training rounds, a fresh batch each.")
+@_hyper(
+    "--optimizer",
+    "optimizer",
+    click.Choice(["adam", "sgd"]),
+    "adam: every step (and the tentative inner step, with the cross-Hessian along it) preconditioned by "
+    "Adam's diagonal. sgd: the paper's plain gradient steps, clipped by --max-grad-norm; use α≈3 there.",
+)
 @_hyper("--alpha", "alpha", float, "α: step size of A, and of the inner step in the reduced gradient.")
 @_hyper("--beta", "beta", float, "β: step size of B.")
 @_hyper("-K", "K", click.IntRange(1), "K: bilevel iterations per round (paper: 3).")
@@ -169,7 +176,7 @@ _METHOD_HELP = (
     "ε of the paper's regularised projector (recorded; seqlib projects with its exact ε→0 form I − QQᵀ).",
 )
 @_hyper("--lr-embed", "lr_embed", float, "Step size of the learned token embedding.")
-@_hyper("--max-grad-norm", "max_grad_norm", float, "Clip each step's gradient norm; 0 = the paper's plain steps.")
+@_hyper("--max-grad-norm", "max_grad_norm", float, "sgd: clip each step's gradient norm (0: unclipped).")
 @_hyper(
     "--hvp",
     "hvp",

@@ -97,7 +97,10 @@ class TrainingRecord(_Model):
     steps: int = Field(description="Training rounds; each draws a fresh batch (noise, timesteps).")
     batch_size: int
     lr_embed: float = Field(description="Step size of the token embedding (updated with A).")
-    max_grad_norm: float = Field(description="Global-norm clip of each step's gradient; 0 = unclipped.")
+    max_grad_norm: float = Field(description="sgd: global-norm clip of each step's gradient; 0 = unclipped.")
+    optimizer: Literal["sgd", "adam"] = Field(
+        "sgd", description="sgd: plain (clipped) steps; adam: Adam-preconditioned steps. Absent: sgd."
+    )
     hvp: Literal["autograd", "finite-diff"] = Field(description="As used (`auto` is resolved before training).")
     seed: int
     init_word: str

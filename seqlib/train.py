@@ -12,9 +12,12 @@ step, g_A, g_B and the cross-Hessian — is of the same loss L:
 3. S_A times: A ← A − α ∇_A L(A, B_{k+1}),  starting from A_k      (token embedding too)
 
 ``method="alternating"`` drops H (same code path, one flag); ``method="lora"`` also drops
-the projection (the naive-sum baseline); ``method="frozen-basis"`` never moves B. Every
-gradient is clipped to ``max_grad_norm`` (0 = the paper's plain steps) and, when several
-processes train together, averaged across them before it is used.
+the projection (the naive-sum baseline); ``method="frozen-basis"`` never moves B. With
+``optimizer="sgd"`` every gradient is clipped to ``max_grad_norm`` (0 = the paper's plain
+steps). With ``optimizer="adam"`` each step is preconditioned by Adam's diagonal
+D = 1/(√v̂ + ε) instead: Ã = A_k − α D∘∇_A L and, since D is constant in B, the cross-Hessian
+is taken along D∘g_A — the same reduced gradient for a diagonally scaled inner step. When
+several processes train together, gradients are averaged across them before use.
 """
 
 from __future__ import annotations
@@ -262,11 +265,14 @@ def train_concept(
                     objective(As, Bs, encode(e), eval_batch)
                 return recorder
 
+            opt = Optimizers(Adam(As), Adam(Bs), Adam([emb])) if cfg.optimizer == "adam" else None
             if resume is not None:
                 As = [a.to(device) for a in resume["As"]]
                 Bs = [b.to(device) for b in resume["Bs"]]
                 emb, initial, losses = resume["embedding"].to(device), resume["initial"], list(resume["losses"])
                 batches.set_state(resume["rng"])
+                if opt is not None:
+                    opt.load(resume["optimizer"])
             else:
                 if cfg.basis_init == "activation" and cfg.method != "frozen-basis":
                     # B spans the top principal directions of the concept's inputs in the free space
@@ -280,7 +286,7 @@ def train_concept(
                 for step in range(len(losses), cfg.steps):
                     batch = draw(batches, cfg.batch_size)
                     for _ in range(cfg.K):
-                        As, Bs, emb, loss = _bilevel_iteration(objective, encode, As, Bs, Qs, emb, batch, cfg)
+                        As, Bs, emb, loss = _bilevel_iteration(objective, encode, As, Bs, Qs, emb, batch, cfg, opt)
                     losses.append(_check_finite(loss, f"round {step + 1}", cfg))
                     if progress:
                         progress(step + 1, cfg.steps, losses[-1])
@@ -293,6 +299,7 @@ def train_concept(
                                 "initial": initial,
                                 "losses": losses,
                                 "rng": batches.get_state(),
+                                "optimizer": opt.state() if opt is not None else {},
                             }
                         )
                 with torch.no_grad():
@@ -326,15 +333,81 @@ def _eval_batch(latents: Tensor, num_timesteps: int, seed: int, per_image: int =
     return lat, torch.randn(lat.shape, generator=g).to(lat.device), t.to(lat.device)
 
 
-def _bilevel_iteration(objective, encode, A_k, B_k, Qs, emb, batch, cfg: TrainConfig):
+class Adam:
+    """Adam's moments for one group of tensors (A, B or the embedding), kept across rounds.
+
+    ``step`` turns a gradient into Adam's update direction m̂/(√v̂ + ε) and advances the
+    moments; ``diagonal`` is the preconditioner D = 1/(√v̂ + ε) a gradient would see now,
+    without advancing anything (the tentative step's scaling).
+    """
+
+    def __init__(self, like: list[Tensor], b1: float = 0.9, b2: float = 0.999, eps: float = 1e-8) -> None:
+        self.m = [torch.zeros_like(t) for t in like]
+        self.v = [torch.zeros_like(t) for t in like]
+        self.t, self.b1, self.b2, self.eps = 0, b1, b2, eps
+
+    def _v_hat(self, v: Tensor, g: Tensor, t: int) -> Tensor:
+        return (self.b2 * v + (1 - self.b2) * g.square()) / (1 - self.b2**t)
+
+    def diagonal(self, grads: list[Tensor]) -> list[Tensor]:
+        return [1 / (self._v_hat(v, g, self.t + 1).sqrt() + self.eps) for v, g in zip(self.v, grads)]
+
+    def step(self, grads: list[Tensor]) -> list[Tensor]:
+        self.t += 1
+        out = []
+        for i, g in enumerate(grads):
+            self.m[i] = self.b1 * self.m[i] + (1 - self.b1) * g
+            v_hat = self._v_hat(self.v[i], g, self.t)
+            self.v[i] = v_hat * (1 - self.b2**self.t)
+            out.append(self.m[i] / (1 - self.b1**self.t) / (v_hat.sqrt() + self.eps))
+        return out
+
+    def state(self, prefix: str) -> dict[str, Tensor]:
+        named = {f"{prefix}.m.{i}": m for i, m in enumerate(self.m)}
+        named |= {f"{prefix}.v.{i}": v for i, v in enumerate(self.v)}
+        return named | {f"{prefix}.t": torch.tensor(self.t)}
+
+    def load(self, prefix: str, state: dict[str, Tensor]) -> None:
+        self.m = [state[f"{prefix}.m.{i}"].to(m.device) for i, m in enumerate(self.m)]
+        self.v = [state[f"{prefix}.v.{i}"].to(v.device) for i, v in enumerate(self.v)]
+        self.t = int(state[f"{prefix}.t"])
+
+
+@dataclass
+class Optimizers:
+    """Per-group Adam state (``optimizer="adam"``); ``None`` means the paper's plain steps."""
+
+    A: Adam
+    B: Adam
+    embedding: Adam
+
+    def state(self) -> dict[str, Tensor]:
+        return self.A.state("A") | self.B.state("B") | self.embedding.state("embedding")
+
+    def load(self, state: dict[str, Tensor]) -> None:
+        for name in ("A", "B", "embedding"):
+            getattr(self, name).load(name, state)
+
+
+def _direction(grads: list[Tensor], adam: Adam | None, cfg: TrainConfig) -> list[Tensor]:
+    """The update direction of one step: Adam's, or the clipped gradient (plain steps)."""
+    return adam.step(grads) if adam is not None else clip(grads, cfg.max_grad_norm)
+
+
+def _bilevel_iteration(objective, encode, A_k, B_k, Qs, emb, batch, cfg: TrainConfig, opt: Optimizers | None = None):
     """One k of Algorithm 1. Returns (A_{k+1}, B_{k+1}, embedding, loss at the last A-step)."""
     alpha, beta = cfg.alpha, cfg.beta
     with torch.no_grad():
         ehs = encode(emb)  # the embedding is a lower-level variable: fixed during the B-steps
 
-    # Step 1: tentative lower-level update Ã = A_k − α ∇_A L(A_k, B_k)
+    # Step 1: tentative lower-level update Ã = A_k − α D∘∇_A L(A_k, B_k)  (D = 1: plain steps)
     A_leaf = _leaves(A_k)
-    grad_A = clip(average(torch.autograd.grad(objective(A_leaf, B_k, ehs, batch), A_leaf)), cfg.max_grad_norm)
+    grad_A = average(torch.autograd.grad(objective(A_leaf, B_k, ehs, batch), A_leaf))
+    if opt is None:
+        grad_A, D = clip(grad_A, cfg.max_grad_norm), None
+    else:
+        D = opt.A.diagonal(grad_A)
+        grad_A = [d * g for d, g in zip(D, grad_A)]
     A_tilde = [a - alpha * g for a, g in zip(A_k, grad_A)]
 
     # Steps 2-3: S_B reduced-gradient steps on B, each projected onto the free complement
@@ -345,9 +418,11 @@ def _bilevel_iteration(objective, encode, A_k, B_k, Qs, emb, batch, cfg: TrainCo
         g_A, g_B = grads[: len(At)], grads[len(At) :]
         if cfg.method == "seqlora":
             hvp = cross_hessian_autograd if cfg.hvp == "autograd" else cross_hessian_finite_diff
+            if D is not None:  # Ã moved along D∘∇_A L, so the reduced gradient looks along D∘g_A
+                g_A = [d * g for d, g in zip(D, g_A)]
             H = average(hvp(objective, A_k, B, g_A, ehs, batch))
             g_B = [gb - alpha * h for gb, h in zip(g_B, H)]  # ∇Φ = g_B − α H[g_A]
-        B = [b - beta * g for b, g in zip(B, clip(g_B, cfg.max_grad_norm))]
+        B = [b - beta * g for b, g in zip(B, _direction(g_B, opt and opt.B, cfg))]
         if cfg.method != "lora":
             B = [project_out(b, q) for b, q in zip(B, Qs)]
 
@@ -356,7 +431,11 @@ def _bilevel_iteration(objective, encode, A_k, B_k, Qs, emb, batch, cfg: TrainCo
     for _ in range(cfg.S_A):
         Al, e = _leaves(A), emb.detach().requires_grad_(True)
         loss = objective(Al, B, encode(e), batch)
-        grads = clip(average(torch.autograd.grad(loss, Al + [e])), cfg.max_grad_norm)
+        grads = average(torch.autograd.grad(loss, Al + [e]))
+        if opt is None:
+            grads = clip(grads, cfg.max_grad_norm)
+        else:
+            grads = opt.A.step(grads[:-1]) + opt.embedding.step(grads[-1:])
         A = [a - alpha * g for a, g in zip(A, grads[:-1])]
         emb = (e - cfg.lr_embed * grads[-1]).detach()
     return [a.detach() for a in A], [b.detach() for b in B], emb, average([loss.detach()])[0]

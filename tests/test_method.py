@@ -12,7 +12,9 @@ from seqlib.data import find_images, load_images
 from seqlib.lora import LiveResiduals, WeightPatch, adapted_layers, summed_deltas
 from seqlib.subspace import max_cosine
 from seqlib.train import (
+    Adam,
     TrainConfig,
+    _leaves,
     _Objective,
     cross_hessian_autograd,
     cross_hessian_finite_diff,
@@ -117,6 +119,55 @@ def test_cross_hessian_double_backward_matches_finite_difference(objective_input
     assert H_auto.norm() > 0
     assert cosine > 0.999
     assert (H_auto - H_fd).norm() / H_auto.norm() < 1e-2
+
+
+def test_adam_directions_are_torch_adams_steps():
+    g = torch.Generator().manual_seed(0)
+    x = [torch.randn(5, 3, generator=g), torch.randn(7, generator=g)]
+    grads = [[torch.randn(t.shape, generator=g) for t in x] for _ in range(4)]
+    params = [t.clone().requires_grad_(True) for t in x]
+    reference = torch.optim.Adam(params, lr=0.01)
+    ours, mine = Adam(x), [t.clone() for t in x]
+    for step in grads:
+        for p, gr in zip(params, step):
+            p.grad = gr.clone()
+        reference.step()
+        mine = [t - 0.01 * d for t, d in zip(mine, ours.step(step))]
+    for p, t in zip(params, mine):
+        torch.testing.assert_close(p.detach(), t, rtol=1e-5, atol=1e-7)
+    restored = Adam(x)
+    restored.load("A", ours.state("A"))
+    assert restored.t == 4 and all(torch.equal(a, b) for a, b in zip(restored.v, ours.v))
+
+
+def test_reduced_gradient_of_a_diagonally_scaled_inner_step_matches_finite_differences(objective_inputs):
+    """Φ(B) = L(A_k − α D∘∇_A L(A_k, B), B) with a fixed diagonal D (Adam's): its gradient is
+    g_B − α H[D∘g_A], the form the trainer uses with --optimizer adam."""
+    objective, A_k, B, _, ehs, batch = objective_inputs
+    alpha, h = 0.5, 1e-2
+    g = torch.Generator().manual_seed(1)
+    D = [torch.rand(a.shape, generator=g) + 0.5 for a in A_k]
+    U = [torch.randn(b.shape, generator=g) / b.shape[0] ** 0.5 for b in B]
+
+    def inner(Bs):
+        Al = _leaves(A_k)
+        grad = torch.autograd.grad(objective(Al, Bs, ehs, batch), Al)
+        return [a - alpha * d * gr for a, d, gr in zip(A_k, D, grad)]
+
+    def phi(Bs) -> float:
+        return float(objective(inner(Bs), Bs, ehs, batch).double())
+
+    with objective.live:
+        At, Bl = _leaves(inner(B)), _leaves(B)
+        grads = torch.autograd.grad(objective(At, Bl, ehs, batch), At + Bl)
+        g_A, g_B = grads[: len(At)], grads[len(At) :]
+        H = cross_hessian_autograd(objective, A_k, B, [d * ga for d, ga in zip(D, g_A)], ehs, batch)
+        reduced = sum(float(((gb - alpha * hh) * u).sum()) for gb, hh, u in zip(g_B, H, U))
+        partial = sum(float((gb * u).sum()) for gb, u in zip(g_B, U))
+        fd = (phi([b + h * u for b, u in zip(B, U)]) - phi([b - h * u for b, u in zip(B, U)])) / (2 * h)
+    print(f"directional derivative: finite diff {fd:.6f}, reduced gradient {reduced:.6f}, g_B alone {partial:.6f}")
+    assert abs(fd - reduced) < 0.02 * abs(fd)
+    assert abs(fd - reduced) < 0.2 * abs(fd - partial)  # the H term is what makes it match
 
 
 def test_training_lowers_the_concepts_own_loss(tmp_path, empty_store, photos):

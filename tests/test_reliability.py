@@ -166,7 +166,7 @@ def test_a_full_library_refuses_with_the_layer_named(tmp_path, photos, capsys):
     before = lib.store.entries()
     code = main(["--store", str(tmp_path / ".seqlib"), "add", "robot", str(photos / "robot")])
     err = capsys.readouterr().err
-    assert code == 1 and "no room for a rank-32 concept" in err and "down_blocks.0" in err
+    assert code == 1 and "no room for a rank-32 concept" in err and "down_blocks.1" in err
     assert lib.store.entries() == before
 
 

@@ -49,7 +49,9 @@ def test_finite_difference_training_matches_autograd_training(tmp_path, empty_st
     for hvp in ("autograd", "finite-diff"):
         shutil.copytree(empty_store, tmp_path / hvp / ".seqlib")
         lib = Library.open(tmp_path / hvp / ".seqlib")
-        cfg = TrainConfig(hvp=hvp, steps=1, K=1, S_B=1, S_A=1)
+        # Plain steps: Adam's first step is sign-like, so a near-zero element of the reduced
+        # gradient may flip sign between the two and move by 2β — not a disagreement of H.
+        cfg = TrainConfig(hvp=hvp, steps=1, K=1, S_B=1, S_A=1, optimizer="sgd", alpha=3.0, beta=3.0, lr_embed=3.0)
         concept = lib.add("mascot", photos / "mascot", config=cfg)
         assert concept.training.hvp == hvp
         factors[hvp] = lib.factors(concept, lib.head())[1]
@@ -77,7 +79,7 @@ def test_status_counts_what_fits_under_each_policy(brim):
 
 
 def test_refuse_names_the_full_layers(brim, photos):
-    with pytest.raises(CapacityError, match="down_blocks.0"):
+    with pytest.raises(CapacityError, match="down_blocks.1"):
         brim.add("robot", photos / "robot", config=TrainConfig(**FAST), when_full="refuse")
 
 
@@ -86,7 +88,7 @@ def test_shrink_trains_a_full_layer_at_the_rank_left_and_warns(brim, photos):
     concept = brim.add("robot", photos / "robot", config=TrainConfig(**FAST), warn=warnings.append)
     layers = brim.head().library.layers
     assert [k for k, layer in zip(concept.ranks, layers)] == [16 if layer.in_features == 64 else 24 for layer in layers]
-    assert "--when-full shrink" in warnings[0] and "down_blocks.0" in warnings[0]
+    assert "--when-full shrink" in warnings[0] and "down_blocks.1" in warnings[0]
     status = brim.status()
     assert status.bottleneck_free == 0 and status.fits_by_policy["shrink"] == 0
     head = brim.head()
@@ -207,10 +209,11 @@ def test_an_interrupted_add_resumes_to_the_same_factors(tmp_path, empty_store, p
     assert main(["--store", str(store), *args, "--resume"]) == 0
     lib = Library.open(store)
     got = lib.factors(lib.head().concept("mascot"), lib.head())
-    # Same state, same random stream; float round-off differs slightly between the two runs
-    # (measured 2e-5 after two more rounds), far below the O(1) gap of another seed.
+    # Same state (factors, Adam moments), same random stream; float round-off differs slightly
+    # between the two runs, far below what two rounds move the factors or another seed would.
     for want, have in zip(expected[:2], got[:2]):
-        assert max(float((want[n] - have[n]).abs().max()) for n in want) < 1e-3
+        scale = max(float(want[n].abs().max()) for n in want)
+        assert max(float((want[n] - have[n]).abs().max()) for n in want) < 1e-3 * scale
     assert not list((store / "scratch").iterdir())  # the checkpoint is gone once committed
     code = main(["--store", str(store), "add", "robot", str(photos / "robot"), "--resume"])
     assert code == 1 and "no interrupted add" in capsys.readouterr().err
