@@ -2,7 +2,7 @@
 
 Learns ``examples/{mascot,emblem,robot}`` (or ``--names``) into a fresh library with the default
 settings, overridden by ``--set key=value`` (any TrainConfig field), then renders
-"a photo of <c>" (seeds 0-3, 20 DDIM steps, guidance 5) with only <c> active and with every
+"a photo of <c>" (seeds 0-3, sampled as in ``stream.py``: 20 DDIM steps, guidance 5) with only <c> active and with every
 concept active, and "a photo of <a> on the left and <b> on the right" with the first two.
 Prints identity (cosine to the mean embedding of the concept's photos, ``seqlib.identity``)
 and the share of pair images where the composition check finds both; writes the image grid
@@ -51,6 +51,8 @@ def main() -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
 
+    from stream import generate, to_uint8  # the stream benchmark's sampling settings
+
     from seqlib.api import Library
     from seqlib.config import TrainConfig
     from seqlib.identity import found, identity_scores, load_encoder, reference, to_tensor
@@ -71,16 +73,7 @@ def main() -> None:
     def render(selection: list[str], prompt: str) -> torch.Tensor:
         pipe = lib.pipeline({n: 1.0 for n in selection})
         pipe.set_progress_bar_config(disable=True)
-        images = pipe(
-            [prompt] * 4,
-            num_inference_steps=20,
-            guidance_scale=5.0,
-            height=64,
-            width=64,
-            generator=[torch.Generator().manual_seed(s) for s in range(4)],
-            output_type="pt",
-        ).images
-        return images * 2 - 1
+        return generate(pipe, [prompt] * 4, list(range(4)))
 
     rows, result = [], {"settings": settings, "seconds_per_concept": round(seconds, 1)}
     for i, name in enumerate(names):
@@ -94,8 +87,7 @@ def main() -> None:
         result["pair found"] = float(found(encoder, images, refs, (0, 1)).float().mean())
     print(json.dumps(result, indent=1))
     grid = torch.cat([torch.cat(list(r), 2) for r in rows], 1)
-    pixels = ((grid + 1) * 127.5).round().clamp(0, 255).byte().permute(1, 2, 0).numpy()
-    Image.fromarray(pixels).save(args.out / "grid.png")
+    Image.fromarray(to_uint8(grid).permute(1, 2, 0).numpy()).save(args.out / "grid.png")
     (args.out / "result.json").write_text(json.dumps(result, indent=1) + "\n")
 
 
