@@ -72,8 +72,20 @@ def _racing_add(store: str, name: str, folder) -> subprocess.Popen:
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
-        env=os.environ | {"HF_HUB_OFFLINE": "1"},
+        # One thread each: two processes spinning two OpenMP threads apiece on a 2-core CI box
+        # can starve each other for minutes.
+        env=os.environ | {"HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"},
     )
+
+
+def _finish(proc: subprocess.Popen, timeout: float = 300) -> tuple[int, str]:
+    try:
+        _, err = proc.communicate(timeout=timeout)  # reads both pipes: a full one cannot block the child
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        _, err = proc.communicate()
+        pytest.fail(f"seqlib add did not finish in {timeout} s; its stderr:\n{err}")
+    return proc.returncode, err
 
 
 @pytest.mark.parametrize("where", ["folder", "s3"])
@@ -87,7 +99,7 @@ def test_two_racing_adds_exactly_one_wins(where, s3, empty_store, photos, tmp_pa
         store = str(tmp_path / ".seqlib")
         shutil.copytree(empty_store, store)
     procs = [_racing_add(store, name, photos / name) for name in ("emblem", "robot")]
-    results = [(p.wait(timeout=300), p.stderr.read()) for p in procs]
+    results = [_finish(p) for p in procs]
     codes = sorted(code for code, _ in results)
     assert codes == [0, 1], results
     loser_err = next(err for code, err in results if code == 1)
