@@ -10,11 +10,15 @@ rm -rf .seqlib out
 
 set -x
 seqlib init
-seqlib add mascot "$examples/mascot"
-seqlib add emblem "$examples/emblem"
-seqlib add robot "$examples/robot"
+# --context base: each concept is learned on the bare base (its basis still orthogonal to the
+# others'), so it renders as itself alone; the paper's default learns on top of the earlier ones.
+for concept in mascot emblem robot; do
+    seqlib add "$concept" "$examples/$concept" --context base
+done
 seqlib status
-seqlib compose mascot --prompt "a photo of <mascot>" --seed 0 -n 4 --grid --out out/mascot
+for concept in mascot emblem robot; do
+    seqlib compose "$concept" --prompt "a photo of <$concept>" --seed 0 -n 4 --grid --out "out/$concept"
+done
 seqlib compose mascot,robot --prompt "a photo of <mascot> on the left and <robot> on the right" \
     --seed 0 -n 4 --grid --out out/mascot+robot
 seqlib log

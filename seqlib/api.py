@@ -179,14 +179,24 @@ class Library:
         base_config: str | None = None,
         rank: int = 4,
         device: str = "cpu",
+        layers: str | None = None,
     ) -> Library:
-        """Create a library; ``base=None`` is the embedded default (no download)."""
+        """Create a library; ``base=None`` is the embedded default (no download).
+
+        ``layers``: which linear layers concepts adapt (``seqlib.lora.LAYER_SETS``). Default:
+        ``attention`` (the paper's) on a real base, ``attention+ff`` on the embedded one, whose
+        attention runs only at 8×8 and 4×4 and cannot draw a concept's parts on its own.
+        """
         from seqlib import base as bases
+        from seqlib.lora import LAYER_SETS
 
         root = (str(path) if is_url(path) else Path(path)) if path is not None else Path.cwd() / STORE_DIRNAME
         if rank < 1:
             raise SeqlibError("--rank must be at least 1")
         kind, source = bases.classify(base, base_config)
+        layers = layers or ("attention+ff" if kind == "embedded" else "attention")
+        if layers not in LAYER_SETS:
+            raise SeqlibError(f"--layers must be one of {', '.join(LAYER_SETS)}, not {layers!r}")
         config_dir = str(Path(base_config).resolve()) if base_config else None
         with Store.create(root) as staging:
             if kind == "embedded":
@@ -197,14 +207,14 @@ class Library:
                         bases.write_embedded(Path(tmp))
                         staging.upload_base(Path(tmp) / "base")
             pipe = bases.load_pipeline(kind, source, config_dir, staging.local_base_dir(), device)
-            record, layers = bases.describe(pipe, kind, source, config_dir)
-            narrowest = min(layers, key=lambda layer: layer.in_features)
+            record, records = bases.describe(pipe, kind, source, config_dir, layers)
+            narrowest = min(records, key=lambda layer: layer.in_features)
             if capacity(narrowest.in_features, rank) < 1:
                 raise SeqlibError(f"--rank {rank} exceeds the width {narrowest.in_features} of {narrowest.name}")
             commit = Commit(
                 parent=None,
-                message=f"init: {kind} base {source}, rank {rank}",
-                library=LibraryConfig(base=record, rank=rank, layers=layers),
+                message=f"init: {kind} base {source}, rank {rank}, {layers} layers",
+                library=LibraryConfig(base=record, rank=rank, layers=records),
                 concepts=[],
             )
             staging.commit(commit, expected_seq=0)
@@ -348,7 +358,7 @@ class Library:
         from seqlib.base import load_base
 
         local = self.store.local_base_dir() if commit.library.base.kind == "embedded" else None
-        return load_base(commit.library.base, local, device, override=base)
+        return load_base(commit.library, local, device, override=base)
 
     # ---- add -------------------------------------------------------------------
 
@@ -706,7 +716,7 @@ class Library:
 
         Composition is a plain sum: W = W0 + Σ w_i A_i B_iᵀ, patched into the weights.
         """
-        from seqlib.lora import WeightPatch, adapted_layers, summed_deltas
+        from seqlib.lora import WeightPatch, summed_deltas
         from seqlib.train import add_tokens
 
         weights = parse_selection(selection)
@@ -714,7 +724,7 @@ class Library:
         chosen = [(self.concept(n, commit), w) for n, w in weights.items()]
         pipe = self._load_base(commit, device, base)
         loaded = [(self.factors(c, commit), w) for c, w in chosen]
-        WeightPatch(adapted_layers(pipe.unet)).apply(summed_deltas([(A, B, w) for (A, B, _), w in loaded]))
+        WeightPatch(pipe.unet).apply(summed_deltas([(A, B, w) for (A, B, _), w in loaded]))
         add_tokens(pipe, {c.token: f[2] for (c, _), (f, _) in zip(chosen, loaded)})
         return pipe
 

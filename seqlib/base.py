@@ -12,7 +12,7 @@ from pathlib import Path
 
 from seqlib.embedded import EMBEDDED_BASE_ID, RESOLUTION, SHIPPED_BASE
 from seqlib.errors import BaseLoadError, BaseMismatchError
-from seqlib.format import BaseRecord, LayerRecord
+from seqlib.format import BaseRecord, LayerRecord, LibraryConfig
 
 EMBEDDED_DIRNAME = "base"
 
@@ -101,12 +101,14 @@ def load_pipeline(kind: str, source: str, config: str | None, embedded_dir: Path
     return pipe.to(pick_device(device))
 
 
-def describe(pipe, kind: str, source: str, config: str | None) -> tuple[BaseRecord, list[LayerRecord]]:
+def describe(
+    pipe, kind: str, source: str, config: str | None, layer_set: str = "attention"
+) -> tuple[BaseRecord, list[LayerRecord]]:
     from seqlib.lora import adapted_layers, fingerprint
 
-    layers = adapted_layers(pipe.unet)
+    layers = adapted_layers(pipe.unet, layer_set)
     if not layers:
-        raise BaseLoadError(f"base {source} has no attention projections to adapt")
+        raise BaseLoadError(f"base {source} has no {layer_set} layers to adapt")
     resolution = RESOLUTION if kind == "embedded" else pipe.unet.config.sample_size * pipe.vae_scale_factor
     record = BaseRecord(kind=kind, source=source, config=config, fingerprint=fingerprint(layers), resolution=resolution)
     return record, [LayerRecord(name=n, in_features=m.in_features, out_features=m.out_features) for n, m in layers]
@@ -123,15 +125,21 @@ def write_embedded(folder: Path) -> None:
     )
 
 
-def load_base(base: BaseRecord, embedded_dir: Path | None, device: str = "cpu", override: str | None = None):
+def load_base(library: LibraryConfig, embedded_dir: Path | None, device: str = "cpu", override: str | None = None):
     """Load the library's base and check it is the one the concepts were trained on."""
+    base = library.base
     kind, source, config = base.kind, base.source, base.config
     if override is not None:
         kind, source = classify(override, config)
     pipe = load_pipeline(kind, source, config, embedded_dir, device)
-    from seqlib.lora import adapted_layers, fingerprint
+    from seqlib.lora import fingerprint, named_layers
 
-    got = fingerprint(adapted_layers(pipe.unet))
+    try:
+        got = fingerprint(named_layers(pipe.unet, [layer.name for layer in library.layers]))
+    except KeyError as e:
+        raise BaseMismatchError(
+            f"base {source} has no layer {e.args[0]}; it is not the base this library was built on"
+        ) from None
     if got != base.fingerprint:
         raise BaseMismatchError(
             f"base {source} is not the base this library was built on (fingerprint {got[:12]}, "

@@ -100,18 +100,26 @@ def cli(ctx: click.Context, store: str | None) -> None:
     help="Diffusers config folder for a single-file checkpoint (e.g. SD1.5's).",
 )
 @click.option("--rank", default=4, show_default=True, type=click.IntRange(1), help="Default rank r of each concept.")
+@click.option(
+    "--layers",
+    type=click.Choice(["attention", "attention+ff"]),
+    default=None,
+    help="Linear layers each concept adapts: the attention projections (the paper's set; default on a "
+    "real base), or those plus each transformer block's feed-forward (default on the embedded base).",
+)
 @click.option("--device", default="auto", show_default=True, help="Device to load the base on (auto, cuda, mps, cpu).")
 @click.pass_context
-def init_command(ctx: click.Context, location, base, base_config, rank, device) -> None:
+def init_command(ctx: click.Context, location, base, base_config, rank, layers, device) -> None:
     """Create a library at LOCATION (default: --store, or ./.seqlib) on a base model.
 
     LOCATION may be a folder or an object-store URL (s3://bucket/prefix; credentials and
     endpoint from the AWS_* environment variables), shared by a team: concurrent adds are
     safe, the loser of a race gets a conflict.
 
-    The library records the base's identity and a fingerprint of the weights it adapts
-    (every attention to_q/to_k/to_v/to_out.0 of the UNet); concepts only ever load on
-    that exact base.
+    The library records the base's identity, the layers it adapts (--layers: every
+    attention to_q/to_k/to_v/to_out.0 of the UNet, plus ff.net.0.proj/ff.net.2 with
+    attention+ff) and a fingerprint of their weights; concepts only ever load on that
+    exact base.
 
     \b
     Examples:
@@ -124,7 +132,7 @@ def init_command(ctx: click.Context, location, base, base_config, rank, device) 
 
     path = location or ctx.obj["store"] or Path.cwd() / ".seqlib"
     with console.status("building the library (loading and fingerprinting the base)…"):
-        lib = Library.init(path, base=base, base_config=base_config, rank=rank, device=device)
+        lib = Library.init(path, base=base, base_config=base_config, rank=rank, device=device, layers=layers)
     s = lib.status()
     console.print(
         f"Initialised [bold]{lib.store.root}[/] on {s.commit.library.base.kind} base "
@@ -163,6 +171,14 @@ _METHOD_HELP = (
     click.Choice(["adam", "sgd"]),
     "adam: every step (and the tentative inner step, with the cross-Hessian along it) preconditioned by "
     "Adam's diagonal. sgd: the paper's plain gradient steps, clipped by --max-grad-norm; use α≈3 there.",
+)
+@_hyper(
+    "--context",
+    "context",
+    click.Choice(["library", "base"]),
+    "What the concept is learned on top of: the library's earlier concepts (the paper's continual setting: best "
+    "when you render them together), or the bare base (best when you render concepts alone or in small subsets). "
+    "Bases stay orthogonal either way.",
 )
 @_hyper("--alpha", "alpha", float, "α: step size of A, and of the inner step in the reduced gradient.")
 @_hyper("--beta", "beta", float, "β: step size of B.")

@@ -21,6 +21,8 @@ class TrainConfig:
     K: int = 3  # bilevel iterations per round (paper: 3)
     S_B: int = 2  # local B iterations (paper: 2)
     S_A: int = 2  # local A iterations (paper: 2)
+    # library: learn on top of W0 + Σ earlier residuals (the paper) | base: on W0 alone (bases still orthogonal)
+    context: str = "library"
     eps: float = 1e-8  # ε of the paper's regularised projector; see subspace.regularized_projector
     steps: int = 60  # training rounds, each on a fresh batch
     batch_size: int = 4
@@ -47,6 +49,8 @@ class TrainConfig:
             raise ValueError(f"`method` must be seqlora, alternating, frozen-basis or lora, not {self.method!r}")
         if self.optimizer not in ("adam", "sgd"):
             raise ValueError(f"`optimizer` must be adam or sgd, not {self.optimizer!r}")
+        if self.context not in ("library", "base"):
+            raise ValueError(f"`context` must be library or base, not {self.context!r}")
         if self.hvp not in ("auto", "autograd", "finite-diff"):
             raise ValueError(f"`hvp` must be auto, autograd or finite-diff, not {self.hvp!r}")
         for name in ("K", "S_B", "S_A", "steps", "batch_size", "resolution"):

@@ -94,6 +94,9 @@ class TrainingRecord(_Model):
     S_B: int = Field(description="Local B iterations per bilevel iteration.")
     S_A: int = Field(description="Local A iterations per bilevel iteration.")
     eps: float = Field(description="ε of the regularised projector.")
+    context: Literal["library", "base"] = Field(
+        "library", description="library: learned on top of the earlier residuals (the paper); base: on W0 alone."
+    )
     steps: int = Field(description="Training rounds; each draws a fresh batch (noise, timesteps).")
     batch_size: int
     lr_embed: float = Field(description="Step size of the token embedding (updated with A).")

@@ -4,27 +4,44 @@ from __future__ import annotations
 
 import hashlib
 import re
+from collections.abc import Iterable
 
 import torch
 from torch import Tensor, nn
 
 from seqlib.subspace import delta_weight
 
-# Every attention projection of the UNet, as in the paper (and SD1.5's LoRA practice).
-ADAPTED_PATTERN = re.compile(r"\.attn[12]\.(to_q|to_k|to_v|to_out\.0)$")
+# Which linear layers a library adapts, chosen at `seqlib init` and recorded by name in the store.
+# "attention" is the paper's set (and SD1.5's LoRA practice); "attention+ff" adds each transformer
+# block's feed-forward in/out projections, which carry most of a small UNet's per-token capacity.
+LAYER_SETS = {
+    "attention": re.compile(r"\.attn[12]\.(to_q|to_k|to_v|to_out\.0)$"),
+    "attention+ff": re.compile(r"\.attn[12]\.(to_q|to_k|to_v|to_out\.0)$|\.ff\.net\.(0\.proj|2)$"),
+}
 
 
-def adapted_layers(unet: nn.Module) -> list[tuple[str, nn.Linear]]:
-    """The adapted linear layers in module order; names match SD1.5's."""
+def adapted_layers(unet: nn.Module, layer_set: str = "attention") -> list[tuple[str, nn.Linear]]:
+    """The linear layers of ``layer_set`` in module order; names match SD1.5's."""
+    pattern = LAYER_SETS[layer_set]
     found = []
     for name, module in unet.named_modules():
-        if ADAPTED_PATTERN.search(name):
+        if pattern.search(name):
             if not isinstance(module, nn.Linear):
-                raise TypeError(
-                    f"{name} is a {type(module).__name__}; seqlib adapts nn.Linear attention projections only"
-                )
+                raise TypeError(f"{name} is a {type(module).__name__}; seqlib adapts nn.Linear layers only")
             found.append((name, module))
     return found
+
+
+def named_layers(unet: nn.Module, names: Iterable[str]) -> list[tuple[str, nn.Linear]]:
+    """The layers a library recorded, in that order; KeyError names one the network lacks."""
+    modules = dict(unet.named_modules())
+    out = []
+    for name in names:
+        module = modules.get(name)
+        if not isinstance(module, nn.Linear):
+            raise KeyError(name)
+        out.append((name, module))
+    return out
 
 
 def fingerprint(layers: list[tuple[str, nn.Linear]]) -> str:
@@ -81,8 +98,8 @@ class WeightPatch:
     concepts to SD1.5's attention weights takes well under a second.
     """
 
-    def __init__(self, layers: list[tuple[str, nn.Linear]]) -> None:
-        self.modules = dict(layers)
+    def __init__(self, unet: nn.Module) -> None:
+        self.modules = dict(unet.named_modules())  # residuals name their layers
         self._stack: list[dict[str, Tensor]] = []
 
     @torch.no_grad()

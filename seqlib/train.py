@@ -38,7 +38,7 @@ from seqlib.activations import SecondMoments, activation_basis, top_directions
 from seqlib.config import TrainConfig
 from seqlib.distributed import average
 from seqlib.errors import CapacityError, DataError, TrainingDivergedError
-from seqlib.lora import LiveResiduals, WeightPatch, adapted_layers, summed_deltas
+from seqlib.lora import LiveResiduals, WeightPatch, named_layers, summed_deltas
 from seqlib.subspace import frozen_basis, orthonormal_basis, project_out, random_basis
 
 
@@ -196,15 +196,17 @@ def train_concept(
         module.requires_grad_(False)
         module.eval()
 
-    layers = [(n, m) for n, m in adapted_layers(unet) if n in set(layer_names)]
+    try:
+        layers = named_layers(unet, layer_names)
+    except KeyError as e:
+        raise DataError(f"the base has no linear layer {e.args[0]} that the library adapts") from None
     names = [n for n, _ in layers]
-    if names != list(layer_names):
-        raise DataError("the base's adapted layers do not match the library's layer list")
 
     gen = torch.Generator().manual_seed(cfg.seed)
 
     # Earlier concepts are frozen: patch them into W once instead of running them live.
-    with patched(pipe, summed_deltas([(c.A, c.B, 1.0) for c in earlier])):
+    context = earlier if cfg.context == "library" else []
+    with patched(pipe, summed_deltas([(c.A, c.B, 1.0) for c in context])):
         # 1) the space each layer must avoid (nothing for plain LoRA), and room checks
         Q, reserved = {}, []
         for name, module in layers:
@@ -503,7 +505,7 @@ def evaluation_inputs(pipe, token: str, embedding: Tensor, image_tensor: Tensor,
 @contextmanager
 def patched(pipe, deltas: dict[str, Tensor]):
     """The pipeline with ``deltas`` added to its adapted weights for the duration of the block."""
-    patch = WeightPatch(adapted_layers(pipe.unet))
+    patch = WeightPatch(pipe.unet)
     patch.apply(deltas)
     try:
         yield pipe
@@ -518,11 +520,11 @@ def concept_loss(pipe, deltas: dict[str, Tensor], inputs) -> float:
         return float(_Objective(pipe, LiveResiduals([]))([], [], ehs, batch))
 
 
-def input_moments(pipe, deltas: dict[str, Tensor], inputs) -> SecondMoments:
+def input_moments(pipe, layer_names: list[str], deltas: dict[str, Tensor], inputs) -> SecondMoments:
     """Second moments of every adapted layer's inputs on a concept's evaluation batch with
     ``deltas`` applied: the direct measurement that the stored summaries estimate."""
     ehs, batch = inputs
-    recorder = SecondMoments(adapted_layers(pipe.unet))
+    recorder = SecondMoments(named_layers(pipe.unet, layer_names))
     with patched(pipe, deltas), recorder.recording(), torch.no_grad():
         _Objective(pipe, LiveResiduals([]))([], [], ehs, batch)
     return recorder

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import shutil
 
 import pytest
@@ -9,9 +10,10 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from seqlib.api import Library
-from seqlib.base import classify
+from seqlib.base import classify, load_base
 from seqlib.config import TrainConfig
-from seqlib.errors import BaseLoadError, BaseMismatchError
+from seqlib.errors import BaseLoadError, BaseMismatchError, SeqlibError
+from seqlib.format import LayerRecord
 from seqlib.store import Store
 
 from .conftest import FAST
@@ -33,6 +35,33 @@ def test_a_local_diffusers_folder_is_a_base(diffusers_folder, tmp_path, photos):
     status = lib.status()
     assert status.fits == 64 // 8
     assert {g.in_features for g in status.groups} == {64, 128}
+
+
+def test_the_adapted_layers_are_chosen_at_init_and_recorded(diffusers_folder, empty_store, tmp_path, photos):
+    def names(lib: Library) -> list[str]:
+        return [layer.name for layer in lib.head().library.layers]
+
+    embedded = names(Library.open(empty_store))  # the embedded default: attention + feed-forward
+    real = names(Library.init(tmp_path / "paper", base=str(diffusers_folder)))  # a real base: the paper's set
+    assert real and all(re.search(r"\.attn[12]\.(to_q|to_k|to_v|to_out\.0)$", n) for n in real)
+    ff = [n for n in embedded if n not in real]
+    assert set(real) < set(embedded) and all(re.search(r"\.ff\.net\.(0\.proj|2)$", n) for n in ff)
+    assert len(ff) * 4 == len(real)  # per transformer block: 8 attention projections, 2 feed-forward
+
+    lib = Library.init(tmp_path / "ff", base=str(diffusers_folder), layers="attention+ff")
+    assert names(lib) == embedded
+    concept = lib.add("mascot", photos / "mascot", config=TrainConfig(**FAST))
+    A, B, _ = lib.factors(concept, lib.head())
+    assert set(A) == set(embedded) and all(float(A[n].abs().max()) > 0 for n in ff)
+    # a base that lacks a recorded layer is not this library's base
+    library = lib.head().library
+    bogus = library.model_copy(
+        update={"layers": [*library.layers, LayerRecord(name="nope", in_features=1, out_features=1)]}
+    )
+    with pytest.raises(BaseMismatchError, match="has no layer nope"):
+        load_base(bogus, None)
+    with pytest.raises(SeqlibError, match="--layers must be one of"):
+        Library.init(tmp_path / "bad", layers="everything")
 
 
 def test_changed_base_weights_are_refused(diffusers_folder, tmp_path, photos):

@@ -9,7 +9,7 @@ import torch
 from PIL import Image
 
 from seqlib.api import Library
-from seqlib.lora import adapted_layers
+from seqlib.lora import named_layers
 
 
 def test_pngs_carry_their_generation_parameters_and_a_grid(seqlora_store, tmp_path):
@@ -53,7 +53,8 @@ def test_pipeline_api_returns_a_diffusers_pipeline_with_the_weighted_sum_applied
     pipe = lib.pipeline({"mascot": 0.5, "emblem": 1.0})
     base = lib._load_base(head, "cpu", None)
     (A1, B1, _), (A2, B2, _) = (lib.factors(head.concept(n), head) for n in ("mascot", "emblem"))
-    patched, original = dict(adapted_layers(pipe.unet)), dict(adapted_layers(base.unet))
+    names = [layer.name for layer in head.library.layers]
+    patched, original = dict(named_layers(pipe.unet, names)), dict(named_layers(base.unet, names))
     for name in patched:
         expected = original[name].weight + 0.5 * A1[name] @ B1[name].T + A2[name] @ B2[name].T
         torch.testing.assert_close(patched[name].weight, expected, atol=1e-6, rtol=0)

@@ -12,7 +12,7 @@ from safetensors import safe_open
 from seqlib.api import Library
 from seqlib.cli import main
 from seqlib.errors import ImportRejectedError
-from seqlib.lora import adapted_layers
+from seqlib.lora import named_layers
 from seqlib.subspace import max_cosine
 
 SELECTION = {"mascot": 0.8, "emblem": 1.0, "robot": 1.0}
@@ -26,13 +26,14 @@ def test_diffusers_loads_the_export_to_exactly_the_composed_weights(seqlora_stor
     written = lib.export(SELECTION, file, fmt)
     assert {p.name for p in written} >= {file.name, f"all-{fmt}.json", "mascot.safetensors"}
 
-    composed = dict(adapted_layers(lib.pipeline(SELECTION).unet))
+    names = [layer.name for layer in lib.head().library.layers]
+    composed = dict(named_layers(lib.pipeline(SELECTION).unet, names))
     pipe = lib._load_base(lib.head(), "cpu", None)
     pipe.load_lora_weights(str(file))  # kohya keys go through diffusers' own conversion
     pipe.fuse_lora()
     pipe.unload_lora_weights()
     with torch.no_grad():
-        worst = max(float((m.weight - composed[n].weight).abs().max()) for n, m in adapted_layers(pipe.unet))
+        worst = max(float((m.weight - composed[n].weight).abs().max()) for n, m in named_layers(pipe.unet, names))
     assert worst < 1e-5
 
     with safe_open(str(file), "pt") as f:
@@ -84,7 +85,8 @@ def test_import_projects_onto_the_free_space_and_refuses_what_does_not_fit(store
 
     g = torch.Generator().manual_seed(0)
     foreign = {}
-    for name, module in adapted_layers(lib._load_base(lib.head(), "cpu", None).unet):
+    names = [layer.name for layer in lib.head().library.layers]
+    for name, module in named_layers(lib._load_base(lib.head(), "cpu", None).unet, names):
         foreign[f"unet.{name}.lora_A.weight"] = torch.randn(4, module.in_features, generator=g)
         foreign[f"unet.{name}.lora_B.weight"] = torch.randn(module.out_features, 4, generator=g)
     save_file(foreign, str(tmp_path / "foreign.safetensors"))

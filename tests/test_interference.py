@@ -42,7 +42,7 @@ def test_recorded_crosstalk_matches_a_direct_measurement_on_real_inputs(seqlora_
     pipe = lib._load_base(head, "cpu", None)
     images = load_images(find_images(photos / target.name), 64)
     inputs = evaluation_inputs(pipe, target.token, factors[1][2], images, cfg)
-    recorder = input_moments(pipe, summed_deltas([(A, B, 1.0) for A, B, _ in factors[:2]]), inputs)
+    recorder = input_moments(pipe, names, summed_deltas([(A, B, 1.0) for A, B, _ in factors[:2]]), inputs)
     full, top = {}, {}
     for n in names:
         vals, vecs = torch.linalg.eigh(recorder.moment(n))

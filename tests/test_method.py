@@ -66,9 +66,7 @@ def test_print_concept_one_loss_alone_vs_composed(seqlora_store, lora_store, pho
         losses = {}
         for which in ([0], [0, 1, 2]):
             pipe = lib._load_base(head, "cpu", None)
-            WeightPatch(adapted_layers(pipe.unet)).apply(
-                summed_deltas([(factors[i][0], factors[i][1], 1.0) for i in which])
-            )
+            WeightPatch(pipe.unet).apply(summed_deltas([(factors[i][0], factors[i][1], 1.0) for i in which]))
             losses[len(which)] = _eval_loss(pipe, head.concepts[0].token, factors[0][2], images)
         with capsys.disabled():
             print(f"\n[{label}] concept 1 loss alone {losses[1]:.5f}, composed with 2..3 {losses[3]:.5f}")

@@ -65,7 +65,7 @@ def test_finite_difference_training_matches_autograd_training(tmp_path, empty_st
 @pytest.fixture
 def brim(tmp_path, photos):
     """Rank 24 on 64- and 128-wide layers: after two concepts the 64-wide ones have 16 left."""
-    lib = Library.init(tmp_path / ".seqlib", rank=24)
+    lib = Library.init(tmp_path / ".seqlib", rank=24, layers="attention")
     for name in ("mascot", "emblem"):
         lib.add(name, photos / name, config=TrainConfig(**FAST))
     return lib
@@ -273,3 +273,29 @@ def test_plain_lora_concepts_are_flagged_in_status_and_compose(lora_store, tmp_p
         == 0
     )
     assert "trained without projection" in capsys.readouterr().err
+
+
+def test_context_base_learns_on_w0_and_keeps_only_the_bases_orthogonal(seqlora_store, photos):
+    from seqlib.data import find_images, load_images
+    from seqlib.train import Earlier, train_concept
+
+    lib = Library.open(seqlora_store)
+    head = lib.head()
+    earlier = lib._earlier(head)[:1]
+    louder = [Earlier({k: 3 * a for k, a in e.A.items()}, e.B, e.orthogonal) for e in earlier]  # same basis
+    pipe = lib._load_base(head, "cpu", None)
+    images = load_images(find_images(photos / "robot"), 64)
+    names = [layer.name for layer in head.library.layers]
+
+    def learn(context: str, prior: list[Earlier]):
+        cfg = TrainConfig(context=context, steps=2, K=1, S_B=1, S_A=1)
+        return train_concept(pipe, names, prior, images, "<robot>", 4, cfg)
+
+    def gap(a, b) -> float:
+        return max(float(np.abs(a.A[n] - b.A[n]).max()) for n in names)
+
+    on_base, on_base_louder = learn("base", earlier), learn("base", louder)
+    assert gap(on_base, on_base_louder) == 0.0  # the earlier residual is not in the model it learns on
+    assert gap(learn("library", earlier), learn("library", louder)) > 1e-6  # the paper's: it is
+    for n in names:  # ... and either way the new basis avoids the earlier one
+        assert max_cosine(torch.from_numpy(on_base.B[n]), earlier[0].B[n]) < 1e-5
