@@ -10,6 +10,7 @@ and the share of pair images where the composition check finds both; writes the 
 
     python benchmarks/examples.py --out build/examples                       # ~5 min on 2 cores
     python benchmarks/examples.py --out build/examples-sgd --set optimizer=sgd alpha=3 beta=3 lr_embed=3 steps=30
+    python benchmarks/examples.py --out build/examples-kv --layers cross-kv --set context=base
 """
 
 from __future__ import annotations
@@ -45,6 +46,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, default=Path("build/examples"))
     parser.add_argument("--names", default="mascot,emblem,robot")
+    parser.add_argument("--layers", default=None, help="seqlib init --layers (default: the embedded base's).")
     parser.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="TrainConfig overrides.")
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default).")
     args = parser.parse_args()
@@ -60,7 +62,7 @@ def main() -> None:
     names = args.names.split(",")
     settings = parse_settings(args.set)
     shutil.rmtree(args.out / ".seqlib", ignore_errors=True)
-    lib = Library.init(args.out / ".seqlib")
+    lib = Library.init(args.out / ".seqlib", layers=args.layers)
     start = time.perf_counter()
     for name in names:
         lib.add(name, EXAMPLES / name, config=TrainConfig(**settings))
@@ -75,7 +77,8 @@ def main() -> None:
         pipe.set_progress_bar_config(disable=True)
         return generate(pipe, [prompt] * 4, list(range(4)))
 
-    rows, result = [], {"settings": settings, "seconds_per_concept": round(seconds, 1)}
+    layers = args.layers or "attention+ff"  # the embedded base's default
+    rows, result = [], {"layers": layers, "settings": settings, "seconds_per_concept": round(seconds, 1)}
     for i, name in enumerate(names):
         for selection, tag in (([name], "alone"), (names, "all")):
             images = render(selection, f"a photo of <{name}>")

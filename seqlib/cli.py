@@ -28,6 +28,10 @@ _at_option = click.option(
 _json_option = click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 
 
+def _count(n: int, noun: str) -> str:
+    return f"{n} {noun}" if n == 1 else f"{n} {noun}s"
+
+
 def _warn(message: str) -> None:
     err_console.print(f"[yellow]warning:[/] {message}")
 
@@ -102,10 +106,11 @@ def cli(ctx: click.Context, store: str | None) -> None:
 @click.option("--rank", default=4, show_default=True, type=click.IntRange(1), help="Default rank r of each concept.")
 @click.option(
     "--layers",
-    type=click.Choice(["attention", "attention+ff"]),
+    type=click.Choice(["attention", "attention+ff", "cross-kv"]),
     default=None,
     help="Linear layers each concept adapts: the attention projections (the paper's set; default on a "
-    "real base), or those plus each transformer block's feed-forward (default on the embedded base).",
+    "real base), those plus each transformer block's feed-forward (default on the embedded base), or only "
+    "the cross-attention keys and values (least bleed between concepts, least capacity to draw).",
 )
 @click.option("--device", default="auto", show_default=True, help="Device to load the base on (auto, cuda, mps, cpu).")
 @click.pass_context
@@ -118,8 +123,8 @@ def init_command(ctx: click.Context, location, base, base_config, rank, layers, 
 
     The library records the base's identity, the layers it adapts (--layers: every
     attention to_q/to_k/to_v/to_out.0 of the UNet, plus ff.net.0.proj/ff.net.2 with
-    attention+ff) and a fingerprint of their weights; concepts only ever load on that
-    exact base.
+    attention+ff; attn2.to_k/to_v only with cross-kv) and a fingerprint of their weights;
+    concepts only ever load on that exact base.
 
     \b
     Examples:
@@ -410,7 +415,7 @@ def status_command(ctx, as_json: bool, at: str | None) -> None:
     lib = s.commit.library
     console.print(f"[bold]base[/]      {lib.base.kind}: {lib.base.source} (fingerprint {lib.base.fingerprint[:12]})")
     console.print(f"[bold]version[/]   {s.version} ({s.commit_id[:12]})   [bold]rank[/] {lib.rank}")
-    concepts = Table(title=f"{len(s.commit.concepts)} concepts", title_justify="left")
+    concepts = Table(title=_count(len(s.commit.concepts), "concept"), title_justify="left")
     for col in ("name", "token", "method", "rank", "images", "loss start → end", "added"):
         concepts.add_column(col)
     for c in s.commit.concepts:
@@ -528,7 +533,7 @@ def log_command(ctx, as_json: bool) -> None:
         labels = "".join(f" [green]({t})[/]" for t in tags.get(commit_id, []))
         labels += " [magenta](checked out)[/]" if commit_id == pinned else ""
         console.print(f"[yellow]version {version}[/]{labels} [dim]{commit_id[:12]}[/]  {commit.timestamp}")
-        console.print(f"    {commit.message}   [dim]({len(commit.concepts)} concepts)[/]")
+        console.print(f"    {commit.message}   [dim]({_count(len(commit.concepts), 'concept')})[/]")
 
 
 @cli.command("export", short_help="Write concepts as one LoRA for diffusers, A1111 or ComfyUI.")
@@ -705,7 +710,7 @@ def checkout_command(ctx, version: str) -> None:
 def revert_command(ctx, version: str, message: str | None) -> None:
     """Make a new commit whose concepts are exactly those of VERSION|TAG (nothing is deleted)."""
     commit = _library(ctx).revert(version, message)
-    console.print(f"{commit.message}: {len(commit.concepts)} concepts")
+    console.print(f"{commit.message}: {_count(len(commit.concepts), 'concept')}")
 
 
 @cli.command("verify", short_help="Check every promise of the store format.")

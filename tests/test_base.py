@@ -47,6 +47,8 @@ def test_the_adapted_layers_are_chosen_at_init_and_recorded(diffusers_folder, em
     ff = [n for n in embedded if n not in real]
     assert set(real) < set(embedded) and all(re.search(r"\.ff\.net\.(0\.proj|2)$", n) for n in ff)
     assert len(ff) * 4 == len(real)  # per transformer block: 8 attention projections, 2 feed-forward
+    kv = names(Library.init(tmp_path / "kv", base=str(diffusers_folder), layers="cross-kv"))
+    assert kv == [n for n in real if re.search(r"\.attn2\.to_[kv]$", n)] and len(kv) * 4 == len(real)
 
     lib = Library.init(tmp_path / "ff", base=str(diffusers_folder), layers="attention+ff")
     assert names(lib) == embedded
