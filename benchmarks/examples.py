@@ -56,7 +56,7 @@ def main() -> None:
     from stream import generate, to_uint8  # the stream benchmark's sampling settings
 
     from seqlib.api import Library
-    from seqlib.config import TrainConfig
+    from seqlib.config import TrainConfig, default_layer_set
     from seqlib.identity import found, identity_scores, load_encoder, reference, to_tensor
 
     names = args.names.split(",")
@@ -77,7 +77,7 @@ def main() -> None:
         pipe.set_progress_bar_config(disable=True)
         return generate(pipe, [prompt] * 4, list(range(4)))
 
-    layers = args.layers or "attention+ff"  # the embedded base's default
+    layers = args.layers or default_layer_set("embedded")
     rows, result = [], {"layers": layers, "settings": settings, "seconds_per_concept": round(seconds, 1)}
     for i, name in enumerate(names):
         for selection, tag in (([name], "alone"), (names, "all")):

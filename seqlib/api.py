@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from seqlib.backends import is_url
+from seqlib.config import LAYER_SETS, default_layer_set
 from seqlib.errors import (
     CapacityError,
     ConceptExistsError,
@@ -183,18 +184,16 @@ class Library:
     ) -> Library:
         """Create a library; ``base=None`` is the embedded default (no download).
 
-        ``layers``: which linear layers concepts adapt (``seqlib.lora.LAYER_SETS``). Default:
-        ``attention`` (the paper's) on a real base, ``attention+ff`` on the embedded one, whose
-        attention runs only at 8×8 and 4×4 and cannot draw a concept's parts on its own.
+        ``layers``: which linear layers concepts adapt (``seqlib.config.LAYER_SETS``); default:
+        ``seqlib.config.default_layer_set`` of the base's kind.
         """
         from seqlib import base as bases
-        from seqlib.lora import LAYER_SETS
 
         root = (str(path) if is_url(path) else Path(path)) if path is not None else Path.cwd() / STORE_DIRNAME
         if rank < 1:
             raise SeqlibError("--rank must be at least 1")
         kind, source = bases.classify(base, base_config)
-        layers = layers or ("attention+ff" if kind == "embedded" else "attention")
+        layers = layers or default_layer_set(kind)
         if layers not in LAYER_SETS:
             raise SeqlibError(f"--layers must be one of {', '.join(LAYER_SETS)}, not {layers!r}")
         config_dir = str(Path(base_config).resolve()) if base_config else None

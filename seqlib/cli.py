@@ -15,7 +15,7 @@ from rich.console import Console
 from rich.table import Table
 
 from seqlib import __version__
-from seqlib.config import default
+from seqlib.config import LAYER_SETS, default
 from seqlib.errors import SeqlibError
 
 console = Console()
@@ -106,7 +106,7 @@ def cli(ctx: click.Context, store: str | None) -> None:
 @click.option("--rank", default=4, show_default=True, type=click.IntRange(1), help="Default rank r of each concept.")
 @click.option(
     "--layers",
-    type=click.Choice(["attention", "attention+ff", "cross-kv"]),
+    type=click.Choice(list(LAYER_SETS)),
     default=None,
     help="Linear layers each concept adapts: the attention projections (the paper's set; default on a "
     "real base), those plus each transformer block's feed-forward (default on the embedded base), or only "

@@ -1,8 +1,29 @@
-"""Training hyper-parameters (torch-free, so the CLI can show defaults without importing torch)."""
+"""Training hyper-parameters and layer sets (torch-free, so the CLI can show choices and
+defaults without importing torch)."""
 
 from __future__ import annotations
 
+import re
 from dataclasses import asdict, dataclass, fields
+
+_ATTENTION = r"\.attn[12]\.(to_q|to_k|to_v|to_out\.0)$"
+_FEED_FORWARD = r"\.ff\.net\.(0\.proj|2)$"
+# Which linear layers a library adapts, chosen at `seqlib init` and recorded by name in the store.
+# "attention" is the paper's set (and SD1.5's LoRA practice); "attention+ff" adds each transformer
+# block's feed-forward in/out projections, which carry most of a small UNet's per-token capacity;
+# "cross-kv" only the cross-attention keys and values (Custom Diffusion's choice): their inputs are
+# the prompt's text states, so a residual there acts mostly when its token is in the prompt.
+LAYER_SETS = {
+    "attention": re.compile(_ATTENTION),
+    "attention+ff": re.compile(f"{_ATTENTION}|{_FEED_FORWARD}"),
+    "cross-kv": re.compile(r"\.attn2\.(to_k|to_v)$"),
+}
+
+
+def default_layer_set(base_kind: str) -> str:
+    """The paper's set on a real base; the embedded base's attention (8×8 and 4×4 only) cannot
+    draw a concept's parts on its own, so there the feed-forward layers join it."""
+    return "attention+ff" if base_kind == "embedded" else "attention"
 
 
 @dataclass(frozen=True)

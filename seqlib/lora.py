@@ -3,24 +3,13 @@
 from __future__ import annotations
 
 import hashlib
-import re
 from collections.abc import Iterable
 
 import torch
 from torch import Tensor, nn
 
+from seqlib.config import LAYER_SETS
 from seqlib.subspace import delta_weight
-
-# Which linear layers a library adapts, chosen at `seqlib init` and recorded by name in the store.
-# "attention" is the paper's set (and SD1.5's LoRA practice); "attention+ff" adds each transformer
-# block's feed-forward in/out projections, which carry most of a small UNet's per-token capacity;
-# "cross-kv" only the cross-attention keys and values (Custom Diffusion's choice): their inputs are
-# the prompt's text states, so a residual there acts mostly when its token is in the prompt.
-LAYER_SETS = {
-    "attention": re.compile(r"\.attn[12]\.(to_q|to_k|to_v|to_out\.0)$"),
-    "attention+ff": re.compile(r"\.attn[12]\.(to_q|to_k|to_v|to_out\.0)$|\.ff\.net\.(0\.proj|2)$"),
-    "cross-kv": re.compile(r"\.attn2\.(to_k|to_v)$"),
-}
 
 
 def adapted_layers(unet: nn.Module, layer_set: str = "attention") -> list[tuple[str, nn.Linear]]:
