@@ -451,7 +451,7 @@ class Library:
                     raise SeqlibError(f"cannot resume {name!r}: {what}; run it again without --resume")
         result = train_concept(
             pipe,
-            [layer.name for layer in lib.layers],
+            lib.layer_names,
             earlier,
             tensor,
             token,
@@ -515,7 +515,7 @@ class Library:
         """Crosstalk between a freshly trained concept and each earlier one, both directions."""
         from seqlib.activations import crosstalk
 
-        names = [layer.name for layer in commit.library.layers]
+        names = commit.library.layer_names
         new = (result.A, result.B)
         new_summary = {n: (result.U[n], result.energies[n]) for n in names}
         onto_new, from_new = {}, {}
@@ -588,7 +588,7 @@ class Library:
             raise ConceptExistsError(f"concept {name!r} already exists; pick another name")
         lib, r = commit.library, rank or commit.library.rank
         path = Path(path)
-        fmt, deltas = from_lora_file(path, [layer.name for layer in lib.layers])
+        fmt, deltas = from_lora_file(path, lib.layer_names)
         earlier = self._earlier(commit)
         gen = torch.Generator().manual_seed(0)
         A, B, errors, num, den = {}, {}, {}, 0.0, 0.0

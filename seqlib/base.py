@@ -135,7 +135,7 @@ def load_base(library: LibraryConfig, embedded_dir: Path | None, device: str = "
     from seqlib.lora import fingerprint, named_layers
 
     try:
-        got = fingerprint(named_layers(pipe.unet, [layer.name for layer in library.layers]))
+        got = fingerprint(named_layers(pipe.unet, library.layer_names))
     except KeyError as e:
         raise BaseMismatchError(
             f"base {source} has no layer {e.args[0]}; it is not the base this library was built on"

@@ -71,6 +71,10 @@ class LibraryConfig(_Model):
     rank: int = Field(gt=0, description="Default rank r of a new concept.")
     layers: list[LayerRecord]
 
+    @property
+    def layer_names(self) -> list[str]:
+        return [layer.name for layer in self.layers]
+
 
 class ImageRecord(_Model):
     file: str = Field(description="File name as it was added (no directories).")
@@ -255,7 +259,7 @@ def layer_ranks(commit: Commit, rank: int, policy: str) -> tuple[list[int], list
     """Per-layer ranks for a new concept under a --when-full policy, and the layers that
     get less than ``rank`` (empty when every layer has room)."""
     free = free_dims(commit)
-    names = [layer.name for layer in commit.library.layers]
+    names = commit.library.layer_names
     short = [n for n in names if free[n] < rank]
     if not short:
         return [rank] * len(names), []

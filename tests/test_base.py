@@ -39,7 +39,7 @@ def test_a_local_diffusers_folder_is_a_base(diffusers_folder, tmp_path, photos):
 
 def test_the_adapted_layers_are_chosen_at_init_and_recorded(diffusers_folder, empty_store, tmp_path, photos):
     def names(lib: Library) -> list[str]:
-        return [layer.name for layer in lib.head().library.layers]
+        return lib.head().library.layer_names
 
     embedded = names(Library.open(empty_store))  # the embedded default: attention + feed-forward
     real = names(Library.init(tmp_path / "paper", base=str(diffusers_folder)))  # a real base: the paper's set

@@ -53,7 +53,7 @@ def test_pipeline_api_returns_a_diffusers_pipeline_with_the_weighted_sum_applied
     pipe = lib.pipeline({"mascot": 0.5, "emblem": 1.0})
     base = lib._load_base(head, "cpu", None)
     (A1, B1, _), (A2, B2, _) = (lib.factors(head.concept(n), head) for n in ("mascot", "emblem"))
-    names = [layer.name for layer in head.library.layers]
+    names = head.library.layer_names
     patched, original = dict(named_layers(pipe.unet, names)), dict(named_layers(base.unet, names))
     for name in patched:
         expected = original[name].weight + 0.5 * A1[name] @ B1[name].T + A2[name] @ B2[name].T

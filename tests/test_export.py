@@ -26,7 +26,7 @@ def test_diffusers_loads_the_export_to_exactly_the_composed_weights(seqlora_stor
     written = lib.export(SELECTION, file, fmt)
     assert {p.name for p in written} >= {file.name, f"all-{fmt}.json", "mascot.safetensors"}
 
-    names = [layer.name for layer in lib.head().library.layers]
+    names = lib.head().library.layer_names
     composed = dict(named_layers(lib.pipeline(SELECTION).unet, names))
     pipe = lib._load_base(lib.head(), "cpu", None)
     pipe.load_lora_weights(str(file))  # kohya keys go through diffusers' own conversion
@@ -85,7 +85,7 @@ def test_import_projects_onto_the_free_space_and_refuses_what_does_not_fit(store
 
     g = torch.Generator().manual_seed(0)
     foreign = {}
-    names = [layer.name for layer in lib.head().library.layers]
+    names = lib.head().library.layer_names
     for name, module in named_layers(lib._load_base(lib.head(), "cpu", None).unet, names):
         foreign[f"unet.{name}.lora_A.weight"] = torch.randn(4, module.in_features, generator=g)
         foreign[f"unet.{name}.lora_B.weight"] = torch.randn(module.out_features, 4, generator=g)

@@ -33,7 +33,7 @@ def test_recorded_crosstalk_matches_a_direct_measurement_on_real_inputs(seqlora_
     """The stored top-k summary predicts what hooks on the concept's real layer inputs measure."""
     lib = Library.open(seqlora_store)
     head = lib.head()
-    names = [layer.name for layer in head.library.layers]
+    names = head.library.layer_names
     factors = [lib.factors(c, head) for c in head.concepts]
     target = head.concepts[1]  # emblem, trained on top of mascot
     cfg = TrainConfig(

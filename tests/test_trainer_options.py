@@ -285,7 +285,7 @@ def test_context_base_learns_on_w0_and_keeps_only_the_bases_orthogonal(seqlora_s
     louder = [Earlier({k: 3 * a for k, a in e.A.items()}, e.B, e.orthogonal) for e in earlier]  # same basis
     pipe = lib._load_base(head, "cpu", None)
     images = load_images(find_images(photos / "robot"), 64)
-    names = [layer.name for layer in head.library.layers]
+    names = head.library.layer_names
 
     def learn(context: str, prior: list[Earlier]):
         cfg = TrainConfig(context=context, steps=2, K=1, S_B=1, S_A=1)
