@@ -3,10 +3,12 @@
 Learns ``examples/{mascot,emblem,robot}`` (or ``--names``) into a fresh library with the default
 settings, overridden by ``--set key=value`` (any TrainConfig field), then renders
 "a photo of <c>" (seeds 0-3, sampled as in ``stream.py``: 20 DDIM steps, guidance 5) with only <c> active and with every
-concept active, and "a photo of <a> on the left and <b> on the right" with the first two.
+concept active, "a photo of <a> on the left and <b> on the right" with the first two (``--layout sum``),
+and the same two as a row ("a photo of <a> | a photo of <b>", ``--layout row``).
 Prints identity (cosine to the mean embedding of the concept's photos, ``seqlib.identity``)
-and the share of pair images where the composition check finds both; writes the image grid
-(rows in that order) to ``--out``/grid.png.
+and the share of pair images where the composition check finds both (sum: in the two halves;
+row: each tile's best match is its own concept); writes the image grid (rows in that order,
+the row images last) to ``--out``/grid.png.
 
     python benchmarks/examples.py --out build/examples                       # ~5 min on 2 cores
     python benchmarks/examples.py --out build/examples-sgd --set optimizer=sgd alpha=3 beta=3 lr_embed=3 steps=30
@@ -53,10 +55,12 @@ def main() -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
 
-    from stream import generate, to_uint8  # the stream benchmark's sampling settings
+    from stream import GUIDANCE, generate, to_uint8  # the stream benchmark's sampling settings
 
     from seqlib.api import Library
+    from seqlib.compose import row_columns
     from seqlib.config import TrainConfig, default_layer_set
+    from seqlib.data import pil_to_tensor
     from seqlib.identity import found, identity_scores, load_encoder, reference, to_tensor
 
     names = args.names.split(",")
@@ -84,12 +88,23 @@ def main() -> None:
             images = render(selection, f"a photo of <{name}>")
             rows.append(images)
             result[f"{name} {tag}"] = round(float(identity_scores(encoder, images, refs)[:, i].mean()), 3)
+    wide = []
     if len(names) > 1:
         images = render(names[:2], f"a photo of <{names[0]}> on the left and <{names[1]}> on the right")
         rows.append(images)
         result["pair found"] = float(found(encoder, images, refs, (0, 1)).float().mean())
+        prompts = f"a photo of <{names[0]}> | a photo of <{names[1]}>"
+        paths = lib.compose(names[:2], prompts, out=args.out / "row", num_images=4, guidance=GUIDANCE, layout="row")
+        wide = [pil_to_tensor(Image.open(p).convert("RGB")) for p in paths]
+        tiles = [torch.stack([im[..., cols] for im in wide]) for cols in row_columns(wide[0].shape[-2], 2)]
+        own = [identity_scores(encoder, t, refs).argmax(-1) == i for i, t in enumerate(tiles)]
+        result["row found"] = float((own[0] & own[1]).float().mean())
     print(json.dumps(result, indent=1))
     grid = torch.cat([torch.cat(list(r), 2) for r in rows], 1)
+    if wide:  # two row images per grid row, padded to the grid's width
+        pairs = [torch.cat(wide[i : i + 2], 2) for i in range(0, len(wide), 2)]
+        pairs = [torch.nn.functional.pad(p, (0, grid.shape[-1] - p.shape[-1]), value=1.0) for p in pairs]
+        grid = torch.cat([grid, *pairs], 1)
     Image.fromarray(to_uint8(grid).permute(1, 2, 0).numpy()).save(args.out / "grid.png")
     (args.out / "result.json").write_text(json.dumps(result, indent=1) + "\n")
 

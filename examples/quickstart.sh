@@ -19,6 +19,10 @@ seqlib status
 for concept in mascot emblem robot; do
     seqlib compose "$concept" --prompt "a photo of <$concept>" --seed 0 -n 4 --grid --out "out/$concept"
 done
+# Summed into one image from one prompt (the method's composition): this tiny base cannot lay out two
+# concepts from a prompt. As a row, each concept gets its own tile, residual and prompt.
 seqlib compose mascot,robot --prompt "a photo of <mascot> on the left and <robot> on the right" \
     --seed 0 -n 4 --grid --out out/mascot+robot
+seqlib compose mascot,robot --layout row --prompt "a photo of <mascot> | a photo of <robot>" \
+    --seed 0 -n 4 --grid --out out/mascot+robot-row
 seqlib log

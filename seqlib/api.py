@@ -727,6 +727,22 @@ class Library:
         add_tokens(pipe, {c.token: f[2] for (c, _), (f, _) in zip(chosen, loaded)})
         return pipe
 
+    def _row(self, weights: dict[str, float], prompts: list[str], commit: Commit, device: str, base: str | None):
+        """The bare base with every selected token registered, and one Tile per concept."""
+        from seqlib.compose import Tile
+        from seqlib.train import add_tokens
+
+        pipe = self._load_base(commit, device, base)
+        tiles, tokens = [], {}
+        for (name, w), tile_prompt in zip(weights.items(), prompts):
+            concept = self.concept(name, commit)
+            A, B, tokens[concept.token] = self.factors(concept, commit)
+            at = pipe.unet.device
+            A = {n: (w * a).to(at) for n, a in A.items()}
+            tiles.append(Tile(tile_prompt, A, {n: b.to(at) for n, b in B.items()}))
+        add_tokens(pipe, tokens)
+        return pipe, tiles
+
     def compose(
         self,
         selection,
@@ -743,22 +759,33 @@ class Library:
         warn: Callable[[str], None] | None = None,
         scheduler: str | None = None,
         grid: bool = False,
+        layout: str = "sum",
     ) -> list[Path]:
         """Render the selected concepts together; returns the PNG paths written.
 
-        Every PNG carries its generation parameters in text chunks (``seqlib`` as JSON, and
-        ``parameters`` in the AUTOMATIC1111 style). ``grid`` adds a contact sheet.
-        ``warn`` receives a message for each selected pair whose recorded crosstalk is high.
+        ``layout="sum"``: one image from one prompt with every residual summed into the weights.
+        ``layout="row"``: a row of square tiles, one per concept in selection order, tile i
+        denoised with only concept i's residual and the i-th of the ``" | "``-separated prompts
+        (``seqlib.compose``). Every PNG carries its generation parameters in text chunks
+        (``seqlib`` as JSON, and ``parameters`` in the AUTOMATIC1111 style). ``grid`` adds a
+        contact sheet. ``warn`` receives a message for each selected pair whose recorded
+        crosstalk is high (sum only: a row never adds two residuals).
         """
         import torch
         from PIL.PngImagePlugin import PngInfo
+
+        from seqlib.compose import sample_row
 
         weights = parse_selection(selection)
         commit = self.head()
         for name in weights:
             self.concept(name, commit)
-        _check_prompt(prompt, weights, commit)
-        if warn is not None:
+        if layout not in ("sum", "row"):
+            raise SeqlibError(f"unknown layout {layout!r}; use sum or row")
+        tile_prompts = _row_prompts(prompt, weights, commit) if layout == "row" else None
+        if tile_prompts is None:
+            _check_prompt(prompt, weights, commit)
+        if warn is not None and layout == "sum":
             loose = [n for n in weights if not commit.concept(n).orthogonal]
             if loose and len(weights) > 1:
                 warn(
@@ -771,7 +798,10 @@ class Library:
                         f"<{a}> interferes with <{b}> (crosstalk {x:.2f} > {CROSSTALK_WARN}): "
                         f"<{b}> may not look like itself in this composition"
                     )
-        pipe = self.pipeline(weights, device, base)
+        if tile_prompts is None:
+            pipe = self.pipeline(weights, device, base)
+        else:
+            pipe, tiles = self._row(weights, tile_prompts, commit, device, base)
         if scheduler is not None:
             pipe.scheduler = make_scheduler(scheduler, pipe.scheduler.config)
         size = size or commit.library.base.resolution
@@ -781,17 +811,22 @@ class Library:
         paths, images = [], []
         for k in range(num_images):
             generator = torch.Generator(device="cpu").manual_seed(seed + k)
-            image = pipe(
-                prompt,
-                negative_prompt=negative_prompt,
-                num_inference_steps=steps,
-                guidance_scale=guidance,
-                height=size,
-                width=size,
-                generator=generator,
-            ).images[0]
+            if tile_prompts is None:
+                image = pipe(
+                    prompt,
+                    negative_prompt=negative_prompt,
+                    num_inference_steps=steps,
+                    guidance_scale=guidance,
+                    height=size,
+                    width=size,
+                    generator=generator,
+                ).images[0]
+            else:
+                layers = commit.library.layer_names
+                image = sample_row(pipe, layers, tiles, size, steps, guidance, generator, negative_prompt)
             params = {
                 "prompt": prompt,
+                "layout": layout,
                 "negative_prompt": negative_prompt,
                 "seed": seed + k,
                 "steps": steps,
@@ -884,6 +919,25 @@ def _prepare_for_training(pipe, config: TrainConfig, warn: Callable[[str], None]
             f"training a {params / 1e6:.0f}M-parameter UNet on the CPU: about {seconds / 3600:.1f} h "
             "(use --device cuda on a GPU machine)"
         )
+
+
+def _row_prompts(prompt: str, weights: dict[str, float], commit: Commit) -> list[str]:
+    """One prompt per tile, each mentioning its own concept and no other."""
+    prompts = [p.strip() for p in prompt.split("|")]
+    if len(prompts) != len(weights):
+        example = " | ".join(f"a photo of {token_for(n)}" for n in weights)
+        raise SeqlibError(
+            f"--layout row needs one prompt per concept, separated by '|': {len(weights)} concepts, "
+            f'{len(prompts)} prompt{"s" if len(prompts) != 1 else ""} (e.g. "{example}")'
+        )
+    for i, (name, tile_prompt) in enumerate(zip(weights, prompts), 1):
+        mentioned = set(re.findall(r"<([^<>\s]+)>", tile_prompt)) & {c.name for c in commit.concepts}
+        if mentioned != {name}:
+            raise SeqlibError(
+                f"tile {i} is {token_for(name)}'s: its prompt must mention {token_for(name)} and no other concept "
+                f"(it has {tile_prompt!r})"
+            )
+    return prompts
 
 
 def _check_prompt(prompt: str, weights: dict[str, float], commit: Commit) -> None:

@@ -361,11 +361,33 @@ def add_command(
     help="Sampler (default: the base's own).",
 )
 @click.option("--grid", is_flag=True, help="Also write a contact sheet of all images.")
+@click.option(
+    "--layout",
+    type=click.Choice(["sum", "row"]),
+    default="sum",
+    show_default=True,
+    help="sum: one image, one prompt, all residuals summed. row: one square tile per concept, left to right; "
+    "give one prompt per tile, separated by '|'.",
+)
 @click.option("--device", default="auto", show_default=True, help="auto (CUDA, else MPS, else CPU), cuda, mps or cpu.")
 @_at_option
 @click.pass_context
 def compose_command(
-    ctx, concepts, prompt, negative_prompt, seed, num_images, steps, guidance, size, out, scheduler, grid, device, at
+    ctx,
+    concepts,
+    prompt,
+    negative_prompt,
+    seed,
+    num_images,
+    steps,
+    guidance,
+    size,
+    out,
+    scheduler,
+    grid,
+    layout,
+    device,
+    at,
 ) -> None:
     """Render CONCEPTS (comma-separated, optional weights: mydog=0.8,cat) in one image.
 
@@ -373,9 +395,14 @@ def compose_command(
     tokens are registered; a fixed --seed gives identical images. Each PNG records its
     prompt, seed, concepts with weights, library version and base in its text chunks.
 
+    --layout row is for bases that cannot place several concepts from one prompt (the
+    embedded one): the image becomes a row of overlapping square tiles, tile i denoised
+    with only concept i's residual and the i-th prompt, sharing one background.
+
     \b
-    Example:
+    Examples:
       seqlib compose mydog,cat --prompt "a photo of <mydog> and <cat> on a beach" --seed 0 --out out/
+      seqlib compose mascot,robot --layout row --prompt "a photo of <mascot> | a photo of <robot>"
     """
     lib = _library(ctx, at)
     with console.status("rendering…"):
@@ -393,6 +420,7 @@ def compose_command(
             warn=_warn,
             scheduler=scheduler,
             grid=grid,
+            layout=layout,
         )
     for p in paths:
         console.print(f"wrote {p}")

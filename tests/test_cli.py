@@ -94,6 +94,8 @@ def test_compose_is_deterministic_for_a_seed(seqlora_store, tmp_path, capsys):
         (["compose", ",", "-p", "a photo"], "no concepts selected"),
         (["compose", "mascot", "-p", "a photo of a dog"], "mentions none of the selected"),
         (["compose", "mascot", "-p", "<mascot> and <robot>"], "does not include it"),
+        (["compose", "mascot,robot", "--layout", "row", "-p", "<mascot> and <robot>"], "one prompt per concept"),
+        (["compose", "mascot,robot", "--layout", "row", "-p", "<robot> | <mascot>"], "tile 1 is <mascot>'s"),
         (["add", "mascot", "."], "already exists"),
         (["add", "Bad Name", "."], "must start with a lower-case letter"),
         (["add", "newone", "/nonexistent/photos"], "does not exist"),

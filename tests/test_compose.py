@@ -9,6 +9,7 @@ import torch
 from PIL import Image
 
 from seqlib.api import Library
+from seqlib.compose import row_columns
 from seqlib.lora import named_layers
 
 
@@ -60,3 +61,26 @@ def test_pipeline_api_returns_a_diffusers_pipeline_with_the_weighted_sum_applied
         torch.testing.assert_close(patched[name].weight, expected, atol=1e-6, rtol=0)
     assert type(pipe).__name__ == "StableDiffusionPipeline"
     assert pipe.tokenizer.convert_tokens_to_ids("<emblem>") != pipe.tokenizer.unk_token_id
+
+
+def test_a_one_tile_row_is_the_ordinary_compose(seqlora_store, tmp_path):
+    lib = Library.open(seqlora_store)
+    args = dict(seed=3, steps=4, negative_prompt="blurry")
+    plain = lib.compose({"mascot": 0.7}, "a photo of <mascot>", out=tmp_path / "sum", **args)[0]
+    row = lib.compose({"mascot": 0.7}, "a photo of <mascot>", out=tmp_path / "row", layout="row", **args)[0]
+    other = lib.compose(["emblem"], "a photo of <emblem>", out=tmp_path / "other", layout="row", **args)[0]
+    plain, row, other = (np.asarray(Image.open(p), dtype=int) for p in (plain, row, other))
+    # same latents, same scheduler calls; the residual added live instead of patched: float rounding only
+    assert np.abs(plain - row).max() <= 1
+    assert np.abs(row - other).mean() > 1
+
+
+def test_a_row_is_one_overlapping_square_tile_per_concept(seqlora_store, tmp_path):
+    assert row_columns(16, 3) == [slice(0, 16), slice(12, 28), slice(24, 40)]
+    lib = Library.open(seqlora_store)
+    prompts = "a photo of <mascot> | a photo of <robot> | a photo of <emblem>"
+    path = lib.compose("mascot,robot,emblem", prompts, out=tmp_path, steps=2, layout="row")[0]
+    image = Image.open(path)
+    assert image.size == (64 + 2 * 48, 64)  # 64-px tiles, a quarter overlapping
+    meta = json.loads(image.text["seqlib"])
+    assert meta["layout"] == "row" and meta["prompt"] == prompts
