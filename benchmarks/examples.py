@@ -21,27 +21,12 @@ import argparse
 import json
 import shutil
 import time
-from dataclasses import fields
 from pathlib import Path
 
 import torch
 from PIL import Image
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
-
-
-def parse_settings(pairs: list[str]) -> dict:
-    from seqlib.config import TrainConfig
-
-    types = {f.name: f.type for f in fields(TrainConfig)}
-    out = {}
-    for pair in pairs:
-        key, _, value = pair.partition("=")
-        if key not in types:
-            raise SystemExit(f"unknown setting {key!r}")
-        convert = {"int": int, "float": float, "bool": lambda v: v.lower() in ("1", "true")}
-        out[key] = convert.get(types[key], str)(value)
-    return out
 
 
 def main() -> None:
@@ -55,6 +40,7 @@ def main() -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
 
+    from _report import parse_settings
     from stream import GUIDANCE, generate, to_uint8  # the stream benchmark's sampling settings
 
     from seqlib.api import Library

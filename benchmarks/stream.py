@@ -12,7 +12,9 @@ whole library as it stands (every learned concept active — the continually upd
   (prompts name a background colour; the share of images whose border has it), composition
   success (pairs prompted left/right; both concepts found, one per half), time per concept.
 
-Images: "a photo of <c> on a {grey,white,black,blue} background", seeds 0-3, 20 DDIM steps.
+Images: "a photo of <c> on a {grey,white,black,blue} background", seeds 0-3, 20 DDIM steps; the last
+column of the table scores "a photo of <c>" (seeds 0-3) too, since a background clause pulls the
+embedded base's tiny text encoder back to its world shapes.
 Calibration rows: the reference photos themselves (held-out poses: the metric's ceiling) and
 the base without concepts (its floor).
 
@@ -73,15 +75,19 @@ def to_float(images: torch.Tensor) -> torch.Tensor:
 
 
 def render(lib, visible: list[str], names: list[str]) -> dict[str, torch.Tensor]:
-    """Each of ``names`` on the four backgrounds, with every ``visible`` concept active."""
+    """Each of ``names`` on the four backgrounds (key ``after``) and plainly, "a photo of <c>"
+    (key ``plain``), seeds 0-3, with every ``visible`` concept active."""
     pipe = lib.pipeline({n: 1.0 for n in visible})
     out = {}
+    seeds = list(range(len(BACKGROUNDS)))
     for start in range(0, len(names), 8):
         chunk = names[start : start + 8]
         prompts = [f"a photo of <{n}> on a {b} background" for n in chunk for b in BACKGROUNDS]
-        images = generate(pipe, prompts, list(range(len(BACKGROUNDS))) * len(chunk))
+        images = generate(pipe, prompts, seeds * len(chunk))
+        plain = generate(pipe, [f"a photo of <{n}>" for n in chunk for _ in seeds], seeds * len(chunk))
         for k, n in enumerate(chunk):
-            out[n] = to_uint8(images[k * len(BACKGROUNDS) : (k + 1) * len(BACKGROUNDS)])
+            out[f"after/{n}"] = to_uint8(images[k * len(seeds) : (k + 1) * len(seeds)])
+            out[f"plain/{n}"] = to_uint8(plain[k * len(seeds) : (k + 1) * len(seeds)])
     return out
 
 
@@ -95,7 +101,9 @@ def render_pairs(lib, visible: list[str]) -> dict[str, torch.Tensor]:
     return out
 
 
-def run_method(method: str, concepts: dict, photos: Path, work: Path, out: Path, every: int) -> None:
+def run_method(
+    method: str, concepts: dict, photos: Path, work: Path, out: Path, every: int, settings: dict | None = None
+) -> None:
     """Learn the stream; keep every evaluation image (scored later, so the metric can change)."""
     from safetensors.torch import save_file
 
@@ -108,19 +116,22 @@ def run_method(method: str, concepts: dict, photos: Path, work: Path, out: Path,
     for t, name in enumerate(names, 1):
         start = time.perf_counter()
         # the 64-wide layers hold 16 rank-4 concepts; later ones leave those layers out
-        lib.add(name, photos / name, config=TrainConfig(method=method, seed=t), when_full="skip")
+        config = TrainConfig(**{**(settings or {}), "method": method, "seed": t})
+        lib.add(name, photos / name, config=config, when_full="skip")
         seconds[name] = time.perf_counter() - start
         visible = names[:t]
         due = t % every == 0 or t in SIZES
-        for n, im in render(lib, visible, visible if due else [name]).items():
-            images[f"after{t}/{n}"] = im
+        for key, im in render(lib, visible, visible if due else [name]).items():
+            kind, n = key.split("/")
+            images[f"{kind}{t}/{n}"] = im
         if t in SIZES:
             for pair, im in render_pairs(lib, visible).items():
                 images[f"pairs{t}/{pair}"] = im
         print(f"{method} {t}/{len(names)} {name}: {seconds[name]:.0f} s", flush=True)
     sheet(lib, names[:8], concepts, out / f"samples-{method}.png")
     save_file(images, out / f"{method}.safetensors")
-    (out / f"{method}.json").write_text(json.dumps({"method": method, "seconds": seconds}, indent=1) + "\n")
+    record = {"method": method, "settings": settings or {}, "seconds": seconds}
+    (out / f"{method}.json").write_text(json.dumps(record, indent=1) + "\n")
 
 
 def score(method: str, out: Path, refs: dict, encoder) -> dict:
@@ -136,14 +147,17 @@ def score(method: str, out: Path, refs: dict, encoder) -> dict:
     per: dict[int, dict] = {}
     for key, im in images.items():
         kind, name = key.split("/")
-        t = int(kind.removeprefix("after").removeprefix("pairs"))
+        t = int(kind.removeprefix("after").removeprefix("pairs").removeprefix("plain"))
         x = to_float(im)
-        if kind.startswith("after"):
+        if kind.startswith("plain"):  # absent in runs saved before plain prompts were added
+            plain = float(identity_scores(encoder, x, refs[name][None]).mean())
+            per.setdefault(t, {}).setdefault(name, {})["plain"] = plain
+        elif kind.startswith("after"):
             hits = background_hits(x, list(BACKGROUNDS))
-            per.setdefault(t, {})[name] = {
-                "identity": float(identity_scores(encoder, x, refs[name][None]).mean()),
-                "alignment": sum(hits) / len(hits),
-            }
+            per.setdefault(t, {}).setdefault(name, {}).update(
+                identity=float(identity_scores(encoder, x, refs[name][None]).mean()),
+                alignment=sum(hits) / len(hits),
+            )
         else:
             a, b = name.split("+")
             visible = names[:t]
@@ -200,8 +214,9 @@ def mean_sem(values: list[float]) -> str:
 
 def report(results: dict, calib: dict, out: Path) -> str:
     lines = [
-        "| concepts | method | identity (mean ± SEM) | forgetting | text alignment | composition | s / concept |",
-        "|---|---|---|---|---|---|---|",
+        "| concepts | method | identity (mean ± SEM) | forgetting | text alignment | composition | s / concept "
+        "| identity, plain prompt |",
+        "|---|---|---|---|---|---|---|---|",
     ]
     for size in SIZES:
         for method, r in results.items():
@@ -214,9 +229,10 @@ def report(results: dict, calib: dict, out: Path) -> str:
             alignment = statistics.mean(at[n]["alignment"] for n in names)
             composed = statistics.mean(r["composition"][size])
             seconds = statistics.mean(r["seconds"][n] for n in names)
+            plain = [at[n]["plain"] for n in names if "plain" in at[n]]
             lines.append(
                 f"| {size} | {method} | {mean_sem(identity)} | {mean_sem(forgetting)} | {alignment:.2f} "
-                f"| {composed:.2f} | {seconds:.0f} |"
+                f"| {composed:.2f} | {seconds:.0f} | {mean_sem(plain) if plain else 'n/a'} |"
             )
     lines += [
         "",
@@ -253,10 +269,13 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default).")
     parser.add_argument("--work", type=Path, default=Path("build/stream"), help="Libraries are kept here.")
     parser.add_argument("--report-only", action="store_true", help="Score and tabulate the saved images.")
+    parser.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="TrainConfig overrides, all methods.")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+    from _report import parse_settings
 
     from seqlib.concepts import held_out, photo, write_photos
     from seqlib.embedded import SHIPPED_BASE
@@ -271,7 +290,7 @@ def main() -> None:
             if (args.out / f"{method}.json").exists():
                 print(f"{method}: kept the saved run (delete {method}.json to rerun)")
                 continue
-            run_method(method, concepts, photos, args.work, args.out, args.every)
+            run_method(method, concepts, photos, args.work, args.out, args.every, parse_settings(args.set))
     encoder = load_encoder()
     refs = {n: reference(encoder, to_tensor([photo(c, i) for i in range(PHOTOS)])) for n, c in concepts.items()}
     results = {m: score(m, args.out, refs, encoder) for m in METHODS if (args.out / f"{m}.json").exists()}
