@@ -733,11 +733,11 @@ class Library:
         from seqlib.train import add_tokens
 
         pipe = self._load_base(commit, device, base)
+        at = pipe.unet.device
         tiles, tokens = [], {}
         for (name, w), tile_prompt in zip(weights.items(), prompts):
             concept = self.concept(name, commit)
             A, B, tokens[concept.token] = self.factors(concept, commit)
-            at = pipe.unet.device
             A = {n: (w * a).to(at) for n, a in A.items()}
             tiles.append(Tile(tile_prompt, A, {n: b.to(at) for n, b in B.items()}))
         add_tokens(pipe, tokens)
