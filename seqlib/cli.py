@@ -352,7 +352,7 @@ def add_command(
 @click.option("--num-images", "-n", type=click.IntRange(1), default=1, show_default=True)
 @click.option("--steps", type=click.IntRange(1), default=20, show_default=True, help="Sampling steps.")
 @click.option("--guidance", type=float, default=7.5, show_default=True, help="Classifier-free guidance scale.")
-@click.option("--size", type=click.IntRange(8), default=None, help="Image side in pixels (default: the base's).")
+@click.option("--size", type=click.IntRange(8), default=None, help="Image (row: tile) side, px (default: the base's).")
 @click.option("--out", "-o", default="out", show_default=True, type=click.Path(file_okay=False))
 @click.option(
     "--scheduler",
