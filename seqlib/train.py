@@ -404,7 +404,7 @@ def _bilevel_iteration(
 
     ``draw()`` gives a fresh batch for the tentative step, each B-step and each A-step: the
     quantities of one step (g_B, g_A and H[g_A]) share its batch, steps do not. Reusing one
-    batch for all 2 + S_B + S_A gradients fits that batch's noise: on the embedded base a
+    batch for all 1 + S_B + S_A steps fits that batch's noise: on the embedded base a
     fresh batch per step learns the example concepts visibly better at the same cost.
     """
     alpha, beta = cfg.alpha, cfg.beta
