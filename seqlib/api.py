@@ -716,32 +716,20 @@ class Library:
         Composition is a plain sum: W = W0 + Σ w_i A_i B_iᵀ, patched into the weights.
         """
         from seqlib.lora import WeightPatch, summed_deltas
-        from seqlib.train import add_tokens
 
-        weights = parse_selection(selection)
-        commit = self.head()
-        chosen = [(self.concept(n, commit), w) for n, w in weights.items()]
-        pipe = self._load_base(commit, device, base)
-        loaded = [(self.factors(c, commit), w) for c, w in chosen]
-        WeightPatch(pipe.unet).apply(summed_deltas([(A, B, w) for (A, B, _), w in loaded]))
-        add_tokens(pipe, {c.token: f[2] for (c, _), (f, _) in zip(chosen, loaded)})
+        pipe, factors = self._with_tokens(parse_selection(selection), self.head(), device, base)
+        WeightPatch(pipe.unet).apply(summed_deltas(factors))
         return pipe
 
-    def _row(self, weights: dict[str, float], prompts: list[str], commit: Commit, device: str, base: str | None):
-        """The bare base with every selected token registered, and one Tile per concept."""
-        from seqlib.compose import Tile
+    def _with_tokens(self, weights: dict[str, float], commit: Commit, device: str, base: str | None):
+        """The bare base with the selected concepts' tokens registered, and their (A, B, weight)."""
         from seqlib.train import add_tokens
 
+        chosen = [(self.concept(n, commit), w) for n, w in weights.items()]
         pipe = self._load_base(commit, device, base)
-        at = pipe.unet.device
-        tiles, tokens = [], {}
-        for (name, w), tile_prompt in zip(weights.items(), prompts):
-            concept = self.concept(name, commit)
-            A, B, tokens[concept.token] = self.factors(concept, commit)
-            A = {n: (w * a).to(at) for n, a in A.items()}
-            tiles.append(Tile(tile_prompt, A, {n: b.to(at) for n, b in B.items()}))
-        add_tokens(pipe, tokens)
-        return pipe, tiles
+        loaded = [(c, self.factors(c, commit), w) for c, w in chosen]
+        add_tokens(pipe, {c.token: embedding for c, (_, _, embedding), _ in loaded})
+        return pipe, [(A, B, w) for _, (A, B, _), w in loaded]
 
     def compose(
         self,
@@ -774,7 +762,7 @@ class Library:
         import torch
         from PIL.PngImagePlugin import PngInfo
 
-        from seqlib.compose import sample_row
+        from seqlib.compose import Tile, sample_row
 
         weights = parse_selection(selection)
         commit = self.head()
@@ -798,21 +786,12 @@ class Library:
                         f"<{a}> interferes with <{b}> (crosstalk {x:.2f} > {CROSSTALK_WARN}): "
                         f"<{b}> may not look like itself in this composition"
                     )
+        size = size or commit.library.base.resolution
         if tile_prompts is None:
             pipe = self.pipeline(weights, device, base)
-        else:
-            pipe, tiles = self._row(weights, tile_prompts, commit, device, base)
-        if scheduler is not None:
-            pipe.scheduler = make_scheduler(scheduler, pipe.scheduler.config)
-        size = size or commit.library.base.resolution
-        out = Path(out)
-        out.mkdir(parents=True, exist_ok=True)
-        version, commit_id = self.version()
-        paths, images = [], []
-        for k in range(num_images):
-            generator = torch.Generator(device="cpu").manual_seed(seed + k)
-            if tile_prompts is None:
-                image = pipe(
+
+            def render(generator):
+                return pipe(
                     prompt,
                     negative_prompt=negative_prompt,
                     num_inference_steps=steps,
@@ -821,9 +800,25 @@ class Library:
                     width=size,
                     generator=generator,
                 ).images[0]
-            else:
-                layers = commit.library.layer_names
-                image = sample_row(pipe, layers, tiles, size, steps, guidance, generator, negative_prompt)
+        else:
+            pipe, factors = self._with_tokens(weights, commit, device, base)
+            at = pipe.unet.device
+            tiles = [
+                Tile(tile_prompt, {n: ((w * A[n]).to(at), B[n].to(at)) for n in A})
+                for tile_prompt, (A, B, w) in zip(tile_prompts, factors)
+            ]
+
+            def render(generator):
+                return sample_row(pipe, tiles, size, steps, guidance, generator, negative_prompt)
+
+        if scheduler is not None:
+            pipe.scheduler = make_scheduler(scheduler, pipe.scheduler.config)
+        out = Path(out)
+        out.mkdir(parents=True, exist_ok=True)
+        version, commit_id = self.version()
+        paths, images = [], []
+        for k in range(num_images):
+            image = render(torch.Generator(device="cpu").manual_seed(seed + k))
             params = {
                 "prompt": prompt,
                 "layout": layout,
@@ -921,6 +916,11 @@ def _prepare_for_training(pipe, config: TrainConfig, warn: Callable[[str], None]
         )
 
 
+def _mentioned(prompt: str) -> set[str]:
+    """Concept names a prompt mentions by token (``<name>``)."""
+    return set(re.findall(r"<([^<>\s]+)>", prompt))
+
+
 def _row_prompts(prompt: str, weights: dict[str, float], commit: Commit) -> list[str]:
     """One prompt per tile, each mentioning its own concept and no other."""
     prompts = [p.strip() for p in prompt.split("|")]
@@ -931,7 +931,7 @@ def _row_prompts(prompt: str, weights: dict[str, float], commit: Commit) -> list
             f'{len(prompts)} prompt{"s" if len(prompts) != 1 else ""} (e.g. "{example}")'
         )
     for i, (name, tile_prompt) in enumerate(zip(weights, prompts), 1):
-        mentioned = set(re.findall(r"<([^<>\s]+)>", tile_prompt)) & {c.name for c in commit.concepts}
+        mentioned = _mentioned(tile_prompt) & {c.name for c in commit.concepts}
         if mentioned != {name}:
             raise SeqlibError(
                 f"tile {i} is {token_for(name)}'s: its prompt must mention {token_for(name)} and no other concept "
@@ -941,7 +941,7 @@ def _row_prompts(prompt: str, weights: dict[str, float], commit: Commit) -> list
 
 
 def _check_prompt(prompt: str, weights: dict[str, float], commit: Commit) -> None:
-    mentioned = set(re.findall(r"<([^<>\s]+)>", prompt))
+    mentioned = _mentioned(prompt)
     selected = set(weights)
     if not mentioned & selected:
         tokens = " ".join(token_for(n) for n in weights)

@@ -26,8 +26,7 @@ class Tile:
     """One square of the row: a prompt, and the residual factors active while it is denoised."""
 
     prompt: str
-    A: dict[str, Tensor]  # already scaled by the concept's weight
-    B: dict[str, Tensor]
+    factors: dict[str, tuple[Tensor, Tensor]]  # layer name -> (A scaled by the concept's weight, B)
 
 
 def row_columns(tile: int, n: int) -> list[slice]:
@@ -40,7 +39,6 @@ def row_columns(tile: int, n: int) -> list[slice]:
 @torch.no_grad()
 def sample_row(
     pipe,
-    layer_names: list[str],
     tiles: list[Tile],
     size: int,
     steps: int,
@@ -67,13 +65,13 @@ def sample_row(
     latents = pipe.prepare_latents(1, unet.config.in_channels, size, width, states[0].dtype, device, generator)
     extra = pipe.prepare_extra_step_kwargs(generator, 0.0)
 
-    live = LiveResiduals(named_layers(unet, layer_names))
+    live = LiveResiduals(named_layers(unet, sorted(set().union(*(tile.factors for tile in tiles)))))
     with live, pipe.progress_bar(total=len(scheduler.timesteps)) as bar:
         for t in scheduler.timesteps:
             noise = torch.zeros_like(latents)
             count = torch.zeros_like(latents)
             for tile, cols, state in zip(tiles, columns, states):
-                live.factors = {n: (tile.A[n], tile.B[n]) for n in tile.A}
+                live.factors = tile.factors
                 x = latents[..., cols]
                 x = torch.cat([x, x]) if guided else x
                 x = scheduler.scale_model_input(x, t)

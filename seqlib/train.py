@@ -284,12 +284,13 @@ def train_concept(
                     initial = _check_finite(objective(As, Bs, encode(emb), eval_batch), "start", cfg)
                 losses = []
 
+            def next_batch() -> tuple[Tensor, Tensor, Tensor]:
+                return draw(batches, cfg.batch_size)
+
             with objective.live:
                 for step in range(len(losses), cfg.steps):
                     for _ in range(cfg.K):
-                        As, Bs, emb, loss = _bilevel_iteration(
-                            objective, encode, As, Bs, Qs, emb, lambda: draw(batches, cfg.batch_size), cfg, opt
-                        )
+                        As, Bs, emb, loss = _bilevel_iteration(objective, encode, As, Bs, Qs, emb, next_batch, cfg, opt)
                     losses.append(_check_finite(loss, f"round {step + 1}", cfg))
                     if progress:
                         progress(step + 1, cfg.steps, losses[-1])
