@@ -11,6 +11,7 @@ training and sampling import torch and diffusers when they run.
 from __future__ import annotations
 
 import json
+import math
 import re
 import tempfile
 from collections.abc import Callable
@@ -24,8 +25,11 @@ from seqlib.errors import (
     CapacityError,
     ConceptExistsError,
     ConceptNotFoundError,
+    EnvironmentProblem,
     InvalidNameError,
     SeqlibError,
+    StoreDamagedError,
+    UsageError,
 )
 from seqlib.format import (
     Commit,
@@ -134,11 +138,14 @@ def parse_selection(spec: str | list[str] | dict[str, float]) -> dict[str, float
             continue
         name, _, weight = item.partition("=")
         try:
-            out[name.strip()] = float(weight) if weight else 1.0
+            value = float(weight) if weight else 1.0
         except ValueError:
-            raise SeqlibError(f"weight of {name!r} must be a number, not {weight!r}") from None
+            raise UsageError(f"weight of {name!r} must be a number, not {weight!r}") from None
+        if not math.isfinite(value):
+            raise UsageError(f"weight of {name!r} must be a finite number, not {weight!r}")
+        out[name.strip()] = value
     if not out:
-        raise SeqlibError("no concepts selected; name one or more, e.g. `mydog,cat`")
+        raise UsageError("no concepts selected; name one or more, e.g. `mydog,cat`")
     return out
 
 
@@ -163,6 +170,9 @@ class Library:
             return p
         if (p / STORE_DIRNAME / "store.json").is_file():
             return p / STORE_DIRNAME
+        for folder in (p, p / STORE_DIRNAME):
+            if (folder / "refs").is_dir() and (folder / "objects").is_dir():  # a store that lost store.json
+                raise StoreDamagedError(f"{folder}/store.json", "missing")
         return find_store(p) if p.is_dir() else p
 
     @classmethod
@@ -191,25 +201,25 @@ class Library:
 
         root = (str(path) if is_url(path) else Path(path)) if path is not None else Path.cwd() / STORE_DIRNAME
         if rank < 1:
-            raise SeqlibError("--rank must be at least 1")
+            raise UsageError("--rank must be at least 1")
         kind, source = bases.classify(base, base_config)
-        layers = layers or default_layer_set(kind)
+        layers = layers or default_layer_set(kind, source)
         if layers not in LAYER_SETS:
-            raise SeqlibError(f"--layers must be one of {', '.join(LAYER_SETS)}, not {layers!r}")
+            raise UsageError(f"--layers must be one of {', '.join(LAYER_SETS)}, not {layers!r}")
         config_dir = str(Path(base_config).resolve()) if base_config else None
         with Store.create(root) as staging:
             if kind == "embedded":
                 if staging.is_local:
-                    bases.write_embedded(Path(staging.root))
+                    bases.write_embedded(Path(staging.root), source)
                 else:
                     with tempfile.TemporaryDirectory() as tmp:
-                        bases.write_embedded(Path(tmp))
+                        bases.write_embedded(Path(tmp), source)
                         staging.upload_base(Path(tmp) / "base")
             pipe = bases.load_pipeline(kind, source, config_dir, staging.local_base_dir(), device)
             record, records = bases.describe(pipe, kind, source, config_dir, layers)
             narrowest = min(records, key=lambda layer: layer.in_features)
             if capacity(narrowest.in_features, rank) < 1:
-                raise SeqlibError(f"--rank {rank} exceeds the width {narrowest.in_features} of {narrowest.name}")
+                raise UsageError(f"--rank {rank} exceeds the width {narrowest.in_features} of {narrowest.name}")
             commit = Commit(
                 parent=None,
                 message=f"init: {kind} base {source}, rank {rank}, {layers} layers",
@@ -238,7 +248,7 @@ class Library:
         pinned = self._pinned()
         if pinned:
             version = self.store.resolve(pinned)[0]
-            raise SeqlibError(
+            raise UsageError(
                 f"version {version} is checked out read-only; `seqlib checkout main` to change the library"
             )
         return self.store.head_seq(), self.store.head_id(), self.store.head()
@@ -321,9 +331,8 @@ class Library:
             try:
                 arrays = self.store.read_payload(concept.payload)
             except Exception as e:  # missing or unreadable files: zarr raises many kinds
-                raise SeqlibError(
-                    f"payload of concept {concept.name!r} is unreadable ({e}); run `seqlib verify`"
-                ) from None
+                where = f"{self.store.root}/objects/payloads/{concept.payload}"
+                raise StoreDamagedError(where, f"payload of concept {concept.name!r} unreadable: {e}") from None
             for record in concept.arrays:
                 got = array_sha256(arrays[record.name]) if record.name in arrays else "missing"
                 if got != record.sha256:
@@ -383,9 +392,11 @@ class Library:
         add of the same name, images and settings on the same library version.
         """
         from seqlib import data, distributed, payload
+        from seqlib.base import pick_device
         from seqlib.train import TrainConfig, train_concept
 
         check_concept_name(name)
+        pick_device(device)  # an unknown or absent device fails before any work
         device = distributed.device_for(device)
         seq, parent_id, commit = self._writable()
         if commit.concept(name) is not None:
@@ -436,10 +447,15 @@ class Library:
 
         meta = {"parent": parent_id, "config": config.record(), "images": [i.sha256 for i in records], "ranks": ranks}
         state = None
+        if not resume and warn and checkpoint.exists(self.store, name):
+            warn(
+                f"an interrupted add of {name!r} was found; this run starts over and replaces it "
+                "(Ctrl-C now and add --resume to continue it instead)"
+            )
         if resume:
             saved = checkpoint.load(self.store, name)
             if saved is None:
-                raise SeqlibError(f"no interrupted add of {name!r} to resume; run it without --resume")
+                raise UsageError(f"no interrupted add of {name!r} to resume; run it without --resume")
             state, saved_meta = saved
             for key, what in (
                 ("parent", "the library changed since"),
@@ -448,7 +464,7 @@ class Library:
                 ("ranks", "the free capacity changed"),
             ):
                 if saved_meta[key] != meta[key]:
-                    raise SeqlibError(f"cannot resume {name!r}: {what}; run it again without --resume")
+                    raise UsageError(f"cannot resume {name!r}: {what}; run it again without --resume")
         result = train_concept(
             pipe,
             lib.layer_names,
@@ -466,7 +482,7 @@ class Library:
         arrays = payload.pack(lib.layers, result.A, result.B, result.embedding, result.U, result.energies)
         # every process must hold the same factors: the gradients were averaged before each step
         if not distributed.same_everywhere(payload.digest(arrays)):
-            raise SeqlibError("the training processes ended with different factors; nothing was committed")
+            raise EnvironmentProblem("the training processes ended with different factors; nothing was committed")
         crosstalk_from, crosstalk_onto = self._crosstalk_with_earlier(commit, result)
         if distributed.is_main():
             payload_id, array_records = self.store.write_payload(arrays, {"concept": name, "rank": r})
@@ -588,7 +604,7 @@ class Library:
             raise ConceptExistsError(f"concept {name!r} already exists; pick another name")
         lib, r = commit.library, rank or commit.library.rank
         path = Path(path)
-        fmt, deltas = from_lora_file(path, lib.layer_names)
+        fmt, deltas = from_lora_file(path, {x.name: (x.out_features, x.in_features) for x in lib.layers})
         earlier = self._earlier(commit)
         gen = torch.Generator().manual_seed(0)
         A, B, errors, num, den = {}, {}, {}, 0.0, 0.0
@@ -641,8 +657,8 @@ class Library:
             reserved=[0] * len(lib.layers),
             crosstalk_from={},
             crosstalk_onto={},
-            initial_loss=float("nan"),
-            final_loss=float("nan"),
+            initial_loss=None,  # imported: never trained here (not NaN, which JSON cannot hold)
+            final_loss=None,
             train_seconds=0.0,
             created=now_iso(),
         )
@@ -769,7 +785,7 @@ class Library:
         for name in weights:
             self.concept(name, commit)
         if layout not in ("sum", "row"):
-            raise SeqlibError(f"unknown layout {layout!r}; use sum or row")
+            raise UsageError(f"unknown layout {layout!r}; use sum or row")
         tile_prompts = _row_prompts(prompt, weights, commit) if layout == "row" else None
         if tile_prompts is None:
             _check_prompt(prompt, weights, commit)
@@ -787,6 +803,13 @@ class Library:
                         f"<{b}> may not look like itself in this composition"
                     )
         size = size or commit.library.base.resolution
+        if size % 8:  # diffusers' pipelines need it; every SD VAE's factor divides 8
+            raise UsageError(f"--size {size}: must be a multiple of 8, e.g. {max(8, size // 8 * 8)}")
+        if not math.isfinite(guidance):
+            raise UsageError(f"--guidance must be a finite number, not {guidance}")
+        from seqlib.base import pick_device
+
+        pick_device(device)
         if tile_prompts is None:
             pipe = self.pipeline(weights, device, base)
 
@@ -860,7 +883,7 @@ def make_scheduler(name: str, config):
     import diffusers
 
     if name not in SCHEDULERS:
-        raise SeqlibError(f"unknown scheduler {name!r}; choose from {', '.join(SCHEDULERS)}")
+        raise UsageError(f"unknown scheduler {name!r}; choose from {', '.join(SCHEDULERS)}")
     return getattr(diffusers, SCHEDULERS[name]).from_config(config)
 
 
@@ -899,7 +922,7 @@ def _prepare_for_training(pipe, config: TrainConfig, warn: Callable[[str], None]
     device = pipe.unet.device.type
     if config.precision != "fp32":
         if config.precision == "fp16" and device == "cpu":
-            raise SeqlibError("--precision fp16 needs a GPU; on a CPU use bf16 or fp32")
+            raise UsageError("--precision fp16 needs a GPU; on a CPU use bf16 or fp32")
         dtype = torch.float16 if config.precision == "fp16" else torch.bfloat16
         for module in (pipe.unet, pipe.vae, pipe.text_encoder):
             module.to(dtype)  # the frozen base only: LoRA factors and their updates stay fp32
@@ -926,14 +949,14 @@ def _row_prompts(prompt: str, weights: dict[str, float], commit: Commit) -> list
     prompts = [p.strip() for p in prompt.split("|")]
     if len(prompts) != len(weights):
         example = " | ".join(f"a photo of {token_for(n)}" for n in weights)
-        raise SeqlibError(
+        raise UsageError(
             f"--layout row needs one prompt per concept, separated by '|': {len(weights)} concepts, "
             f'{len(prompts)} prompt{"s" if len(prompts) != 1 else ""} (e.g. "{example}")'
         )
     for i, (name, tile_prompt) in enumerate(zip(weights, prompts), 1):
         mentioned = _mentioned(tile_prompt) & {c.name for c in commit.concepts}
         if mentioned != {name}:
-            raise SeqlibError(
+            raise UsageError(
                 f"tile {i} is {token_for(name)}'s: its prompt must mention {token_for(name)} and no other concept "
                 f"(it has {tile_prompt!r})"
             )
@@ -945,11 +968,11 @@ def _check_prompt(prompt: str, weights: dict[str, float], commit: Commit) -> Non
     selected = set(weights)
     if not mentioned & selected:
         tokens = " ".join(token_for(n) for n in weights)
-        raise SeqlibError(f"the prompt mentions none of the selected concepts; use their tokens: {tokens}")
+        raise UsageError(f"the prompt mentions none of the selected concepts; use their tokens: {tokens}")
     known = {c.name for c in commit.concepts}
     unselected = sorted((mentioned & known) - selected)
     if unselected:
-        raise SeqlibError(
+        raise UsageError(
             f"the prompt mentions {', '.join(token_for(n) for n in unselected)} but the selection "
             f"does not include {'it' if len(unselected) == 1 else 'them'}; add to the selection"
         )

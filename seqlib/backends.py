@@ -13,7 +13,11 @@ import os
 import shutil
 import uuid
 from abc import ABC, abstractmethod
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
+
+from seqlib.errors import EnvironmentProblem
 
 
 def _fsync_dir(path: Path) -> None:
@@ -144,39 +148,59 @@ class ObjectBackend(Backend):
 
     def __init__(self, url: str) -> None:
         self.url = url.rstrip("/")
-        self._store = self._open("")
+        with self._reaching():
+            self._store = self._open("")
 
     def _open(self, prefix: str):
+        from datetime import timedelta
+
         from obstore.store import from_url
 
         url = f"{self.url}/{prefix}".rstrip("/") if prefix else self.url
-        kwargs = {}
+        kwargs: dict = {
+            # fail within about a minute when the endpoint cannot be reached (obstore: 3 minutes)
+            "retry_config": {"max_retries": 3, "retry_timeout": timedelta(seconds=60)},
+        }
         if os.environ.get("AWS_ALLOW_HTTP", "").lower() in ("1", "true"):
             kwargs["client_options"] = {"allow_http": True}
         return from_url(url, **kwargs)
 
-    def read(self, key: str) -> bytes:
-        import obstore
-        from obstore.exceptions import NotFoundError
+    @contextmanager
+    def _reaching(self, key: str = "") -> Iterator[None]:
+        """obstore's errors (network, credentials, configuration) as one-line environment errors."""
+        from obstore.exceptions import BaseError, NotFoundError
 
         try:
-            return bytes(obstore.get(self._store, key).bytes())
-        except (NotFoundError, FileNotFoundError):
+            yield
+        except NotFoundError:
             raise FileNotFoundError(f"{self.url}/{key}") from None
+        except BaseError as e:
+            first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            raise EnvironmentProblem(
+                f"object store {self.url}: {first} (check the network, AWS_ENDPOINT_URL and the credentials)"
+            ) from None
+
+    def read(self, key: str) -> bytes:
+        import obstore
+
+        with self._reaching(key):
+            return bytes(obstore.get(self._store, key).bytes())
 
     def write(self, key: str, data: bytes) -> None:
         import obstore
 
-        obstore.put(self._store, key, data)  # an S3 PUT is atomic: old or new object, never half
+        with self._reaching(key):
+            obstore.put(self._store, key, data)  # an S3 PUT is atomic: old or new object, never half
 
     def create(self, key: str, data: bytes) -> bool:
         import obstore
         from obstore.exceptions import AlreadyExistsError, PreconditionError
 
-        try:
-            obstore.put(self._store, key, data, mode="create")  # If-None-Match: *
-        except (AlreadyExistsError, PreconditionError):
-            return False
+        with self._reaching(key):
+            try:
+                obstore.put(self._store, key, data, mode="create")  # If-None-Match: *
+            except (AlreadyExistsError, PreconditionError):
+                return False
         return True
 
     def list(self, prefix: str) -> dict[str, float]:
@@ -191,13 +215,15 @@ class ObjectBackend(Backend):
     def _keys(self, prefix: str) -> list[dict]:
         import obstore
 
-        return [o for batch in obstore.list(self._store, prefix.rstrip("/") + "/") for o in batch]
+        with self._reaching(prefix):
+            return [o for batch in obstore.list(self._store, prefix.rstrip("/") + "/") for o in batch]
 
     def delete(self, key: str) -> None:
         import obstore
 
         paths = [o["path"] for o in self._keys(key)] or [key]
-        obstore.delete(self._store, paths)
+        with self._reaching(key):
+            obstore.delete(self._store, paths)
 
     def zarr_store(self, prefix: str, read_only: bool):
         from zarr.storage import ObjectStore

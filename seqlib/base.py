@@ -7,11 +7,12 @@ trained against exactly those weights, so loading anything else is refused.
 from __future__ import annotations
 
 import os
+import re
 import warnings
 from pathlib import Path
 
-from seqlib.embedded import EMBEDDED_BASE_ID, RESOLUTION, SHIPPED_BASE
-from seqlib.errors import BaseLoadError, BaseMismatchError
+from seqlib.embedded import EMBEDDED_BASE_ID, EMBEDDED_BASES, RESOLUTION
+from seqlib.errors import BaseLoadError, BaseMismatchError, DeviceError, UsageError
 from seqlib.format import BaseRecord, LayerRecord, LibraryConfig
 
 EMBEDDED_DIRNAME = "base"
@@ -35,20 +36,31 @@ def pick_device(name: str) -> str:
     """``auto``: CUDA, else Apple's MPS, else the CPU; a named device must exist."""
     import torch
 
+    if not re.fullmatch(r"auto|cpu|mps|cuda(:\d+)?", name):
+        raise UsageError(f"--device {name}: use auto, cpu, cuda, cuda:N or mps")
     cuda, mps = torch.cuda.is_available(), torch.backends.mps.is_available()
     if name == "auto":
         return "cuda" if cuda else "mps" if mps else "cpu"
     if name.startswith("cuda") and not cuda:
-        raise BaseLoadError("--device cuda: no CUDA GPU is visible (install a CUDA build of torch; see README)")
+        raise DeviceError(f"--device {name}: no CUDA GPU is visible (install a CUDA build of torch; see README)")
+    if name.startswith("cuda:") and int(name[5:]) >= torch.cuda.device_count():
+        raise DeviceError(f"--device {name}: only {torch.cuda.device_count()} CUDA devices are visible")
     if name == "mps" and not mps:
-        raise BaseLoadError("--device mps: Apple's Metal backend is not available here")
+        raise DeviceError("--device mps: Apple's Metal backend is not available here")
     return name
 
 
 def classify(spec: str | None, config: str | None) -> tuple[str, str]:
     """(kind, source) for what the user passed to ``--base``."""
-    if spec is None:
+    if spec is None or spec == "embedded":
         return "embedded", EMBEDDED_BASE_ID
+    if spec.startswith("embedded:"):
+        name = spec.removeprefix("embedded:")
+        if name not in EMBEDDED_BASES:
+            raise BaseLoadError(
+                f"--base {spec}: the embedded bases are {', '.join(f'embedded:{n}' for n in EMBEDDED_BASES)}"
+            )
+        return "embedded", EMBEDDED_BASES[name][0]
     path = Path(spec).expanduser()
     if path.is_dir():
         if not (path / "model_index.json").is_file():
@@ -114,15 +126,21 @@ def describe(
     return record, [LayerRecord(name=n, in_features=m.in_features, out_features=m.out_features) for n, m in layers]
 
 
-def write_embedded(folder: Path) -> None:
-    """Copy the pretrained embedded base that ships in the package into ``folder/base``."""
+def write_embedded(folder: Path, source: str = EMBEDDED_BASE_ID) -> None:
+    """Copy the pretrained embedded base ``source`` (a base id) that ships in the package into
+    ``folder/base``."""
     import shutil
 
-    if not (SHIPPED_BASE / "model_index.json").is_file():
-        raise BaseLoadError(f"the embedded base is missing from this installation ({SHIPPED_BASE}); reinstall seqlib")
-    shutil.copytree(
-        SHIPPED_BASE, folder / EMBEDDED_DIRNAME, ignore=shutil.ignore_patterns("recipe.json", "*.png", "*.txt")
-    )
+    name, shipped = next((n, path) for n, (base_id, path) in EMBEDDED_BASES.items() if base_id == source)
+    if not (shipped / "model_index.json").is_file():
+        hint = "reinstall seqlib"
+        if name == "lab":
+            hint = (
+                "its weights do not ship yet: pretrain them with `python scripts/pretrain_world.py --preset lab "
+                "--out build/lab-base` and pass `--base build/lab-base/pipeline`"
+            )
+        raise BaseLoadError(f"the embedded base embedded:{name} is missing from this installation ({shipped}); {hint}")
+    shutil.copytree(shipped, folder / EMBEDDED_DIRNAME, ignore=shutil.ignore_patterns("recipe.json", "*.png", "*.txt"))
 
 
 def load_base(library: LibraryConfig, embedded_dir: Path | None, device: str = "cpu", override: str | None = None):

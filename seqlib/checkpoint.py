@@ -13,6 +13,7 @@ from pathlib import Path
 import torch
 
 from seqlib.backends import atomic_write
+from seqlib.errors import StoreDamagedError
 from seqlib.format import sha256_hex
 from seqlib.store import Store
 
@@ -44,9 +45,21 @@ def load(store: Store, name: str) -> tuple[dict, dict] | None:
     base = folder(store)
     if not (base / f"{name}.json").is_file() or not (base / f"{name}.safetensors").is_file():
         return None
-    info = json.loads((base / f"{name}.json").read_text())
-    tensors = load_file(str(base / f"{name}.safetensors"))
-    state = {
+    try:
+        info = json.loads((base / f"{name}.json").read_text())
+        tensors = load_file(str(base / f"{name}.safetensors"))
+        state = _state(info, tensors)
+    except Exception as e:  # json, safetensors and key errors alike: the checkpoint is unusable
+        raise StoreDamagedError(
+            str(base / f"{name}.*"),
+            f"checkpoint of the unfinished add of {name!r} unreadable: {e}",
+            "run the add again without --resume to start over",
+        ) from None
+    return state, info["meta"]
+
+
+def _state(info: dict, tensors: dict) -> dict:
+    return {
         "As": [tensors[f"A.{i}"] for i in range(info["layers"])],
         "Bs": [tensors[f"B.{i}"] for i in range(info["layers"])],
         "embedding": tensors["embedding"],
@@ -55,7 +68,6 @@ def load(store: Store, name: str) -> tuple[dict, dict] | None:
         "initial": info["initial"],
         "losses": info["losses"],
     }
-    return state, info["meta"]
 
 
 def clear(store: Store, name: str) -> None:

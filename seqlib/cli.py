@@ -6,15 +6,17 @@ Nothing here imports torch at module level: ``seqlib status`` and ``seqlib log``
 from __future__ import annotations
 
 import json
+import math
 import os
 import sys
+import traceback
 from pathlib import Path
 
 import click
 from rich.console import Console
 from rich.table import Table
 
-from seqlib import __version__
+from seqlib import __version__, errors
 from seqlib.config import LAYER_SETS, default
 from seqlib.errors import SeqlibError
 
@@ -37,24 +39,38 @@ def _warn(message: str) -> None:
 
 
 class UserError(click.ClickException):
-    """A SeqlibError as click shows it: ``Error: <one line>``, exit 1, no traceback."""
+    """An argument problem found after parsing: ``Error: <one line>``, exit 2 (usage)."""
+
+    exit_code = errors.USAGE
+
+
+class Finite(click.FloatRange):
+    """A float that is finite (no nan or inf) and inside the optional bounds."""
+
+    name = "finite number"
+
+    def convert(self, value, param, ctx):
+        number = click.FLOAT.convert(value, param, ctx)
+        if not math.isfinite(number):
+            self.fail(f"{value!r} is not a finite number", param, ctx)
+        return super().convert(number, param, ctx)
+
+
+POSITIVE = Finite(min=0, min_open=True)
+NON_NEGATIVE = Finite(min=0)
+# torch seeds are 64-bit; image k uses seed + k, so leave room above.
+SEED = click.IntRange(0, 2**63 - 1)
+DEVICE_HELP = "auto (CUDA, else MPS, else CPU), cpu, cuda, cuda:N or mps."
 
 
 def _library(ctx: click.Context, at: str | None = None):
     from seqlib.api import Library
 
-    try:
-        return Library.open(ctx.obj.get("store"), at=at)
-    except SeqlibError as e:
-        raise UserError(str(e)) from None
+    return Library.open(ctx.obj.get("store"), at=at)
 
 
 class _Group(click.Group):
-    def invoke(self, ctx: click.Context):
-        try:
-            return super().invoke(ctx)
-        except SeqlibError as e:
-            raise UserError(str(e)) from None
+    pass
 
 
 @click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
@@ -66,9 +82,14 @@ class _Group(click.Group):
     help="The library: a folder (default: ./.seqlib, or the nearest one in a parent folder, like git) "
     "or an object-store URL such as s3://bucket/prefix. Also $SEQLIB_STORE.",
 )
+@click.option(
+    "--debug",
+    is_flag=True,
+    help="Print the full traceback of any error (also $SEQLIB_DEBUG=1). Errors otherwise print one line.",
+)
 @click.version_option(__version__, prog_name="seqlib")
 @click.pass_context
-def cli(ctx: click.Context, store: str | None) -> None:
+def cli(ctx: click.Context, store: str | None, debug: bool) -> None:
     """A package manager for personal concepts in text-to-image diffusion.
 
     Each concept (your dog, your mug, a style) is a LoRA whose basis is kept exactly
@@ -77,13 +98,17 @@ def cli(ctx: click.Context, store: str | None) -> None:
     floor(m/r) rank-r concepts; `seqlib status` shows what is left.
 
     \b
-    Quick start (embedded tiny base, CPU, no downloads):
+    Quick start (embedded tiny base, CPU, no downloads; what README's images show):
       seqlib init
-      seqlib add mascot examples/mascot
-      seqlib add emblem examples/emblem
-      seqlib compose mascot,emblem --prompt "a photo of <mascot> and <emblem>" --seed 0 --out out/
+      seqlib add mascot examples/mascot --context base
+      seqlib add robot examples/robot --context base
+      seqlib compose mascot --prompt "a photo of <mascot>" -n 4 --grid --out out/mascot
+      seqlib compose mascot,robot --layout row --prompt "a photo of <mascot> | a photo of <robot>" --out out/pair
       seqlib status
       seqlib log
+
+    Errors print one line and exit 2 (a bad argument), 3 (unusable data or a damaged store) or
+    4 (the machine: permissions, network, device); --debug shows the traceback.
     """
     ctx.ensure_object(dict)["store"] = store
 
@@ -95,7 +120,8 @@ def cli(ctx: click.Context, store: str | None) -> None:
     default=None,
     metavar="PATH_OR_ID",
     help="A diffusers folder, a hub id (needs network or cache) or a .safetensors "
-    "checkpoint. Default: the embedded tiny SD-architecture base.",
+    "checkpoint. Default: embedded (the tiny SD-architecture base); embedded:lab is the wider lab base "
+    "with SD1.5's proportions.",
 )
 @click.option(
     "--base-config",
@@ -109,15 +135,21 @@ def cli(ctx: click.Context, store: str | None) -> None:
     type=click.Choice(list(LAYER_SETS)),
     default=None,
     help="Linear layers each concept adapts: the attention projections (the paper's set; default on a "
-    "real base), those plus each transformer block's feed-forward (default on the embedded base), or only "
+    "real base and embedded:lab), those plus each transformer block's feed-forward (default on the tiny "
+    "embedded base), or only "
     "the cross-attention keys and values (least bleed between concepts, least capacity to draw).",
 )
-@click.option("--device", default="auto", show_default=True, help="Device to load the base on (auto, cuda, mps, cpu).")
+@click.option("--device", default="auto", show_default=True, help="Device to load the base on: " + DEVICE_HELP)
 @click.pass_context
 def init_command(ctx: click.Context, location, base, base_config, rank, layers, device) -> None:
-    """Create a library at LOCATION (default: --store, or ./.seqlib) on a base model.
+    """Create a library in folder LOCATION (default: --store, or the current folder) on a base model.
 
-    LOCATION may be a folder or an object-store URL (s3://bucket/prefix; credentials and
+    Like `git init DIR`, the library is the folder LOCATION/.seqlib (LOCATION may exist, empty or
+    not), so `seqlib init mylib && cd mylib && seqlib status` works; a LOCATION that itself ends in
+    .seqlib is used as it is. Every command finds the nearest .seqlib in the current folder or its
+    parents, or takes --store (either folder).
+
+    LOCATION may also be an object-store URL (s3://bucket/prefix; credentials and
     endpoint from the AWS_* environment variables), shared by a team: concurrent adds are
     safe, the loser of a race gets a conflict.
 
@@ -128,14 +160,18 @@ def init_command(ctx: click.Context, location, base, base_config, rank, layers, 
 
     \b
     Examples:
-      seqlib init                                  # embedded default, offline
+      seqlib init                                  # ./.seqlib on the embedded default, offline
+      seqlib init mylib                            # mylib/.seqlib
+      seqlib init --base embedded:lab              # the wider lab base (SD1.5's proportions)
       seqlib init --base ./stable-diffusion-v1-5   # a local diffusers folder
       seqlib init --base v1-5.safetensors --base-config ./sd15-config
       seqlib init s3://team-bucket/concepts
     """
     from seqlib.api import Library
 
-    path = location or ctx.obj["store"] or Path.cwd() / ".seqlib"
+    path = location or ctx.obj["store"] or Path.cwd()
+    if "://" not in str(path) and Path(path).name != ".seqlib":
+        path = Path(path) / ".seqlib"
     with console.status("building the library (loading and fingerprinting the base)…"):
         lib = Library.init(path, base=base, base_config=base_config, rank=rank, device=device, layers=layers)
     s = lib.status()
@@ -185,19 +221,19 @@ _METHOD_HELP = (
     "when you render them together), or the bare base (best when you render concepts alone or in small subsets). "
     "Bases stay orthogonal either way.",
 )
-@_hyper("--alpha", "alpha", float, "α: step size of A, and of the inner step in the reduced gradient.")
-@_hyper("--beta", "beta", float, "β: step size of B.")
+@_hyper("--alpha", "alpha", POSITIVE, "α: step size of A, and of the inner step in the reduced gradient.")
+@_hyper("--beta", "beta", POSITIVE, "β: step size of B.")
 @_hyper("-K", "K", click.IntRange(1), "K: bilevel iterations per round (paper: 3).")
 @_hyper("--s-b", "S_B", click.IntRange(1), "S_B: local B iterations per bilevel iteration (paper: 2).")
 @_hyper("--s-a", "S_A", click.IntRange(1), "S_A: local A iterations per bilevel iteration (paper: 2).")
 @_hyper(
     "--eps",
     "eps",
-    float,
+    NON_NEGATIVE,
     "ε of the paper's regularised projector (recorded; seqlib projects with its exact ε→0 form I − QQᵀ).",
 )
-@_hyper("--lr-embed", "lr_embed", float, "Step size of the learned token embedding.")
-@_hyper("--max-grad-norm", "max_grad_norm", float, "sgd: clip each step's gradient norm (0: unclipped).")
+@_hyper("--lr-embed", "lr_embed", POSITIVE, "Step size of the learned token embedding.")
+@_hyper("--max-grad-norm", "max_grad_norm", NON_NEGATIVE, "sgd: clip each step's gradient norm (0: unclipped).")
 @_hyper(
     "--hvp",
     "hvp",
@@ -207,7 +243,7 @@ _METHOD_HELP = (
     "a UNet over 100M parameters, autograd otherwise.",
 )
 @_hyper("--batch-size", "batch_size", click.IntRange(1), "Images per round.")
-@_hyper("--seed", "seed", int, "Seed of the basis init, the batches and the noise.")
+@_hyper("--seed", "seed", SEED, "Seed of the basis init, the batches and the noise.")
 @_hyper("--prompt-template", "prompt_template", str, "Training prompt; {token} becomes <NAME>.")
 @_hyper(
     "--basis-init",
@@ -261,7 +297,7 @@ _METHOD_HELP = (
     help="Data-parallel processes (one per GPU; gloo on CPU). `accelerate launch -m seqlib add …` works too.",
 )
 @click.option("-m", "--message", default=None, help="Note recorded in the commit.")
-@click.option("--device", default="auto", show_default=True, help="auto (CUDA, else MPS, else CPU), cuda, mps or cpu.")
+@click.option("--device", default="auto", show_default=True, help=DEVICE_HELP)
 @click.pass_context
 def add_command(
     ctx, name, images, init_word, rank, method, when_full, resume, num_processes, message, device, **hyper
@@ -276,7 +312,7 @@ def add_command(
     \b
     Examples:
       seqlib add mydog ./photos/dog --init-word dog
-      seqlib add style ./paintings --steps 60 --alpha 20 --beta 20
+      seqlib add style ./paintings --steps 90 --alpha 2e-3 --beta 2e-3
     """
     from rich.progress import (
         BarColumn,
@@ -302,41 +338,55 @@ def add_command(
         TextColumn(f"learning <{name}>"),
         BarColumn(),
         MofNCompleteColumn(),
-        TextColumn("loss {task.fields[loss]}"),
+        TextColumn("train loss {task.fields[loss]}"),
         TimeElapsedColumn(),
         TextColumn("eta"),
         TimeRemainingColumn(),
     )
+    # The bar appears with the first finished round: before it, the base loads and the images are
+    # checked, and an error there should print its one line without an empty bar above it.
+    bar = Progress(*columns, console=err_console, transient=False)
+    waiting = err_console.status("loading the base and checking the images…")  # transient: leaves no line
+    task = None
+
+    def progress(step: int, total: int, loss: float) -> None:
+        nonlocal task
+        if task is None:
+            waiting.stop()
+            bar.start()
+            task = bar.add_task("train", total=total, loss="…")
+        bar.update(task, completed=step, loss=f"{loss:.4f}")
+
     try:
-        with Progress(*columns, console=err_console, transient=False) as bar:
-            task = bar.add_task("train", total=config.steps, loss="…")
-
-            def progress(step: int, total: int, loss: float) -> None:
-                bar.update(task, completed=step, loss=f"{loss:.4f}")
-
-            concept = lib.add(
-                name,
-                images,
-                config=config,
-                rank=rank,
-                message=message,
-                progress=progress,
-                device=device,
-                warn=_warn,
-                when_full=when_full,
-                resume=resume,
-            )
+        waiting.start()
+        concept = lib.add(
+            name,
+            images,
+            config=config,
+            rank=rank,
+            message=message,
+            progress=progress,
+            device=device,
+            warn=_warn,
+            when_full=when_full,
+            resume=resume,
+        )
     except KeyboardInterrupt:
         from seqlib import checkpoint
 
+        bar.stop()
         err_console.print("interrupted: nothing was committed, the library is unchanged")
         if checkpoint.exists(lib.store, name):
             err_console.print("to continue where it stopped, run the same command with --resume")
-        ctx.exit(130)
-    gain = 100 * (1 - concept.final_loss / concept.initial_loss)
+        ctx.exit(errors.INTERRUPTED)
+    finally:
+        waiting.stop()
+        bar.stop()
+    change = 100 * (1 - concept.final_loss / concept.initial_loss)
+    verdict = f"{change:.1f}% lower" if change >= 0 else f"{-change:.1f}% higher"
     console.print(
         f"Added [bold]{concept.token}[/] ({len(concept.images)} images, rank {concept.rank}, {method}): "
-        f"loss {concept.initial_loss:.4f} → {concept.final_loss:.4f} ({gain:+.1f}% better) "
+        f"evaluation loss {concept.initial_loss:.4f} → {concept.final_loss:.4f} ({verdict}) "
         f"in {concept.train_seconds:.0f}s"
     )
     world = int(os.environ.get("WORLD_SIZE", "1"))
@@ -348,11 +398,16 @@ def add_command(
 @click.argument("concepts")
 @click.option("--prompt", "-p", required=True, help='Mention the concepts by token, e.g. "a photo of <mydog>".')
 @click.option("--negative-prompt", default=None)
-@click.option("--seed", type=int, default=0, show_default=True, help="Image k uses seed + k.")
-@click.option("--num-images", "-n", type=click.IntRange(1), default=1, show_default=True)
-@click.option("--steps", type=click.IntRange(1), default=20, show_default=True, help="Sampling steps.")
-@click.option("--guidance", type=float, default=7.5, show_default=True, help="Classifier-free guidance scale.")
-@click.option("--size", type=click.IntRange(8), default=None, help="Image (row: tile) side, px (default: the base's).")
+@click.option("--seed", type=SEED, default=0, show_default=True, help="Image k uses seed + k.")
+@click.option("--num-images", "-n", type=click.IntRange(1, 256), default=1, show_default=True)
+@click.option("--steps", type=click.IntRange(1, 1000), default=20, show_default=True, help="Sampling steps.")
+@click.option("--guidance", type=Finite(0, 100), default=7.5, show_default=True, help="Classifier-free guidance scale.")
+@click.option(
+    "--size",
+    type=click.IntRange(8, 4096),
+    default=None,
+    help="Image (row: tile) side, px (default: the base's); a multiple of the base's latent grid (64 px: 16).",
+)
 @click.option("--out", "-o", default="out", show_default=True, type=click.Path(file_okay=False))
 @click.option(
     "--scheduler",
@@ -369,7 +424,7 @@ def add_command(
     help="sum: one image, one prompt, all residuals summed. row: one square tile per concept, left to right; "
     "give one prompt per tile, separated by '|'.",
 )
-@click.option("--device", default="auto", show_default=True, help="auto (CUDA, else MPS, else CPU), cuda, mps or cpu.")
+@click.option("--device", default="auto", show_default=True, help=DEVICE_HELP)
 @_at_option
 @click.pass_context
 def compose_command(
@@ -601,14 +656,14 @@ def export_command(ctx, concepts: str, out: str, fmt: str, at: str | None) -> No
 @click.option("--init-word", default="thing", show_default=True, help="Word whose embedding <NAME> gets.")
 @click.option(
     "--max-error",
-    type=float,
+    type=NON_NEGATIVE,
     default=0.5,
     show_default=True,
     help="Refuse when the relative residual error of the refit exceeds this.",
 )
 @click.option("--force", is_flag=True, help="Import even above --max-error.")
 @click.option("--per-layer", is_flag=True, help="Print the relative error of every layer.")
-@click.option("--device", default="auto", show_default=True, help="auto (CUDA, else MPS, else CPU), cuda, mps or cpu.")
+@click.option("--device", default="auto", show_default=True, help=DEVICE_HELP)
 @click.pass_context
 def import_command(ctx, name, lora, rank, init_word, max_error, force, per_layer, device) -> None:
     """Adopt LORA (kohya or diffusers .safetensors) as concept NAME.
@@ -634,7 +689,7 @@ def import_command(ctx, name, lora, rank, init_word, max_error, force, per_layer
 @cli.command("gc", short_help="Delete data no version reaches.")
 @click.option(
     "--grace",
-    type=float,
+    type=NON_NEGATIVE,
     default=3600,
     show_default=True,
     help="Keep anything younger than this many seconds (an add may be writing it now).",
@@ -762,7 +817,7 @@ def verify_command(ctx, as_json: bool, skip_base: bool) -> None:
             err_console.print(f"[red]problem:[/] {problem}")
         console.print("[green]ok[/]" if report["ok"] else f"[red]{len(report['problems'])} problems[/]")
     if not report["ok"]:
-        ctx.exit(1)
+        ctx.exit(errors.DATA)
 
 
 _ARGV: list[str] = []
@@ -799,19 +854,48 @@ def _launch(n: int) -> int:
     return max(codes, key=abs)
 
 
+def _debugging(argv: list[str]) -> bool:
+    return os.environ.get("SEQLIB_DEBUG", "") not in ("", "0") or "--debug" in argv
+
+
+def _fail(message: str, code: int) -> int:
+    click.echo(f"Error: {message}", err=True)
+    return code
+
+
 def main(argv: list[str] | None = None) -> int:
+    """The one boundary: every error becomes one line and an exit code (``seqlib.errors``)."""
+    _ARGV[:] = list(argv if argv is not None else sys.argv[1:])
+    debug = _debugging(_ARGV)
     try:
         # Without standalone mode click *returns* the code of ctx.exit(code) instead of raising.
-        _ARGV[:] = list(argv if argv is not None else sys.argv[1:])
         code = cli.main(args=argv, prog_name="seqlib", standalone_mode=False)
-    except click.exceptions.Abort:
-        err_console.print("aborted")
-        return 130
+    except (click.exceptions.Abort, KeyboardInterrupt):
+        err_console.print("interrupted: nothing was committed")
+        return errors.INTERRUPTED
     except click.ClickException as e:
         e.show()
         return e.exit_code
     except click.exceptions.Exit as e:
         return e.exit_code
+    except SeqlibError as e:
+        if debug:
+            traceback.print_exc()
+        return _fail(str(e), e.exit_code)
+    except (OSError, MemoryError) as e:  # the machine: permissions, disk, network
+        if debug:
+            traceback.print_exc()
+        if isinstance(e, MemoryError):
+            return _fail("out of memory; try a smaller --batch-size, --size or -n", errors.ENVIRONMENT)
+        where = f": {e.filename}" if getattr(e, "filename", None) else ""
+        return _fail(f"{e.strerror or e}{where}", errors.ENVIRONMENT)
+    except Exception:
+        traceback.print_exc()
+        return _fail(
+            f"this is a bug in seqlib {__version__}, not something you did; please report it on the project's "
+            "issue tracker with the command and the traceback above",
+            errors.BUG,
+        )
     return code if isinstance(code, int) else 0
 
 

@@ -20,10 +20,14 @@ LAYER_SETS = {
 }
 
 
-def default_layer_set(base_kind: str) -> str:
-    """The paper's set on a real base; the embedded base's attention (8×8 and 4×4 only) cannot
-    draw a concept's parts on its own, so there the feed-forward layers join it."""
-    return "attention+ff" if base_kind == "embedded" else "attention"
+TINY_BASE_ID = "seqlib-world-tiny-sd-v3"  # seqlib.embedded.EMBEDDED_BASE_ID, without importing it
+
+
+def default_layer_set(base_kind: str, source: str = TINY_BASE_ID) -> str:
+    """The paper's set on a real base and on the lab base; the tiny embedded base's attention
+    (8×8 and 4×4 only) cannot draw a concept's parts on its own, so there the feed-forward
+    layers join it."""
+    return "attention+ff" if base_kind == "embedded" and source == TINY_BASE_ID else "attention"
 
 
 @dataclass(frozen=True)

@@ -9,6 +9,11 @@ from seqlib.errors import DataError
 from seqlib.format import ImageRecord
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".webp", ".bmp"}
+# Larger images are refused before they are decoded: a few-hundred-byte PNG can claim
+# 50,000 x 50,000 pixels (a decompression bomb). 100 MP covers any camera.
+MAX_PIXELS = 100_000_000
+# Decoded images are shrunk to this side at once, so an 8000 x 8000 photo costs its decode only.
+WORKING_SIDE = 1024
 
 
 def find_images(folder: Path, skipped: list[Path] | None = None) -> list[Path]:
@@ -44,16 +49,11 @@ def load_images(
     import random
 
     import torch
-    from PIL import Image, ImageOps, UnidentifiedImageError
+    from PIL import Image, ImageOps
 
     out = []
     for path in files:
-        try:
-            with Image.open(path) as im:
-                im.load()
-                im = _to_rgb(ImageOps.exif_transpose(im))
-        except (UnidentifiedImageError, OSError, ValueError) as e:
-            raise DataError(f"cannot read {path.name} as an image ({e}); remove or replace it") from None
+        im = open_image(path, max(WORKING_SIDE, 2 * resolution))
         rng = random.Random(f"{seed}-{path.name}")
         for _ in range(copies):
             view = im
@@ -66,6 +66,38 @@ def load_images(
                 view = ImageOps.mirror(view)
             out.append(pil_to_tensor(view))
     return torch.stack(out)
+
+
+def open_image(path: Path, side: int = WORKING_SIDE):
+    """An upright RGB PIL image no larger than ``side`` on its long edge; a clear DataError for
+    anything that is not a readable image of at most MAX_PIXELS pixels."""
+    import warnings
+
+    from PIL import Image, ImageOps, UnidentifiedImageError
+
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with Image.open(path) as im:
+                width, height = im.size
+                if width * height > MAX_PIXELS:
+                    raise DataError(
+                        f"{path.name} is {width} x {height} pixels ({width * height / 1e6:.0f} MP); seqlib reads "
+                        f"images of at most {MAX_PIXELS / 1e6:.0f} MP: downscale it or remove it"
+                    )
+                im.draft("RGB", (side, side))  # JPEG: decode at a reduced scale
+                im.load()
+                im = _to_rgb(ImageOps.exif_transpose(im))
+        if max(im.size) > side:
+            im.thumbnail((side, side), Image.Resampling.LANCZOS)
+        return im
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning):
+        raise DataError(
+            f"{path.name} claims too many pixels to decode safely; seqlib reads images of at most "
+            f"{MAX_PIXELS / 1e6:.0f} MP: downscale it or remove it"
+        ) from None
+    except (UnidentifiedImageError, OSError, ValueError, SyntaxError, EOFError) as e:
+        raise DataError(f"cannot read {path.name} as an image ({e}); remove or replace it") from None
 
 
 def pil_to_tensor(im):

@@ -13,12 +13,18 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from seqlib.config import TINY_BASE_ID
 from seqlib.world import VOCABULARY
 
-# Bumped whenever the architecture or seed changes: part of the base identity.
-EMBEDDED_BASE_ID = "seqlib-world-tiny-sd-v3"
+# Bumped whenever the architecture or seed changes: part of the base identity (the tiny one's
+# lives in the torch-free config, which derives the default layer set from it).
+EMBEDDED_BASE_ID = TINY_BASE_ID
+LAB_BASE_ID = "seqlib-world-lab-sd-v1"
 EMBEDDED_SEED = 0  # of the random initialisation pretraining starts from
 SHIPPED_BASE = Path(__file__).parent / "assets" / "base"
+SHIPPED_LAB_BASE = Path(__file__).parent / "assets" / "lab"
+# `seqlib init --base embedded[:tiny]` / `--base embedded:lab`: name -> (base id, shipped folder)
+EMBEDDED_BASES = {"tiny": (EMBEDDED_BASE_ID, SHIPPED_BASE), "lab": (LAB_BASE_ID, SHIPPED_LAB_BASE)}
 RESOLUTION = 64  # pixels
 # The VAE downsamples by 4 (SD1.5's by 8): at 64 px an 8x8 latent cannot hold a mascot's eyes
 # (measured: reconstructions of the example concepts lost them), a 16x16 one can.
@@ -32,7 +38,7 @@ _WORDS = (
     "city table room sky water mountain red green blue yellow black white small big "
     "cute old new wearing sitting standing next near front top portrait close up"
 ).split()
-_WORDS = list(dict.fromkeys([*_WORDS, *VOCABULARY]))  # the procedural world's words are whole tokens too
+_TINY_WORDS = list(dict.fromkeys([*_WORDS, *VOCABULARY]))  # the procedural world's words are whole tokens too
 
 
 def _bytes_to_unicode() -> dict[int, str]:
@@ -49,14 +55,20 @@ def _bytes_to_unicode() -> dict[int, str]:
     return dict(zip(bs, map(chr, cs)))
 
 
-def build_vocab() -> tuple[dict[str, int], list[str]]:
+def _lab_words() -> list[str]:
+    from seqlib.world_lab import VOCABULARY as LAB_VOCABULARY
+
+    return list(dict.fromkeys([*_TINY_WORDS, *LAB_VOCABULARY]))
+
+
+def build_vocab(words: list[str] | None = None) -> tuple[dict[str, int], list[str]]:
     """A CLIP BPE vocabulary: every byte (with and without the ``</w>`` word end),
-    plus merge chains that turn each of ``_WORDS`` into one token."""
+    plus merge chains that turn each of ``words`` (default: the tiny base's) into one token."""
     chars = list(_bytes_to_unicode().values())
     tokens = chars + [c + "</w>" for c in chars]
     merges: list[str] = []
     # Longest words first: BPE applies the lowest-ranked merge, so their chains win.
-    for word in sorted(_WORDS, key=len, reverse=True):
+    for word in sorted(words or _TINY_WORDS, key=len, reverse=True):
         symbols = list(word[:-1]) + [word[-1] + "</w>"]
         left = symbols[0]
         for right in symbols[1:]:
@@ -70,10 +82,10 @@ def build_vocab() -> tuple[dict[str, int], list[str]]:
     return {t: i for i, t in enumerate(tokens)}, merges
 
 
-def write_tokenizer(folder: Path) -> None:
+def write_tokenizer(folder: Path, words: list[str] | None = None) -> None:
     from transformers import CLIPTokenizer
 
-    vocab, merges = build_vocab()
+    vocab, merges = build_vocab(words)
     folder.mkdir(parents=True, exist_ok=True)
     (folder / "vocab.json").write_text(json.dumps(vocab, ensure_ascii=False))
     (folder / "merges.txt").write_text("#version: 0.2\n" + "\n".join(merges) + "\n")
@@ -142,6 +154,62 @@ def build_embedded_pipeline(folder: Path) -> None:
         set_alpha_to_one=False,
         steps_offset=1,
     )
+    pipe = StableDiffusionPipeline(
+        vae=vae,
+        text_encoder=text_encoder,
+        tokenizer=tokenizer,
+        unet=unet,
+        scheduler=scheduler,
+        safety_checker=None,
+        feature_extractor=None,
+        requires_safety_checker=False,
+    )
+    pipe.save_pretrained(folder, safe_serialization=True)
+
+
+def build_lab_pipeline(folder: Path) -> None:
+    """Write the untrained lab architecture (``embedded:lab``) as a diffusers pipeline folder.
+
+    SD1.5's proportions where the method's claim depends on them: every adapted attention layer
+    is at least 256 wide (64 concepts at r=4; SD1.5's narrowest: 320, 80 concepts), self- and
+    cross-attention run at the finest latent resolution (16x16, as SD1.5's at 64x64), a 4-layer
+    256-wide text encoder feeds the cross-attention keys and values, and the lowest resolution
+    has no attention (as SD1.5's 8x8). The VAE is the tiny base's, already trained (same latents:
+    16x16x4 for 64 px), so pretraining starts at the UNet stage.
+    """
+    import torch
+    from diffusers import AutoencoderKL, DDIMScheduler, StableDiffusionPipeline, UNet2DConditionModel
+    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
+
+    folder = Path(folder)
+    write_tokenizer(folder / "tokenizer", _lab_words())
+    tokenizer = CLIPTokenizer.from_pretrained(folder / "tokenizer")
+    torch.manual_seed(EMBEDDED_SEED)
+    unet = UNet2DConditionModel(
+        sample_size=RESOLUTION // VAE_FACTOR,
+        block_out_channels=(256, 256),
+        layers_per_block=1,
+        down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
+        up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"),
+        cross_attention_dim=256,
+        attention_head_dim=32,  # 8 heads of 32, as SD1.5's 8 heads
+        norm_num_groups=32,
+    )
+    text_encoder = CLIPTextModel(
+        CLIPTextConfig(
+            vocab_size=len(tokenizer),
+            hidden_size=256,
+            intermediate_size=1024,
+            num_hidden_layers=4,
+            num_attention_heads=4,
+            max_position_embeddings=77,
+            bos_token_id=tokenizer.bos_token_id,
+            eos_token_id=tokenizer.eos_token_id,
+            pad_token_id=tokenizer.pad_token_id,
+        )
+    )
+    vae = AutoencoderKL.from_pretrained(SHIPPED_BASE / "vae")
+    scheduler = DDIMScheduler.from_pretrained(SHIPPED_BASE / "scheduler")
     pipe = StableDiffusionPipeline(
         vae=vae,
         text_encoder=text_encoder,

@@ -14,7 +14,7 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
-from seqlib.errors import SeqlibError
+from seqlib.errors import ImportRejectedError, UsageError
 
 FORMATS = ("kohya", "diffusers")
 
@@ -55,42 +55,74 @@ def to_diffusers(factors: dict[str, tuple[Tensor, Tensor]]) -> dict[str, Tensor]
     return out
 
 
-def from_lora_file(path: Path, layer_names: list[str]) -> tuple[str, dict[str, Tensor]]:
+def _residual(path: Path, label: str, down: Tensor | None, up: Tensor | None, shape: tuple[int, int]) -> Tensor:
+    """``up @ down`` of one layer after checking what a hostile or broken file could get wrong."""
+    if down is None or up is None:
+        missing = "up (lora_up / lora_B)" if up is None else "down (lora_down / lora_A)"
+        raise ImportRejectedError(f"{path}: layer {label} has no {missing} matrix")
+    n, m = shape
+    if down.dim() != 2 or up.dim() != 2:
+        raise ImportRejectedError(
+            f"{path}: layer {label}: expected 2-D matrices, got shapes {tuple(down.shape)} and {tuple(up.shape)}"
+        )
+    if up.shape[1] != down.shape[0]:
+        raise ImportRejectedError(f"{path}: layer {label}: up has rank {up.shape[1]} but down has rank {down.shape[0]}")
+    if down.shape[1] != m or up.shape[0] != n:
+        raise ImportRejectedError(
+            f"{path}: layer {label}: a {up.shape[0]} x {down.shape[1]} residual does not fit this base's "
+            f"{n} x {m} layer (a LoRA for another model?)"
+        )
+    if not (torch.isfinite(down).all() and torch.isfinite(up).all()):
+        raise ImportRejectedError(f"{path}: layer {label} holds NaN or infinite values")
+    return up.float() @ down.float()
+
+
+def from_lora_file(path: Path, shapes: dict[str, tuple[int, int]]) -> tuple[str, dict[str, Tensor]]:
     """Read a kohya or diffusers/PEFT LoRA: (format, {layer: residual ΔW (n, m)}).
 
-    Every key must be accounted for; a LoRA touching layers seqlib does not adapt (the text
-    encoder, convolutions) is refused rather than silently truncated.
+    ``shapes``: (out, in) features of every layer seqlib adapts. Every key must be accounted
+    for; a LoRA touching layers seqlib does not adapt (the text encoder, convolutions) is
+    refused rather than silently truncated, and every matrix is checked (shape, rank
+    agreement, finite values) before anything is computed from it.
     """
     from safetensors.torch import load_file
 
     try:
         state = load_file(str(path))
     except Exception as e:  # safetensors raises its own error types
-        raise SeqlibError(f"{path} is not a readable .safetensors LoRA: {e}") from None
-    by_kohya = {kohya_key(n): n for n in layer_names}
+        raise ImportRejectedError(f"{path} is not a readable .safetensors LoRA: {e}") from None
+    by_kohya = {kohya_key(n): n for n in shapes}
     deltas: dict[str, Tensor] = {}
     if any(k.startswith("lora_unet_") for k in state):
         fmt = "kohya"
-        for key in sorted(k for k in state if k.endswith(".lora_down.weight")):
-            stem = key[: -len(".lora_down.weight")]
+        stems = {k.rsplit(".", 2)[0] for k in state if k.endswith((".lora_down.weight", ".lora_up.weight"))}
+        for stem in sorted(stems):
             if stem not in by_kohya:
-                raise SeqlibError(f"{path}: {stem} is not a layer seqlib adapts (only UNet attention projections)")
-            down, up = state.pop(key).float(), state.pop(f"{stem}.lora_up.weight").float()
+                raise ImportRejectedError(
+                    f"{path}: {stem} is not a layer seqlib adapts (only UNet attention projections)"
+                )
+            name = by_kohya[stem]
+            down, up = state.pop(f"{stem}.lora_down.weight", None), state.pop(f"{stem}.lora_up.weight", None)
+            delta = _residual(path, stem, down, up, shapes[name])
             alpha = state.pop(f"{stem}.alpha", torch.tensor(float(down.shape[0])))
-            deltas[by_kohya[stem]] = (float(alpha) / down.shape[0]) * (up @ down)
-    elif any(".lora_A." in k for k in state):
+            if alpha.numel() != 1 or not torch.isfinite(alpha).all():
+                raise ImportRejectedError(f"{path}: {stem}.alpha must be one finite number")
+            deltas[name] = (float(alpha) / down.shape[0]) * delta
+    elif any(".lora_A." in k or ".lora_B." in k for k in state):
         fmt = "diffusers"
-        for key in sorted(k for k in state if ".lora_A." in k):
-            name = key.split(".lora_A.")[0].removeprefix("unet.")
-            if name not in layer_names:
-                raise SeqlibError(f"{path}: {name} is not a layer seqlib adapts (only UNet attention projections)")
-            down = state.pop(key).float()
-            up = state.pop(key.replace(".lora_A.", ".lora_B.")).float()
-            deltas[name] = up @ down  # scale 1: diffusers files carry alpha in their metadata
+        stems = {k.split(".lora_")[0] for k in state if ".lora_A." in k or ".lora_B." in k}
+        for stem in sorted(stems):
+            name = stem.removeprefix("unet.")
+            if name not in shapes:
+                raise ImportRejectedError(
+                    f"{path}: {name} is not a layer seqlib adapts (only UNet attention projections)"
+                )
+            down, up = state.pop(f"{stem}.lora_A.weight", None), state.pop(f"{stem}.lora_B.weight", None)
+            deltas[name] = _residual(path, name, down, up, shapes[name])  # scale 1: alpha is in the metadata
     else:
-        raise SeqlibError(f"{path}: neither kohya (lora_unet_…) nor diffusers (…lora_A…) LoRA keys")
+        raise ImportRejectedError(f"{path}: neither kohya (lora_unet_…) nor diffusers (…lora_A…) LoRA keys")
     if state:
-        raise SeqlibError(f"{path}: keys seqlib cannot use: {', '.join(sorted(state)[:5])}")
+        raise ImportRejectedError(f"{path}: keys seqlib cannot use: {', '.join(sorted(state)[:5])}")
     return fmt, deltas
 
 
@@ -105,7 +137,7 @@ def write_export(
     from safetensors.torch import save_file
 
     if fmt not in FORMATS:
-        raise SeqlibError(f"unknown format {fmt!r}; choose from {', '.join(FORMATS)}")
+        raise UsageError(f"unknown format {fmt!r}; choose from {', '.join(FORMATS)}")
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     rank = next(iter(factors.values()))[1].shape[0]

@@ -14,7 +14,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from seqlib import __version__
-from seqlib.errors import CapacityError, FormatVersionError
+from seqlib.errors import CapacityError, FormatVersionError, StoreDamagedError
 
 FORMAT_VERSION = 1
 
@@ -194,7 +194,9 @@ class Commit(_Model):
 
 
 def check_format_version(data: dict, path: str) -> None:
-    found = int(data.get("format_version", -1))
+    found = data.get("format_version")
+    if not isinstance(found, int) or isinstance(found, bool):
+        raise StoreDamagedError(path, "no integer format_version")
     if found != FORMAT_VERSION:
         raise FormatVersionError(path, found, FORMAT_VERSION)
 

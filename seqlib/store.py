@@ -31,6 +31,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from pydantic import ValidationError
+
 from seqlib.backends import (
     Backend,
     LocalBackend,
@@ -43,9 +45,11 @@ from seqlib.backends import (
 from seqlib.errors import (
     ChecksumMismatch,
     ConflictError,
-    SeqlibError,
+    InvalidNameError,
+    StoreDamagedError,
     StoreExistsError,
     StoreNotFoundError,
+    UsageError,
 )
 from seqlib.format import (
     ArrayRecord,
@@ -62,6 +66,7 @@ if TYPE_CHECKING:
 STORE_DIRNAME = ".seqlib"
 BRANCH = "main"
 _SEQ_WIDTH = 12
+_COMMIT_ID = re.compile(r"[0-9a-f]{64}")
 
 
 def array_sha256(array: np.ndarray) -> str:
@@ -78,11 +83,11 @@ def check_tag_name(name: str) -> None:
     - is not all digits (those are version numbers) and is not ``main``.
     """
     if not re.fullmatch(r"[A-Za-z0-9._-]{1,64}", name):
-        raise SeqlibError(f"tag {name!r} may contain only letters, digits, '.', '_' and '-' (1 to 64)")
+        raise InvalidNameError(f"tag {name!r} may contain only letters, digits, '.', '_' and '-' (1 to 64)")
     if name[0] in ".-":
-        raise SeqlibError(f"tag {name!r} must not start with '.' or '-'")
+        raise InvalidNameError(f"tag {name!r} must not start with '.' or '-'")
     if name.isdigit() or name == BRANCH:
-        raise SeqlibError(f"tag {name!r} would be confused with a version number or the branch")
+        raise InvalidNameError(f"tag {name!r} would be confused with a version number or the branch")
 
 
 def find_store(start: Path | None = None) -> Path:
@@ -107,9 +112,40 @@ class Store:
             raw = self.backend.read("store.json")
         except FileNotFoundError:
             raise StoreNotFoundError(f"{root} is not a seqlib store (no store.json)") from None
-        data = json.loads(raw)
-        check_format_version(data, f"{root}/store.json")
-        self.info = StoreInfo.model_validate(data)
+        self.info = self._parse(raw, "store.json", StoreInfo)
+
+    def _where(self, key: str) -> str:
+        return f"{self.root}/{key}"
+
+    def _parse(self, raw: bytes, key: str, model):
+        """A JSON file of the format as ``model``; any damage becomes one StoreDamagedError."""
+        try:
+            data = json.loads(raw)
+        except (UnicodeDecodeError, json.JSONDecodeError) as e:
+            at = e.start if isinstance(e, UnicodeDecodeError) else e.pos
+            what = "empty" if not raw.strip() else f"not valid JSON at byte {at}"
+            raise StoreDamagedError(self._where(key), what) from None
+        if not isinstance(data, dict):
+            raise StoreDamagedError(self._where(key), "not a JSON object")
+        check_format_version(data, self._where(key))
+        try:
+            return model.model_validate(data)
+        except ValidationError as e:
+            first = e.errors()[0]
+            field = ".".join(str(p) for p in first["loc"]) or "top level"
+            raise StoreDamagedError(self._where(key), f"{field}: {first['msg']}") from None
+
+    def _read_id(self, key: str) -> str:
+        """A ref file's commit id ("<64 hex>\n"); anything else is damage."""
+        try:
+            text = self.backend.read(key).decode("ascii").strip()
+        except FileNotFoundError:
+            raise StoreDamagedError(self._where(key), "missing") from None
+        except UnicodeDecodeError:
+            text = "<binary>"
+        if not _COMMIT_ID.fullmatch(text):
+            raise StoreDamagedError(self._where(key), "not a commit id" if text else "empty")
+        return text
 
     @property
     def is_local(self) -> bool:
@@ -158,7 +194,7 @@ class Store:
         return sorted(n for n in self.backend.list(self._BRANCH_PREFIX) if n.isdigit())
 
     def _entry(self, name: str) -> str:
-        return self.backend.read(f"{self._BRANCH_PREFIX}/{name}").decode().strip()
+        return self._read_id(f"{self._BRANCH_PREFIX}/{name}")
 
     def head_seq(self) -> int:
         entries = self._ref_entries()
@@ -171,15 +207,28 @@ class Store:
     def head(self) -> Commit:
         head = self.head_id()
         if head is None:
-            raise SeqlibError(f"{self.root} has no commits; it was not initialised completely")
+            raise StoreDamagedError(self._where(self._BRANCH_PREFIX), "no commits: it was not initialised completely")
         return self.read_commit(head)
 
-    def read_commit(self, commit_id: str, verify: bool = False) -> Commit:
+    def entry_keys(self) -> list[tuple[int, str]]:
+        """(version, key of its ref entry), oldest first, without reading the entries."""
+        return [(int(e), f"{self._BRANCH_PREFIX}/{e}") for e in self._ref_entries()]
+
+    def read_ref(self, key: str) -> str:
+        """The commit id a ref file (branch entry, tag, HEAD) holds; StoreDamagedError if it is not one."""
+        return self._read_id(key)
+
+    def read_commit_bytes(self, commit_id: str) -> tuple[Commit, bytes]:
+        """A commit and the exact bytes it was parsed from (``verify`` re-hashes them)."""
         key = f"objects/commits/{commit_id}.json"
-        raw = self.backend.read(key)
-        data = json.loads(raw)
-        check_format_version(data, key)
-        commit = Commit.model_validate(data)
+        try:
+            raw = self.backend.read(key)
+        except FileNotFoundError:
+            raise StoreDamagedError(self._where(key), "missing") from None
+        return self._parse(raw, key, Commit), raw
+
+    def read_commit(self, commit_id: str, verify: bool = False) -> Commit:
+        commit, raw = self.read_commit_bytes(commit_id)
         if verify and sha256_hex(raw) != commit_id:
             raise ChecksumMismatch(f"commit {commit_id[:12]}", commit_id, sha256_hex(raw))
         return commit
@@ -223,12 +272,12 @@ class Store:
     def tags(self) -> dict[str, str]:
         """Tag name -> commit id."""
         names = sorted(n for n in self.backend.list("refs/tags") if ".partial" not in n)
-        return {n: self.backend.read(f"refs/tags/{n}").decode().strip() for n in names}
+        return {n: self._read_id(f"refs/tags/{n}") for n in names}
 
     def tag(self, name: str, commit_id: str) -> None:
         check_tag_name(name)
         if not self.backend.create(f"refs/tags/{name}", (commit_id + "\n").encode()):
-            raise SeqlibError(f"tag {name!r} already exists")
+            raise UsageError(f"tag {name!r} already exists")
 
     def resolve(self, ref: str) -> tuple[int, str]:
         """(version, commit id) for a version number, a tag, ``main`` or a commit id prefix."""
@@ -243,15 +292,14 @@ class Store:
         else:
             found = [e for e in entries if len(ref) >= 4 and e[1].startswith(ref)]
         if len(found) != 1:
-            raise SeqlibError(f"no version, tag or commit {ref!r} (versions 1..{entries[-1][0]}; see `seqlib log`)")
+            raise UsageError(f"no version, tag or commit {ref!r} (versions 1..{entries[-1][0]}; see `seqlib log`)")
         return found[0]
 
     def checked_out(self) -> str | None:
         """The commit a read-only checkout pins (``HEAD``), or None when on the branch tip."""
-        try:
-            return self.backend.read("HEAD").decode().strip()
-        except FileNotFoundError:
+        if not self.backend.exists("HEAD"):
             return None
+        return self._read_id("HEAD")
 
     def set_checkout(self, ref: str | None) -> None:
         if ref is None or ref == BRANCH:

@@ -1,6 +1,8 @@
-"""``seqlib verify``: recompute every promise of ``format_spec.md`` ("Invariants").
+"""``seqlib verify``: recompute every promise of ``format_spec.md`` ("Invariants") at every version.
 
-Numpy only, except the optional base fingerprint (which loads the base).
+It reports damage instead of raising: a missing, truncated or forged file becomes one line in
+``problems`` naming it, and the checks that do not need it still run. Numpy only, except the
+optional base fingerprint (which loads the base).
 """
 
 from __future__ import annotations
@@ -10,7 +12,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from seqlib.errors import SeqlibError
-from seqlib.format import free_dims
+from seqlib.format import Commit, canonical_json, free_dims, sha256_hex
 
 if TYPE_CHECKING:
     from seqlib.api import Library
@@ -38,69 +40,166 @@ def worst_overlap(bases: list[tuple[str, dict[str, np.ndarray]]]) -> tuple[float
     return worst
 
 
+def _read_branch(store, problems: list[str]) -> tuple[list[tuple[int, str]], dict[str, Commit]]:
+    """Every readable (version, commit id) and commit; invariants 3 (commit hashes) and 4 (chain)."""
+    entries, commits, previous = [], {}, None
+    expected = 1
+    for version, key in store.entry_keys():
+        for gap in range(expected, version):
+            problems.append(f"version {gap}: {store.root}/{key.rsplit('/', 1)[0]}/{gap:012d} is missing")
+        expected = version + 1
+        try:
+            commit_id = store.read_ref(key)
+        except SeqlibError as e:
+            problems.append(f"version {version}: {e}")
+            previous = None
+            continue
+        entries.append((version, commit_id))
+        try:
+            commit, raw = store.read_commit_bytes(commit_id)
+        except SeqlibError as e:
+            problems.append(f"version {version}: {e}")
+            previous = commit_id
+            continue
+        if sha256_hex(raw) != commit_id:
+            problems.append(f"version {version}: commit {commit_id[:12]}'s bytes do not hash to its id (altered)")
+        elif raw != commit.to_bytes():
+            problems.append(f"version {version}: commit {commit_id[:12]} is not in the canonical JSON encoding")
+        if commit.parent != previous:
+            problems.append(f"version {version}: its parent is not version {version - 1}'s commit")
+        commits[commit_id] = commit
+        previous = commit_id
+    return entries, commits
+
+
+def _check_records(version: int, commit: Commit, problems: list[str]) -> None:
+    """What each concept record promises about itself (format_spec.md, ConceptRecord)."""
+    layers = len(commit.library.layers)
+    for c in commit.concepts:
+        where = f"version {version}: concept {c.name}"
+        if c.token != f"<{c.name}>":
+            problems.append(f"{where}: token {c.token!r} is not <{c.name}>")
+        method = c.training.method if c.training else None
+        if c.frozen_columns is not None and method != "frozen-basis":
+            problems.append(f"{where}: frozen_columns on a {method or 'imported'} concept")
+        if len(c.reserved) != layers:
+            problems.append(f"{where}: reserved has {len(c.reserved)} entries for {layers} layers")
+        for value in (*c.crosstalk_from.values(), *c.crosstalk_onto.values()):
+            if not np.isfinite(value) or value < 0:
+                problems.append(f"{where}: crosstalk value {value} is not a finite non-negative number")
+                break
+
+
+def _check_version(lib: Library, version: int, commit: Commit, problems: list[str]) -> tuple[float, str, str, str]:
+    """Invariants 1 (orthogonality, protect reservations) and 2 (capacity) of one version."""
+    from seqlib import payload
+
+    layers = commit.library.layers
+    bases, unchecked = [], []
+    for c in commit.concepts:
+        arrays = lib._arrays.get(c.payload)
+        if arrays is None:
+            unchecked.append(c.name)
+            continue
+        if c.orthogonal:
+            bases.append((c.name, payload.unpack_bases(layers, arrays)))
+    if unchecked:
+        problems.append(f"version {version}: orthogonality not checked for {', '.join(unchecked)} (payload unreadable)")
+    value, a, b, layer = worst_overlap(bases)
+    if value > ORTHOGONALITY_TOL:
+        problems.append(
+            f"version {version}: concepts {a} and {b} are not orthogonal on {layer}: max |cos| = {value:.2e}"
+        )
+    # --protect k: the concept's B is orthogonal to the first k input directions of every earlier concept
+    for k, c in enumerate(commit.concepts):
+        if not c.protect or c.name in unchecked:
+            continue
+        B = payload.unpack_bases(layers, lib._arrays[c.payload])
+        for earlier in commit.concepts[:k]:
+            if earlier.name in unchecked:
+                continue
+            U = payload.unpack_summary(layers, lib._arrays[earlier.payload])
+            for layer_name, (u, _) in U.items():
+                overlap = float(np.abs(B[layer_name].astype(np.float64).T @ u[:, : c.protect]).max(initial=0.0))
+                if overlap > 1e-4:
+                    problems.append(
+                        f"version {version}: concept {c.name} (protect {c.protect}) overlaps the input directions "
+                        f"of {earlier.name} on {layer_name} ({overlap:.2e})"
+                    )
+                    break
+    for c in commit.concepts:  # a frozen basis is columns of an orthogonal matrix: orthonormal
+        if c.frozen_columns is not None and c.name not in unchecked:
+            for layer_name, B in payload.unpack_bases(layers, lib._arrays[c.payload]).items():
+                B = B.astype(np.float64)
+                if B.shape[1] and np.abs(B.T @ B - np.eye(B.shape[1])).max() > 1e-4:
+                    problems.append(f"version {version}: frozen basis of {c.name} is not orthonormal on {layer_name}")
+                    break
+    for name, free in free_dims(commit).items():
+        if free < 0:
+            problems.append(f"version {version}: layer {name} is over capacity by {-free} dimensions")
+    return value, a, b, layer
+
+
 def verify_library(lib: Library, check_base: bool = True) -> dict:
     store = lib.store
     problems: list[str] = []
-
-    # 1) commit files hash to their ids; entry N's parent is entry N-1's commit
-    entries = store.entries()
-    previous, commits = None, {}
-    for version, commit_id in entries:
-        try:
-            commit = commits[commit_id] = store.read_commit(commit_id, verify=True)
-        except (SeqlibError, OSError, ValueError) as e:
-            problems.append(f"version {version}: commit {commit_id[:12]} is unreadable or altered: {e}")
-            previous = commit_id
-            continue
-        if commit.parent != previous:
-            problems.append(f"version {version}: its parent is not version {version - 1}'s commit")
-        previous = commit_id
-    for tag, commit_id in store.tags().items():
+    entries, commits = _read_branch(store, problems)
+    try:
+        tags = store.tags()
+    except SeqlibError as e:
+        problems.append(str(e))
+        tags = {}
+    for tag, commit_id in tags.items():
         if commit_id not in commits:
             problems.append(f"tag {tag} points to {commit_id[:12]}, which is not on the branch")
 
-    # 2) every array of every concept of every version matches its checksum (each payload once)
+    # invariant 3: every array of every concept of every version matches its checksum, and the
+    # payload's id is the hash of its array records (each payload read once)
     checked: set[str] = set()
     for commit in commits.values():
         for concept in commit.concepts:
             if concept.payload in checked:
                 continue
             checked.add(concept.payload)
+            expected = sha256_hex(canonical_json({"arrays": [r.model_dump() for r in concept.arrays]}))
+            if expected != concept.payload:
+                problems.append(f"concept {concept.name}: payload id {concept.payload[:12]} is not its arrays' hash")
             try:
                 lib.payload_arrays(concept)
             except SeqlibError as e:
                 problems.append(f"concept {concept.name} (payload {concept.payload[:12]}): {e}")
 
-    # 3) the version being read: pairwise orthogonality and capacity arithmetic
-    version, _ = lib.version()
-    head = lib.head()
-    from seqlib import payload
+    for version, commit_id in entries:
+        if commit_id in commits:
+            _check_records(version, commits[commit_id], problems)
+    worst = (0.0, "", "", "")
+    read_version, read_id = entries[-1] if entries else (0, "")
+    try:
+        read_version, read_id = lib.version()
+    except SeqlibError as e:
+        problems.append(str(e))
+    for version, commit_id in entries:
+        if commit_id in commits:
+            result = _check_version(lib, version, commits[commit_id], problems)
+            if commit_id == read_id:
+                worst = result
 
-    bases = []
-    for c in head.concepts:
-        if c.orthogonal and c.payload in lib._arrays:
-            bases.append((c.name, payload.unpack_bases(head.library.layers, lib._arrays[c.payload])))
-    value, a, b, layer = worst_overlap(bases)
-    if value > ORTHOGONALITY_TOL:
-        problems.append(f"concepts {a} and {b} are not orthogonal on {layer}: max |cos| = {value:.2e}")
-    for name, free in free_dims(head).items():
-        if free < 0:
-            problems.append(f"layer {name} is over capacity by {-free} dimensions")
-
-    # 4) the base is the one the library was built on
-    if check_base:
+    # the base is the one the library was built on
+    head = commits.get(read_id)
+    if check_base and head is not None:
         try:
             lib._load_base(head, "cpu", None)
         except SeqlibError as e:
             problems.append(f"base: {e}")
 
+    value, a, b, layer = worst
     return {
         "ok": not problems,
-        "problems": problems,
-        "version": version,
+        "problems": list(dict.fromkeys(problems)),
+        "version": read_version,
         "commits": len(entries),
         "payloads_checked": len(checked),
-        "concepts": len(head.concepts),
+        "concepts": len(head.concepts) if head is not None else 0,
         "worst_orthogonality": {"max_abs_cos": value, "pair": [a, b] if a else [], "layer": layer},
-        "base_checked": check_base,
+        "base_checked": check_base and head is not None,
     }

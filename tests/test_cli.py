@@ -111,14 +111,14 @@ def test_user_errors_exit_non_zero_with_one_line(seqlora_store, capsys, args, me
 
 def test_no_library_is_a_clear_error(tmp_path, capsys, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    assert main(["status"]) == 1
+    assert main(["status"]) == 3
     assert "seqlib init" in capsys.readouterr().err
 
 
 def test_add_with_an_empty_folder_is_refused(store_copy, tmp_path, capsys):
     (tmp_path / "empty").mkdir()
     code, _, err = run(store_copy, "add", "newone", str(tmp_path / "empty"), capsys=capsys)
-    assert code == 1 and "no images" in err
+    assert code == 3 and "no images" in err
 
 
 def test_a_failed_add_leaves_the_store_exactly_as_it_was(store_copy, photos, capsys, monkeypatch):
@@ -166,7 +166,7 @@ def test_diverging_training_stops_with_advice_and_commits_nothing(store_copy, ph
         "0",
         capsys=capsys,
     )
-    assert code == 1 and "diverged" in err and "--alpha" in err
+    assert code == 3 and "diverged" in err and "--alpha" in err
     assert tree_digest(store_copy) == before
 
 

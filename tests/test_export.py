@@ -112,4 +112,4 @@ def test_a_lora_for_other_layers_is_refused(store_copy, tmp_path):
         str(tmp_path / "te.safetensors"),
     )
     code = main(["--store", str(store_copy), "import", "te", str(tmp_path / "te.safetensors")])
-    assert code == 1
+    assert code == 3

@@ -37,7 +37,7 @@ def test_rm_frees_capacity_and_keeps_history(store_copy, capsys):
     code, out, _ = cli(store_copy, "show", "emblem", "--at", str(before.version), "--json", capsys=capsys)
     assert code == 0 and json.loads(out)["concept"]["name"] == "emblem"
     code, _, err = cli(store_copy, "show", "emblem", capsys=capsys)
-    assert code == 1 and "no concept named 'emblem'" in err
+    assert code == 2 and "no concept named 'emblem'" in err
     # what remains is still pairwise orthogonal
     assert Library.open(store_copy).verify(check_base=False)["ok"]
 
@@ -46,9 +46,9 @@ def test_tags_name_versions_and_never_move(store_copy, capsys):
     assert cli(store_copy, "tag", "three", "3", capsys=capsys)[0] == 0
     assert cli(store_copy, "tag", "latest", capsys=capsys)[0] == 0
     code, _, err = cli(store_copy, "tag", "three", capsys=capsys)
-    assert code == 1 and "already exists" in err
+    assert code == 2 and "already exists" in err
     for bad in ("12", "main", "-x", "a/b"):
-        assert cli(store_copy, "tag", "--", bad, capsys=capsys)[0] == 1
+        assert cli(store_copy, "tag", "--", bad, capsys=capsys)[0] == 2
     code, out, _ = cli(store_copy, "log", "--json", capsys=capsys)
     by_version = {e["version"]: e["tags"] for e in json.loads(out)}
     assert by_version[3] == ["three"] and by_version[4] == ["latest"]
@@ -62,7 +62,7 @@ def test_checkout_is_read_only_until_main(store_copy, photos, capsys):
     assert json.loads(out)["version"] == 2 and len(json.loads(out)["concepts"]) == 1
     for args in (["rm", "mascot"], ["add", "newone", str(photos / "robot")], ["revert", "1"]):
         code, _, err = cli(store_copy, *args, capsys=capsys)
-        assert code == 1 and "checked out read-only" in err
+        assert code == 2 and "checked out read-only" in err
     assert "(checked out)" in cli(store_copy, "log", capsys=capsys)[1]
     assert cli(store_copy, "checkout", "main", capsys=capsys)[0] == 0
     assert json.loads(cli(store_copy, "status", "--json", capsys=capsys)[1])["version"] == 4
@@ -79,7 +79,7 @@ def test_revert_restores_an_old_state_as_a_new_commit(store_copy, capsys):
 
 def test_unknown_versions_are_one_line_errors(seqlora_store, capsys):
     code, _, err = cli(seqlora_store, "status", "--at", "99", capsys=capsys)
-    assert code == 1 and "no version, tag or commit '99'" in err
+    assert code == 2 and "no version, tag or commit '99'" in err
 
 
 def test_verify_passes_on_a_sound_store(seqlora_store, capsys):
@@ -101,11 +101,11 @@ def test_a_corrupted_array_is_caught_by_verify_and_by_any_read(store_copy, tmp_p
     data[100] ^= 0xFF
     chunk.write_bytes(bytes(data))
     code, _, err = cli(store_copy, "verify", "--skip-base", capsys=capsys)
-    assert code == 1 and "concept emblem" in err and "A_n64" in err
+    assert code == 3 and "concept emblem" in err and "A_n64" in err
     code, _, err = cli(
         store_copy, "compose", "emblem", "-p", "<emblem>", "--steps", "1", "-o", str(tmp_path), capsys=capsys
     )
-    assert code == 1 and "checksum mismatch" in err and "Traceback" not in err
+    assert code == 3 and "checksum mismatch" in err and "Traceback" not in err
 
 
 def test_a_truncated_array_and_an_altered_commit_are_reported(store_copy, capsys):
@@ -115,7 +115,7 @@ def test_a_truncated_array_and_an_altered_commit_are_reported(store_copy, capsys
     path.write_text(path.read_text().replace('"add mascot"', '"add mascot (edited)"'))
     code, out, _ = cli(store_copy, "verify", "--skip-base", "--json", capsys=capsys)
     problems = json.loads(out)["problems"]
-    assert code == 1
+    assert code == 3
     assert any("concept robot" in p for p in problems)
     assert any(p.startswith("version 2: commit") for p in problems)
 

@@ -126,7 +126,7 @@ def test_bad_images_are_one_line_errors_and_change_nothing(store_copy, tmp_path,
     before = Library.open(store_copy).store.entries()
     code = main(["--store", str(store_copy), "add", "newone", str(folder)])
     err = capsys.readouterr().err
-    assert code == 1 and message in err and "Traceback" not in err
+    assert code == 3 and message in err and "Traceback" not in err
     assert Library.open(store_copy).store.entries() == before
 
 
@@ -152,7 +152,7 @@ def test_non_images_are_skipped_with_a_warning(store_copy, photos, tmp_path, cap
 @pytest.mark.parametrize("name", ["a/b", "..", "my dog", "Dog", "", "x" * 41, "-x", "ü"])
 def test_invalid_names_are_refused(store_copy, photos, capsys, name):
     code = main(["--store", str(store_copy), "add", "--", name, str(photos / "robot")])
-    assert code == 1
+    assert code == 2
     assert "Traceback" not in capsys.readouterr().err
 
 
@@ -166,7 +166,7 @@ def test_a_full_library_refuses_with_the_layer_named(tmp_path, photos, capsys):
     before = lib.store.entries()
     code = main(["--store", str(tmp_path / ".seqlib"), "add", "robot", str(photos / "robot")])
     err = capsys.readouterr().err
-    assert code == 1 and "no room for a rank-32 concept" in err and "down_blocks.1" in err
+    assert code == 3 and "no room for a rank-32 concept" in err and "down_blocks.1" in err
     assert lib.store.entries() == before
 
 
@@ -185,4 +185,4 @@ def test_a_name_whose_token_the_base_already_has_is_refused(empty_store, tmp_pat
     tokenizer.save_pretrained(folder / "tokenizer")
     Library.init(tmp_path / ".seqlib", base=str(folder))
     code = main(["--store", str(tmp_path / ".seqlib"), "add", "clash", str(photos / "robot")])
-    assert code == 1 and "already a token" in capsys.readouterr().err
+    assert code == 2 and "already a token" in capsys.readouterr().err

@@ -63,7 +63,7 @@ def test_init_add_compose_log_on_s3(s3, photos, tmp_path, capsys):
     out = capsys.readouterr().out
     assert "add mascot" in out and "init: embedded base" in out
     assert Library.open(url).verify()["ok"]
-    assert main(["init", url]) == 1  # an existing store is never overwritten
+    assert main(["init", url]) == 3  # an existing store is never overwritten
 
 
 def _racing_add(store: str, name: str, folder) -> subprocess.Popen:
@@ -102,7 +102,7 @@ def test_two_racing_adds_exactly_one_wins(where, s3, empty_store, photos, tmp_pa
     results = [_finish(p) for p in procs]
     codes = sorted(code for code, _ in results)
     assert codes == [0, 1], results
-    loser_err = next(err for code, err in results if code == 1)
+    loser_err = next(err for code, err in results if code == 3)
     assert "nothing was committed" in loser_err and "Traceback" not in loser_err
     lib = Library.open(store)
     assert len(lib.head().concepts) == 1 and len(lib.log()) == 2

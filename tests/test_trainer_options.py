@@ -167,7 +167,7 @@ def test_bf16_base_with_augmentation_trains_fp32_factors(store_copy, photos, cap
 
 def test_fp16_on_a_cpu_is_refused(store_copy, photos, capsys):
     code = main(["--store", str(store_copy), "add", "newone", str(photos / "robot"), "--precision", "fp16"])
-    assert code == 1 and "fp16 needs a GPU" in capsys.readouterr().err
+    assert code == 2 and "fp16 needs a GPU" in capsys.readouterr().err
 
 
 def test_augmented_views_differ_but_stay_deterministic(photos):
@@ -216,7 +216,7 @@ def test_an_interrupted_add_resumes_to_the_same_factors(tmp_path, empty_store, p
         assert max(float((want[n] - have[n]).abs().max()) for n in want) < 1e-3 * scale
     assert not list((store / "scratch").iterdir())  # the checkpoint is gone once committed
     code = main(["--store", str(store), "add", "robot", str(photos / "robot"), "--resume"])
-    assert code == 1 and "no interrupted add" in capsys.readouterr().err
+    assert code == 2 and "no interrupted add" in capsys.readouterr().err
 
 
 def test_two_data_parallel_processes_agree_and_commit_once(store_copy, photos):

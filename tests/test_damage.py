@@ -1,0 +1,136 @@
+"""A damaged store: every file kind of format_spec.md, each damage, every read command.
+
+Each command either works (when it does not need the damaged file) or prints one line and
+exits 2-4; `verify` names the damaged file and exits 3; a failing command writes nothing.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+
+from seqlib.api import Library
+from seqlib.cli import main
+
+
+def _commit_file(store: Path, version: int) -> Path:
+    entry = sorted((store / "refs" / "heads" / "main").iterdir())[version - 1]
+    return store / "objects" / "commits" / f"{entry.read_text().strip()}.json"
+
+
+def _payload_file(store: Path, what: str) -> Path:
+    commit = json.loads(_commit_file(store, 4).read_text())
+    payload = next(c["payload"] for c in commit["concepts"] if c["name"] == "robot")
+    folder = store / "objects" / "payloads" / payload
+    if what == "metadata":
+        return folder / "B_m64" / "zarr.json"
+    return next(p for p in (folder / "B_m64" / "c").rglob("*") if p.is_file())
+
+
+# file kind -> (path of the damaged file, what verify's report must contain to name it)
+KINDS = {
+    "store.json": lambda s: s / "store.json",
+    "newest commit": lambda s: _commit_file(s, 4),
+    "older commit": lambda s: _commit_file(s, 2),
+    "newest ref entry": lambda s: sorted((s / "refs" / "heads" / "main").iterdir())[-1],
+    "older ref entry": lambda s: sorted((s / "refs" / "heads" / "main").iterdir())[1],
+    "tag": lambda s: s / "refs" / "tags" / "v1",
+    "HEAD": lambda s: s / "HEAD",
+    "payload array": lambda s: _payload_file(s, "array"),
+    "payload metadata": lambda s: _payload_file(s, "metadata"),
+}
+DAMAGES = {
+    "empty": lambda p: p.write_bytes(b""),
+    "truncated": lambda p: p.write_bytes(p.read_bytes()[: max(1, len(p.read_bytes()) // 2)]),
+    "garbage": lambda p: p.write_bytes(b"\x00\xff{garbage\x9c not json"),
+    "missing": lambda p: p.unlink(),
+}
+READ_COMMANDS = (["status"], ["status", "--json"], ["log"], ["list", "--json"], ["show", "robot"])
+
+
+def _digest(root: Path) -> dict[str, str]:
+    return {
+        str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest() for p in root.rglob("*") if p.is_file()
+    }
+
+
+def _run(store: Path, capsys, *args: str) -> tuple[int, str, str]:
+    code = main(["--store", str(store), *args])
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def _one_line_or_works(code: int, err: str, what: str) -> None:
+    assert "Traceback" not in err, what
+    if code:
+        assert code in (2, 3), (what, code, err)
+        lines = [line for line in err.strip().splitlines() if line.strip()]
+        assert len(lines) == 1 and lines[0].startswith("Error: "), (what, err)
+
+
+@pytest.fixture(scope="module")
+def tagged_store(tmp_path_factory, seqlora_store) -> Path:
+    """The three-concept store with a tag on version 2; the base folder is left out (no command
+    here loads the base)."""
+    path = tmp_path_factory.mktemp("damage") / ".seqlib"
+    shutil.copytree(seqlora_store, path, ignore=shutil.ignore_patterns("base"))
+    assert main(["--store", str(path), "tag", "v1", "2"]) == 0
+    return path
+
+
+@pytest.mark.parametrize("damage", list(DAMAGES))
+@pytest.mark.parametrize("kind", list(KINDS))
+def test_every_command_works_or_says_one_line(tagged_store, tmp_path, capsys, kind, damage):
+    store = tmp_path / ".seqlib"
+    shutil.copytree(tagged_store, store)
+    if kind == "HEAD":
+        assert main(["--store", str(store), "checkout", "3"]) == 0
+    target = KINDS[kind](store)
+    DAMAGES[damage](target)
+    capsys.readouterr()
+    before = _digest(store)
+
+    for args in READ_COMMANDS:
+        code, _, err = _run(store, capsys, *args)
+        _one_line_or_works(code, err, f"{kind}/{damage}: {args}")
+        assert _digest(store) == before, f"{kind}/{damage}: {args} wrote to the store"
+
+    code, out, err = _run(store, capsys, "verify", "--skip-base", "--json")
+    assert "Traceback" not in err
+    if damage == "missing" and kind in ("tag", "HEAD", "newest ref entry"):
+        assert code == 0  # no tag, no checkout, or the last add never landed: all valid stores
+    else:
+        assert code == 3, (kind, damage, out, err)
+        report = err if kind == "store.json" else " ".join(json.loads(out)["problems"])
+        named = "robot" if kind.startswith("payload") else target.name
+        assert named in report, (kind, damage, report)
+    assert _digest(store) == before
+
+    code, _, err = _run(store, capsys, "rm", "mascot")  # a write: all or nothing
+    _one_line_or_works(code, err, f"{kind}/{damage}: rm")
+    if code:
+        assert _digest(store) == before
+
+
+def test_a_damaged_checkpoint_refuses_resume_in_one_line(store_copy, photos, capsys):
+    scratch = store_copy / "scratch"
+    scratch.mkdir(exist_ok=True)
+    (scratch / "newone.json").write_bytes(b"{truncated")
+    (scratch / "newone.safetensors").write_bytes(b"\x00" * 10)
+    before = _digest(store_copy)
+    code, _, err = _run(store_copy, capsys, "add", "newone", str(photos / "robot"), "--resume", "--steps", "1")
+    _one_line_or_works(code, err, "scratch")
+    assert code == 3 and "checkpoint" in err
+    assert _digest(store_copy) == before
+
+
+def test_library_api_raises_typed_errors_naming_the_file(store_copy):
+    from seqlib.errors import StoreDamagedError
+
+    _commit_file(store_copy, 4).write_text("{}")
+    with pytest.raises(StoreDamagedError, match=r"objects/commits/.*\.json is damaged"):
+        Library.open(store_copy).status()
