@@ -34,7 +34,9 @@ from pathlib import Path
 
 import torch
 
-METHODS = ("seqlora", "alternating", "frozen-basis", "lora")
+from seqlib.methods import METHODS as REGISTRY
+
+METHODS = tuple(REGISTRY)  # every registered training method, seqlora first
 BACKGROUNDS = ("grey", "white", "black", "blue")
 SIZES = (8, 16, 32)
 PHOTOS = 6

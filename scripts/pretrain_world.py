@@ -73,6 +73,26 @@ def batch(seed: int, stage: str, step: int, size: int, clutter_share: float, dro
     return torch.stack([pil_to_tensor(im) for im in images]), captions
 
 
+def batches(args, stage: str, start: int, stop: int, clutter_share: float, drop_caption: float):
+    """The batches of steps start..stop-1 in order; with ``--workers`` drawn ahead by a process
+    pool (each is a pure function of its step, so the weights do not depend on the count)."""
+    from functools import partial
+
+    make = partial(_batch_at, args.seed, stage, args.batch, clutter_share, drop_caption, args.preset)
+    if args.workers <= 1:
+        yield from map(make, range(start, stop))
+        return
+    import multiprocessing
+
+    with multiprocessing.get_context("spawn").Pool(args.workers) as pool:
+        yield from pool.imap(make, range(start, stop), chunksize=4)
+
+
+def _batch_at(seed, stage, size, clutter_share, drop_caption, preset, step):
+    torch.set_num_threads(1)
+    return batch(seed, stage, step, size, clutter_share, drop_caption, preset)
+
+
 def generator(seed: int, stage: str, step: int) -> torch.Generator:
     return torch.Generator().manual_seed(seed * 1_000_003 + STAGES.index(stage) * 100_000_000 + step)
 
@@ -125,6 +145,7 @@ def main() -> None:
     parser.add_argument("--unet-steps", type=int, default=None, help="Default: the preset's.")
     parser.add_argument("--batch", type=int, default=None, help="Default: the preset's.")
     parser.add_argument("--device", default="cpu", help="cpu or cuda; the batches and noise are drawn on the CPU.")
+    parser.add_argument("--workers", type=int, default=0, help="Processes drawing batches ahead (a GPU needs ~8).")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=2, help="CPU threads; part of what makes a run reproducible.")
     parser.add_argument("--checkpoint-every", type=int, default=250)
@@ -217,9 +238,8 @@ def main() -> None:
     # 1) VAE on world scenes and clutter
     if state["stage"] == "vae":
         vae.train()
-        while state["step"] < args.vae_steps:
+        for x, _ in batches(args, "vae", state["step"], args.vae_steps, clutter_share=0.5, drop_caption=0.0):
             t0, step = time.time(), state["step"]
-            x, _ = batch(args.seed, "vae", step, args.batch, clutter_share=0.5, drop_caption=0.0)
             x = x.to(device)
             post = vae.encode(x).latent_dist
             eps = torch.randn(post.mean.shape, generator=generator(args.seed, "vae", step)).to(device)
@@ -246,9 +266,8 @@ def main() -> None:
     # 2) text encoder + UNet
     unet.train()
     te.train()
-    while state["step"] < args.unet_steps:
+    for x, captions in batches(args, "unet", state["step"], args.unet_steps, clutter_share=0.1, drop_caption=0.1):
         t0, step = time.time(), state["step"]
-        x, captions = batch(args.seed, "unet", step, args.batch, 0.1, 0.1, args.preset)
         g = generator(args.seed, "unet", step)
         with torch.no_grad():
             lat = vae.encode(x.to(device)).latent_dist.mean * vae.config.scaling_factor

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from seqlib import methods
 from seqlib.backends import is_url
 from seqlib.config import LAYER_SETS, default_layer_set
 from seqlib.errors import (
@@ -192,14 +193,17 @@ class Library:
         device: str = "cpu",
         layers: str | None = None,
     ) -> Library:
-        """Create a library; ``base=None`` is the embedded default (no download).
+        """Create a library at ``path``/.seqlib (a path ending in .seqlib, or a URL, is used as
+        it is; default: the current folder); ``base=None`` is the embedded default (no download).
 
         ``layers``: which linear layers concepts adapt (``seqlib.config.LAYER_SETS``); default:
         ``seqlib.config.default_layer_set`` of the base's kind.
         """
         from seqlib import base as bases
 
-        root = (str(path) if is_url(path) else Path(path)) if path is not None else Path.cwd() / STORE_DIRNAME
+        root = (str(path) if is_url(path) else Path(path)) if path is not None else Path.cwd()
+        if not is_url(root) and root.name != STORE_DIRNAME:  # like `git init DIR`: the library is DIR/.seqlib
+            root = root / STORE_DIRNAME
         if rank < 1:
             raise UsageError("--rank must be at least 1")
         kind, source = bases.classify(base, base_config)
@@ -405,7 +409,8 @@ class Library:
         r = rank or lib.rank
         config = config or TrainConfig(resolution=lib.base.resolution)
         ranks = [r] * len(lib.layers)
-        if config.method != "lora":  # plain LoRA takes no capacity
+        method = methods.get(config.method)
+        if method.projects:  # a method without projection (plain LoRA) takes no capacity
             ranks, short = layer_ranks(commit, r, when_full)
             if short and warn:
                 kept = {layer.name: k for layer, k in zip(lib.layers, ranks)}
@@ -439,7 +444,7 @@ class Library:
         )
         earlier = self._earlier(commit)
         frozen = None
-        if config.method == "frozen-basis":  # the next r columns no earlier concept took
+        if method.basis == "frozen":  # the next r columns no earlier concept took
             taken = [col for c in commit.concepts for col in (c.frozen_columns or [])]
             start = max(taken) + 1 if taken else 0
             frozen = list(range(start, start + r))
@@ -493,7 +498,7 @@ class Library:
             token=token,
             rank=r,
             ranks=None if all(k == r for k in ranks) else ranks,
-            orthogonal=config.method != "lora",
+            orthogonal=method.projects,
             frozen_columns=frozen,
             payload=payload_id,
             arrays=array_records,
@@ -595,7 +600,7 @@ class Library:
         from seqlib.errors import ImportRejectedError
         from seqlib.export import from_lora_file
         from seqlib.format import ImportRecord
-        from seqlib.subspace import fit_in_free_space, random_basis
+        from seqlib.subspace import fit_factors_in_free_space, random_basis
         from seqlib.train import _init_token, taken_space
 
         check_concept_name(name)
@@ -614,16 +619,16 @@ class Library:
             raise CapacityError(full, r, free)
         for layer in lib.layers:
             Q, _ = taken_space(layer.name, layer.in_features, earlier, 0)
-            dW = deltas.get(layer.name)
-            if dW is None or not torch.any(dW):  # untouched layer: a zero residual on a free basis
+            up, down = deltas.get(layer.name, (None, None))
+            if up is None or not torch.any(up) or not torch.any(down):  # untouched: zero residual, free basis
                 B[layer.name] = random_basis(layer.in_features, r, Q, gen).float().numpy()
                 A[layer.name] = np.zeros((layer.out_features, r), np.float32)
                 continue
-            dW = dW.double()
-            a, b = fit_in_free_space(dW, Q, r)
-            err = float(torch.linalg.norm(dW - a @ b.T))
-            errors[layer.name] = err / float(torch.linalg.norm(dW))
-            num, den = num + err**2, den + float(torch.linalg.norm(dW)) ** 2
+            # in factor space: no n x m matrix is formed (SD1.5's 1280-wide layers cost an SVD each)
+            a, b, relative = fit_factors_in_free_space(up, down, Q, r, gen)
+            norm2 = float(((up.double().T @ up.double()) * (down.double() @ down.double().T)).sum())
+            errors[layer.name] = relative
+            num, den = num + relative**2 * norm2, den + norm2
             A[layer.name], B[layer.name] = a.float().numpy(), b.float().numpy()
         errors["overall"] = (num / den) ** 0.5 if den else 0.0
         if errors["overall"] > max_error and not force:

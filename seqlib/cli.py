@@ -19,6 +19,7 @@ from rich.table import Table
 from seqlib import __version__, errors
 from seqlib.config import LAYER_SETS, default
 from seqlib.errors import SeqlibError
+from seqlib.methods import METHODS
 
 console = Console()
 err_console = Console(stderr=True)
@@ -169,9 +170,7 @@ def init_command(ctx: click.Context, location, base, base_config, rank, layers, 
     """
     from seqlib.api import Library
 
-    path = location or ctx.obj["store"] or Path.cwd()
-    if "://" not in str(path) and Path(path).name != ".seqlib":
-        path = Path(path) / ".seqlib"
+    path = location or ctx.obj["store"]
     with console.status("building the library (loading and fingerprinting the base)…"):
         lib = Library.init(path, base=base, base_config=base_config, rank=rank, device=device, layers=layers)
     s = lib.status()
@@ -187,10 +186,7 @@ def _hyper(flag: str, field: str, type, help: str):
     return click.option(flag, field, type=type, default=None, help=help, show_default=str(default(field)))
 
 
-_METHOD_HELP = (
-    "seqlora: bilevel with cross-Hessian (paper). alternating: the same without it. frozen-basis: B fixed to "
-    "columns of a shared orthogonal matrix, only A trained (Po et al. 2024). lora: no projection (naive sum)."
-)
+_METHOD_HELP = " ".join(f"{m.name}: {m.summary}." for m in METHODS.values())
 
 
 @cli.command("add", short_help="Learn a new concept from a folder of images.")
@@ -200,7 +196,7 @@ _METHOD_HELP = (
 @click.option("--rank", type=click.IntRange(1), default=None, help="Rank r (default: the library's).")
 @click.option(
     "--method",
-    type=click.Choice(["seqlora", "alternating", "frozen-basis", "lora"]),
+    type=click.Choice(list(METHODS)),
     default="seqlora",
     show_default=True,
     help=_METHOD_HELP,

@@ -6,6 +6,8 @@ from __future__ import annotations
 import re
 from dataclasses import asdict, dataclass, fields
 
+from seqlib.methods import METHODS
+
 _ATTENTION = r"\.attn[12]\.(to_q|to_k|to_v|to_out\.0)$"
 _FEED_FORWARD = r"\.ff\.net\.(0\.proj|2)$"
 # Which linear layers a library adapts, chosen at `seqlib init` and recorded by name in the store.
@@ -70,8 +72,8 @@ class TrainConfig:
     aug_copies: int = 4  # augmented variants encoded per image when crop=random or flip
 
     def __post_init__(self) -> None:
-        if self.method not in ("seqlora", "alternating", "frozen-basis", "lora"):
-            raise ValueError(f"`method` must be seqlora, alternating, frozen-basis or lora, not {self.method!r}")
+        if self.method not in METHODS:
+            raise ValueError(f"`method` must be one of {', '.join(METHODS)}, not {self.method!r}")
         if self.optimizer not in ("adam", "sgd"):
             raise ValueError(f"`optimizer` must be adam or sgd, not {self.optimizer!r}")
         if self.context not in ("library", "base"):
@@ -85,8 +87,8 @@ class TrainConfig:
             raise ValueError(f"`basis_init` must be random or activation, not {self.basis_init!r}")
         if not 0 <= self.protect <= self.activation_k:
             raise ValueError(f"`protect` must be between 0 and `activation_k` ({self.activation_k})")
-        if self.protect and self.method == "lora":
-            raise ValueError("`protect` needs a projected method (seqlora or alternating), not lora")
+        if self.protect and not METHODS[self.method].projects:
+            raise ValueError(f"`protect` needs a method that projects its basis, not {self.method}")
         if self.precision not in ("fp32", "fp16", "bf16"):
             raise ValueError(f"`precision` must be fp32, fp16 or bf16, not {self.precision!r}")
         if self.crop not in ("center", "random"):

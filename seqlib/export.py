@@ -55,8 +55,10 @@ def to_diffusers(factors: dict[str, tuple[Tensor, Tensor]]) -> dict[str, Tensor]
     return out
 
 
-def _residual(path: Path, label: str, down: Tensor | None, up: Tensor | None, shape: tuple[int, int]) -> Tensor:
-    """``up @ down`` of one layer after checking what a hostile or broken file could get wrong."""
+def _factors(
+    path: Path, label: str, down: Tensor | None, up: Tensor | None, shape: tuple[int, int]
+) -> tuple[Tensor, Tensor]:
+    """(up, down) of one layer, as float, after checking what a hostile or broken file could get wrong."""
     if down is None or up is None:
         missing = "up (lora_up / lora_B)" if up is None else "down (lora_down / lora_A)"
         raise ImportRejectedError(f"{path}: layer {label} has no {missing} matrix")
@@ -74,11 +76,12 @@ def _residual(path: Path, label: str, down: Tensor | None, up: Tensor | None, sh
         )
     if not (torch.isfinite(down).all() and torch.isfinite(up).all()):
         raise ImportRejectedError(f"{path}: layer {label} holds NaN or infinite values")
-    return up.float() @ down.float()
+    return up.float(), down.float()
 
 
-def from_lora_file(path: Path, shapes: dict[str, tuple[int, int]]) -> tuple[str, dict[str, Tensor]]:
-    """Read a kohya or diffusers/PEFT LoRA: (format, {layer: residual ΔW (n, m)}).
+def from_lora_file(path: Path, shapes: dict[str, tuple[int, int]]) -> tuple[str, dict[str, tuple[Tensor, Tensor]]]:
+    """Read a kohya or diffusers/PEFT LoRA: (format, {layer: (up, down)}) with ΔW = up @ down
+    (n x k by k x m; kohya's alpha / k scale folded into up).
 
     ``shapes``: (out, in) features of every layer seqlib adapts. Every key must be accounted
     for; a LoRA touching layers seqlib does not adapt (the text encoder, convolutions) is
@@ -92,7 +95,7 @@ def from_lora_file(path: Path, shapes: dict[str, tuple[int, int]]) -> tuple[str,
     except Exception as e:  # safetensors raises its own error types
         raise ImportRejectedError(f"{path} is not a readable .safetensors LoRA: {e}") from None
     by_kohya = {kohya_key(n): n for n in shapes}
-    deltas: dict[str, Tensor] = {}
+    deltas: dict[str, tuple[Tensor, Tensor]] = {}
     if any(k.startswith("lora_unet_") for k in state):
         fmt = "kohya"
         stems = {k.rsplit(".", 2)[0] for k in state if k.endswith((".lora_down.weight", ".lora_up.weight"))}
@@ -103,11 +106,11 @@ def from_lora_file(path: Path, shapes: dict[str, tuple[int, int]]) -> tuple[str,
                 )
             name = by_kohya[stem]
             down, up = state.pop(f"{stem}.lora_down.weight", None), state.pop(f"{stem}.lora_up.weight", None)
-            delta = _residual(path, stem, down, up, shapes[name])
+            up, down = _factors(path, stem, down, up, shapes[name])
             alpha = state.pop(f"{stem}.alpha", torch.tensor(float(down.shape[0])))
             if alpha.numel() != 1 or not torch.isfinite(alpha).all():
                 raise ImportRejectedError(f"{path}: {stem}.alpha must be one finite number")
-            deltas[name] = (float(alpha) / down.shape[0]) * delta
+            deltas[name] = ((float(alpha) / down.shape[0]) * up, down)
     elif any(".lora_A." in k or ".lora_B." in k for k in state):
         fmt = "diffusers"
         stems = {k.split(".lora_")[0] for k in state if ".lora_A." in k or ".lora_B." in k}
@@ -118,7 +121,7 @@ def from_lora_file(path: Path, shapes: dict[str, tuple[int, int]]) -> tuple[str,
                     f"{path}: {name} is not a layer seqlib adapts (only UNet attention projections)"
                 )
             down, up = state.pop(f"{stem}.lora_A.weight", None), state.pop(f"{stem}.lora_B.weight", None)
-            deltas[name] = _residual(path, name, down, up, shapes[name])  # scale 1: alpha is in the metadata
+            deltas[name] = _factors(path, name, down, up, shapes[name])  # scale 1: alpha is in the metadata
     else:
         raise ImportRejectedError(f"{path}: neither kohya (lora_unet_…) nor diffusers (…lora_A…) LoRA keys")
     if state:

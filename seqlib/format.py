@@ -11,14 +11,13 @@ import json
 from datetime import UTC, datetime
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from seqlib import __version__
 from seqlib.errors import CapacityError, FormatVersionError, StoreDamagedError
+from seqlib.methods import METHODS
 
 FORMAT_VERSION = 1
-
-METHODS = ("seqlora", "alternating", "frozen-basis", "lora")
 
 
 def canonical_json(obj: dict) -> bytes:
@@ -91,7 +90,17 @@ class ArrayRecord(_Model):
 class TrainingRecord(_Model):
     """The hyper-parameters a concept was trained with, named after the paper's symbols."""
 
-    method: Literal["seqlora", "alternating", "frozen-basis", "lora"]
+    method: str = Field(
+        description="A registered training method (`seqlib.methods`): seqlora, alternating, frozen-basis, lora."
+    )
+
+    @field_validator("method")
+    @classmethod
+    def _registered(cls, value: str) -> str:
+        if value not in METHODS:
+            raise ValueError(f"unknown method {value!r} (known: {', '.join(METHODS)})")
+        return value
+
     alpha: float = Field(description="α: step size of the A (lower-level) updates.")
     beta: float = Field(description="β: step size of the B (upper-level) updates.")
     K: int = Field(description="Bilevel iterations per training round.")

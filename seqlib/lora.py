@@ -9,6 +9,7 @@ import torch
 from torch import Tensor, nn
 
 from seqlib.config import LAYER_SETS
+from seqlib.errors import DataError
 from seqlib.subspace import delta_weight
 
 
@@ -99,7 +100,7 @@ class WeightPatch:
         if safe:
             for name, d in deltas.items():
                 if not torch.isfinite(d).all():
-                    raise ValueError(f"non-finite values in the residual for {name}; the concept is broken")
+                    raise DataError(f"non-finite values in the residual for {name}; a selected concept is broken")
         for name, d in deltas.items():
             w = self.modules[name].weight
             w.add_(d.to(w.device, w.dtype))
@@ -116,10 +117,16 @@ class WeightPatch:
 def summed_deltas(
     concepts: list[tuple[dict[str, Tensor], dict[str, Tensor], float]],
 ) -> dict[str, Tensor]:
-    """Σ_i w_i A_i B_iᵀ per layer, for (A by layer, B by layer, weight) triples."""
+    """Σ_i w_i A_i B_iᵀ per layer, for (A by layer, B by layer, weight) triples.
+
+    One matmul per layer, ``[w_1 A_1 … w_N A_N] @ [B_1 … B_N]ᵀ`` (n × Σr by Σr × m): the cost of
+    composing N concepts grows with Σr, not with N full n × m products and additions.
+    """
+    names = list(dict.fromkeys(name for As, _, _ in concepts for name in As))
     out: dict[str, Tensor] = {}
-    for As, Bs, weight in concepts:
-        for name, A in As.items():
-            d = weight * delta_weight(A.float(), Bs[name].float())
-            out[name] = out[name] + d if name in out else d
+    for name in names:
+        pairs = [(weight * As[name].float(), Bs[name].float()) for As, Bs, weight in concepts if name in As]
+        A = torch.cat([a for a, _ in pairs], dim=1)
+        B = torch.cat([b for _, b in pairs], dim=1)
+        out[name] = delta_weight(A, B)
     return out

@@ -1,9 +1,9 @@
 """The SeqLoRA trainer: Algorithm 1 of the paper for one new concept.
 
 Concept i is trained on top of ``W0 + Σ_{j<i} A_j B_jᵀ`` (earlier residuals patched into
-the weights, frozen). Each training round draws one batch (images, noise, timesteps) and
-runs K bilevel iterations on it, so every gradient inside an iteration — the tentative
-step, g_A, g_B and the cross-Hessian — is of the same loss L:
+the weights, frozen). Each training round runs K bilevel iterations of the loss L; every
+step below draws its own batch (images, noise, timesteps), and the quantities of one B-step
+(g_B, g_A and the cross-Hessian) share theirs, so its reduced gradient is exact for that batch:
 
 1. Ã = A_k − α ∇_A L(A_k, B_k)                                   tentative lower-level step
 2. S_B times: g_B, g_A = ∇_B L(Ã, B), ∇_A L(Ã, B)
@@ -39,6 +39,7 @@ from seqlib.config import TrainConfig
 from seqlib.distributed import average
 from seqlib.errors import CapacityError, DataError, TrainingDivergedError
 from seqlib.lora import LiveResiduals, WeightPatch, named_layers, summed_deltas
+from seqlib.methods import METHODS
 from seqlib.subspace import frozen_basis, orthonormal_basis, project_out, random_basis
 
 
@@ -203,6 +204,7 @@ def train_concept(
     names = [n for n, _ in layers]
 
     gen = torch.Generator().manual_seed(cfg.seed)
+    method = METHODS[cfg.method]
 
     # Earlier concepts are frozen: patch them into W once instead of running them live.
     context = earlier if cfg.context == "library" else []
@@ -210,7 +212,7 @@ def train_concept(
         # 1) the space each layer must avoid (nothing for plain LoRA), and room checks
         Q, reserved = {}, []
         for name, module in layers:
-            if cfg.method == "lora":
+            if not method.projects:
                 Q[name], extra = torch.zeros(module.in_features, 0, dtype=torch.float64), 0
             else:
                 Q[name], extra = taken_space(name, module.in_features, earlier, cfg.protect)
@@ -220,7 +222,7 @@ def train_concept(
         if full:
             raise CapacityError(full, max(ranks.values()), {n: m.in_features - Q[n].shape[1] for n, m in layers})
         # 2) A = 0, B random orthonormal in the free complement (the residual starts at 0)
-        if cfg.method == "frozen-basis":
+        if method.basis == "frozen":
             Bs = [frozen_basis(m.in_features, frozen_columns[: ranks[n]], Q[n]).float().to(device) for n, m in layers]
         else:
             Bs = [random_basis(m.in_features, ranks[n], Q[n], gen).float().to(device) for n, m in layers]
@@ -276,7 +278,7 @@ def train_concept(
                 if opt is not None:
                     opt.load(resume["optimizer"])
             else:
-                if cfg.basis_init == "activation" and cfg.method != "frozen-basis":
+                if cfg.basis_init == "activation" and method.basis == "init":
                     # B spans the top principal directions of the concept's inputs in the free space
                     before = moments(As, Bs, emb)
                     Bs = [activation_basis(before.moment(n), Q[n], ranks[n]).float().to(device) for n, _ in layers]
@@ -424,18 +426,19 @@ def _bilevel_iteration(
 
     # Steps 2-3: S_B reduced-gradient steps on B, each projected onto the free complement
     B = list(B_k)
-    for _ in range(cfg.S_B if cfg.method != "frozen-basis" else 0):  # frozen-basis: B never moves
+    method = METHODS[cfg.method]
+    for _ in range(cfg.S_B if method.moves_basis else 0):
         At, Bl, batch = _leaves(A_tilde), _leaves(B), draw()
         grads = average(torch.autograd.grad(objective(At, Bl, ehs, batch), At + Bl))
         g_A, g_B = grads[: len(At)], grads[len(At) :]
-        if cfg.method == "seqlora":
+        if method.cross_hessian:
             hvp = cross_hessian_autograd if cfg.hvp == "autograd" else cross_hessian_finite_diff
             if D is not None:  # Ã moved along D∘∇_A L, so the reduced gradient looks along D∘g_A
                 g_A = [d * g for d, g in zip(D, g_A)]
             H = average(hvp(objective, A_k, B, g_A, ehs, batch))
             g_B = [gb - alpha * h for gb, h in zip(g_B, H)]  # ∇Φ = g_B − α H[g_A]
         B = [b - beta * g for b, g in zip(B, _direction(g_B, opt and opt.B, cfg))]
-        if cfg.method != "lora":
+        if method.projects:
             B = [project_out(b, q) for b, q in zip(B, Qs)]
 
     # Step 4: S_A steps on A (and the token embedding) from A_k at the new B

@@ -13,6 +13,7 @@ import numpy as np
 
 from seqlib.errors import SeqlibError
 from seqlib.format import Commit, canonical_json, free_dims, sha256_hex
+from seqlib.methods import METHODS
 
 if TYPE_CHECKING:
     from seqlib.api import Library
@@ -80,7 +81,7 @@ def _check_records(version: int, commit: Commit, problems: list[str]) -> None:
         if c.token != f"<{c.name}>":
             problems.append(f"{where}: token {c.token!r} is not <{c.name}>")
         method = c.training.method if c.training else None
-        if c.frozen_columns is not None and method != "frozen-basis":
+        if c.frozen_columns is not None and (method is None or METHODS[method].basis != "frozen"):
             problems.append(f"{where}: frozen_columns on a {method or 'imported'} concept")
         if len(c.reserved) != layers:
             problems.append(f"{where}: reserved has {len(c.reserved)} entries for {layers} layers")
@@ -127,8 +128,9 @@ def _check_version(lib: Library, version: int, commit: Commit, problems: list[st
                         f"of {earlier.name} on {layer_name} ({overlap:.2e})"
                     )
                     break
-    for c in commit.concepts:  # a frozen basis is columns of an orthogonal matrix: orthonormal
-        if c.frozen_columns is not None and c.name not in unchecked:
+    for c in commit.concepts:  # a basis that stays on an orthogonal matrix's columns is orthonormal
+        fixed = c.training is not None and c.training.method in METHODS and not METHODS[c.training.method].moves_basis
+        if c.frozen_columns is not None and fixed and c.name not in unchecked:
             for layer_name, B in payload.unpack_bases(layers, lib._arrays[c.payload]).items():
                 B = B.astype(np.float64)
                 if B.shape[1] and np.abs(B.T @ B - np.eye(B.shape[1])).max() > 1e-4:
@@ -138,6 +140,39 @@ def _check_version(lib: Library, version: int, commit: Commit, problems: list[st
         if free < 0:
             problems.append(f"version {version}: layer {name} is over capacity by {-free} dimensions")
     return value, a, b, layer
+
+
+def _check_crosstalk(lib: Library, commit: Commit, problems: list[str], seen: set) -> None:
+    """Recompute each stored crosstalk value from the two concepts' factors and the target's
+    stored input directions (format_spec.md, "Crosstalk")."""
+    from seqlib import payload
+    from seqlib.activations import crosstalk
+
+    layers = commit.library.layers
+    names = commit.library.layer_names
+
+    def factors(c):
+        arrays = lib._arrays[c.payload]
+        return payload.unpack_coeffs(layers, arrays), payload.unpack_bases(layers, arrays)
+
+    for c in commit.concepts:
+        for e in commit.concepts:
+            key = (c.payload, e.payload, c.crosstalk_from.get(e.name), c.crosstalk_onto.get(e.name))
+            if e.name not in c.crosstalk_from or key in seen or not {c.payload, e.payload} <= lib._arrays.keys():
+                continue
+            seen.add(key)
+            mine, theirs = factors(c), factors(e)
+            recomputed = {
+                "from": crosstalk(names, theirs, mine, payload.unpack_summary(layers, lib._arrays[c.payload]))[0],
+                "onto": crosstalk(names, mine, theirs, payload.unpack_summary(layers, lib._arrays[e.payload]))[0],
+            }
+            stored = {"from": c.crosstalk_from[e.name], "onto": c.crosstalk_onto.get(e.name, float("nan"))}
+            for way in ("from", "onto"):
+                if not abs(stored[way] - recomputed[way]) <= 1e-4 + 1e-3 * abs(recomputed[way]):
+                    problems.append(
+                        f"concept {c.name}: stored crosstalk {way} {e.name} is {stored[way]}, "
+                        f"the factors give {recomputed[way]:.6f}"
+                    )
 
 
 def verify_library(lib: Library, check_base: bool = True) -> dict:
@@ -178,8 +213,10 @@ def verify_library(lib: Library, check_base: bool = True) -> dict:
         read_version, read_id = lib.version()
     except SeqlibError as e:
         problems.append(str(e))
+    seen: set = set()
     for version, commit_id in entries:
         if commit_id in commits:
+            _check_crosstalk(lib, commits[commit_id], problems, seen)
             result = _check_version(lib, version, commits[commit_id], problems)
             if commit_id == read_id:
                 worst = result

@@ -1,0 +1,39 @@
+"""Training methods are objects in one registry: a new one is a `register` call (issue 13)."""
+
+from __future__ import annotations
+
+import json
+
+from seqlib.api import Library
+from seqlib.config import TrainConfig
+from seqlib.methods import METHODS, Method, get
+
+from .conftest import FAST
+
+
+def test_the_registry_is_what_the_cli_and_the_format_offer():
+    from seqlib.cli import add_command
+    from seqlib.format import TrainingRecord
+
+    method_option = next(p for p in add_command.params if p.name == "method")
+    assert list(method_option.type.choices) == list(METHODS) == ["seqlora", "alternating", "frozen-basis", "lora"]
+    assert get("lora").projects is False and get("seqlora").cross_hessian is True
+    assert "method" in TrainingRecord.model_fields
+
+
+def test_a_registered_toy_method_trains_end_to_end(store_copy, photos, monkeypatch, capsys):
+    # A combination no built-in method has: start on the shared orthogonal matrix, then move B.
+    toy = Method(
+        "toy", "frozen start, trained basis", projects=True, moves_basis=True, cross_hessian=False, basis="frozen"
+    )
+    monkeypatch.setitem(METHODS, "toy", toy)
+    lib = Library.open(store_copy)
+    concept = lib.add("toyish", photos / "robot", config=TrainConfig(method="toy", **FAST))
+    assert concept.training.method == "toy" and concept.orthogonal and concept.frozen_columns == [0, 1, 2, 3]
+    report = lib.verify(check_base=False)
+    assert report["ok"], report["problems"]
+    assert report["worst_orthogonality"]["max_abs_cos"] < 1e-5  # projected against the three earlier concepts
+    from seqlib.cli import main
+
+    assert main(["--store", str(store_copy), "list", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)[-1]["method"] == "toy"
