@@ -104,7 +104,15 @@ def render_pairs(lib, visible: list[str]) -> dict[str, torch.Tensor]:
 
 
 def run_method(
-    method: str, concepts: dict, photos: Path, work: Path, out: Path, every: int, settings: dict | None = None
+    method: str,
+    concepts: dict,
+    photos: Path,
+    work: Path,
+    out: Path,
+    every: int,
+    settings: dict | None = None,
+    base: str | None = None,
+    layers: str | None = None,
 ) -> None:
     """Learn the stream; keep every evaluation image (scored later, so the metric can change)."""
     from safetensors.torch import save_file
@@ -112,7 +120,7 @@ def run_method(
     from seqlib.api import Library
     from seqlib.config import TrainConfig
 
-    lib = Library.init(work / method / ".seqlib")
+    lib = Library.init(work / method / ".seqlib", base=base, layers=layers)
     names = list(concepts)
     seconds, images = {}, {}
     for t, name in enumerate(names, 1):
@@ -192,7 +200,7 @@ def sheet(lib, names: list[str], concepts: dict, path: Path) -> None:
     grid.save(path)
 
 
-def calibration(concepts: dict, refs: dict, encoder, base_dir: Path) -> dict:
+def calibration(concepts: dict, refs: dict, encoder, base: str | None) -> dict:
     """The metric's ceiling (other photos of the concept) and floor (the base without it)."""
     from seqlib.base import load_pipeline
     from seqlib.concepts import photo
@@ -202,7 +210,12 @@ def calibration(concepts: dict, refs: dict, encoder, base_dir: Path) -> dict:
         float(identity_scores(encoder, to_tensor([photo(c, 100 + i) for i in range(4)]), refs[n][None]).mean())
         for n, c in concepts.items()
     ]
-    pipe = load_pipeline("embedded", "", None, base_dir)
+    from seqlib.base import classify
+    from seqlib.embedded import EMBEDDED_BASES
+
+    kind, source = classify(base, None)
+    shipped = {base_id: folder for base_id, folder in EMBEDDED_BASES.values()}
+    pipe = load_pipeline(kind, source, None, shipped.get(source))
     images = generate(pipe, [f"a photo of a thing on a {b} background" for b in BACKGROUNDS], [0, 1, 2, 3])
     floor = identity_scores(encoder, images, torch.stack(list(refs.values()))).mean(0).tolist()
     return {"ceiling": ceiling, "floor": floor, "floor_alignment": sum(background_hits(images, list(BACKGROUNDS))) / 4}
@@ -272,6 +285,8 @@ def main() -> None:
     parser.add_argument("--work", type=Path, default=Path("build/stream"), help="Libraries are kept here.")
     parser.add_argument("--report-only", action="store_true", help="Score and tabulate the saved images.")
     parser.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="TrainConfig overrides, all methods.")
+    parser.add_argument("--base", default=None, help="seqlib init --base (default: the tiny embedded base).")
+    parser.add_argument("--layers", default=None, help="seqlib init --layers (default: the base's).")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -280,7 +295,6 @@ def main() -> None:
     from _report import parse_settings
 
     from seqlib.concepts import held_out, photo, write_photos
-    from seqlib.embedded import SHIPPED_BASE
     from seqlib.identity import load_encoder, reference, to_tensor
 
     args.out.mkdir(parents=True, exist_ok=True)
@@ -292,11 +306,12 @@ def main() -> None:
             if (args.out / f"{method}.json").exists():
                 print(f"{method}: kept the saved run (delete {method}.json to rerun)")
                 continue
-            run_method(method, concepts, photos, args.work, args.out, args.every, parse_settings(args.set))
+            settings = parse_settings(args.set)
+            run_method(method, concepts, photos, args.work, args.out, args.every, settings, args.base, args.layers)
     encoder = load_encoder()
     refs = {n: reference(encoder, to_tensor([photo(c, i) for i in range(PHOTOS)])) for n, c in concepts.items()}
     results = {m: score(m, args.out, refs, encoder) for m in METHODS if (args.out / f"{m}.json").exists()}
-    calib = calibration(concepts, refs, encoder, SHIPPED_BASE)
+    calib = calibration(concepts, refs, encoder, args.base)
     table = report(results, calib, args.out)
     (args.out / "table.md").write_text(table + "\n")
     print(table)

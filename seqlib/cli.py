@@ -70,11 +70,7 @@ def _library(ctx: click.Context, at: str | None = None):
     return Library.open(ctx.obj.get("store"), at=at)
 
 
-class _Group(click.Group):
-    pass
-
-
-@click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
 @click.option(
     "--store",
     envvar="SEQLIB_STORE",

@@ -93,21 +93,55 @@ def write_tokenizer(folder: Path, words: list[str] | None = None) -> None:
     tok.save_pretrained(folder)
 
 
+def _text_encoder(tokenizer, width: int, layers: int):
+    """A CLIP text encoder of ``layers`` layers ``width`` wide, 4 heads; MLP 2x wide below 256
+    (the tiny base's), 4x from 256 (CLIP's)."""
+    from transformers import CLIPTextConfig, CLIPTextModel
+
+    return CLIPTextModel(
+        CLIPTextConfig(
+            vocab_size=len(tokenizer),
+            hidden_size=width,
+            intermediate_size=width * (2 if width < 256 else 4),
+            num_hidden_layers=layers,
+            num_attention_heads=4,
+            max_position_embeddings=77,
+            bos_token_id=tokenizer.bos_token_id,
+            eos_token_id=tokenizer.eos_token_id,
+            pad_token_id=tokenizer.pad_token_id,
+        )
+    )
+
+
+def _save(folder: Path, vae, text_encoder, tokenizer, unet, scheduler) -> None:
+    from diffusers import StableDiffusionPipeline
+
+    pipe = StableDiffusionPipeline(
+        vae=vae,
+        text_encoder=text_encoder,
+        tokenizer=tokenizer,
+        unet=unet,
+        scheduler=scheduler,
+        safety_checker=None,
+        feature_extractor=None,
+        requires_safety_checker=False,
+    )
+    pipe.save_pretrained(folder, safe_serialization=True)
+
+
 def build_embedded_pipeline(folder: Path) -> None:
     """Write the untrained embedded architecture as a diffusers pipeline folder (about 18 MB)."""
     import torch
     from diffusers import (
         AutoencoderKL,
         DDIMScheduler,
-        StableDiffusionPipeline,
         UNet2DConditionModel,
     )
-    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
+    from transformers import CLIPTokenizer
 
     folder = Path(folder)
     write_tokenizer(folder / "tokenizer")
     tokenizer = CLIPTokenizer.from_pretrained(folder / "tokenizer")
-    vocab_size = len(tokenizer)
 
     torch.manual_seed(EMBEDDED_SEED)
     unet = UNet2DConditionModel(
@@ -133,19 +167,7 @@ def build_embedded_pipeline(folder: Path) -> None:
         layers_per_block=1,
         sample_size=RESOLUTION,
     )
-    text_encoder = CLIPTextModel(
-        CLIPTextConfig(
-            vocab_size=vocab_size,
-            hidden_size=128,
-            intermediate_size=256,
-            num_hidden_layers=2,
-            num_attention_heads=4,
-            max_position_embeddings=77,
-            bos_token_id=tokenizer.bos_token_id,
-            eos_token_id=tokenizer.eos_token_id,
-            pad_token_id=tokenizer.pad_token_id,
-        )
-    )
+    text_encoder = _text_encoder(tokenizer, width=128, layers=2)
     scheduler = DDIMScheduler(
         beta_start=0.00085,
         beta_end=0.012,
@@ -154,17 +176,7 @@ def build_embedded_pipeline(folder: Path) -> None:
         set_alpha_to_one=False,
         steps_offset=1,
     )
-    pipe = StableDiffusionPipeline(
-        vae=vae,
-        text_encoder=text_encoder,
-        tokenizer=tokenizer,
-        unet=unet,
-        scheduler=scheduler,
-        safety_checker=None,
-        feature_extractor=None,
-        requires_safety_checker=False,
-    )
-    pipe.save_pretrained(folder, safe_serialization=True)
+    _save(folder, vae, text_encoder, tokenizer, unet, scheduler)
 
 
 def build_lab_pipeline(folder: Path) -> None:
@@ -178,8 +190,8 @@ def build_lab_pipeline(folder: Path) -> None:
     16x16x4 for 64 px), so pretraining starts at the UNet stage.
     """
     import torch
-    from diffusers import AutoencoderKL, DDIMScheduler, StableDiffusionPipeline, UNet2DConditionModel
-    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
+    from diffusers import AutoencoderKL, DDIMScheduler, UNet2DConditionModel
+    from transformers import CLIPTokenizer
 
     folder = Path(folder)
     write_tokenizer(folder / "tokenizer", _lab_words())
@@ -195,29 +207,7 @@ def build_lab_pipeline(folder: Path) -> None:
         attention_head_dim=32,  # 8 heads of 32, as SD1.5's 8 heads
         norm_num_groups=32,
     )
-    text_encoder = CLIPTextModel(
-        CLIPTextConfig(
-            vocab_size=len(tokenizer),
-            hidden_size=256,
-            intermediate_size=1024,
-            num_hidden_layers=4,
-            num_attention_heads=4,
-            max_position_embeddings=77,
-            bos_token_id=tokenizer.bos_token_id,
-            eos_token_id=tokenizer.eos_token_id,
-            pad_token_id=tokenizer.pad_token_id,
-        )
-    )
+    text_encoder = _text_encoder(tokenizer, width=256, layers=4)
     vae = AutoencoderKL.from_pretrained(SHIPPED_BASE / "vae")
     scheduler = DDIMScheduler.from_pretrained(SHIPPED_BASE / "scheduler")
-    pipe = StableDiffusionPipeline(
-        vae=vae,
-        text_encoder=text_encoder,
-        tokenizer=tokenizer,
-        unet=unet,
-        scheduler=scheduler,
-        safety_checker=None,
-        feature_extractor=None,
-        requires_safety_checker=False,
-    )
-    pipe.save_pretrained(folder, safe_serialization=True)
+    _save(folder, vae, text_encoder, tokenizer, unet, scheduler)

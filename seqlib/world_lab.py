@@ -25,20 +25,11 @@ import math
 import random
 from dataclasses import dataclass
 
-COLOURS = {
-    "red": (215, 45, 45),
-    "orange": (240, 140, 30),
-    "yellow": (240, 215, 50),
-    "green": (35, 150, 70),
-    "teal": (30, 160, 160),
-    "blue": (40, 60, 190),
-    "purple": (130, 50, 170),
-    "pink": (240, 130, 190),
-    "brown": (120, 70, 35),
-    "white": (245, 245, 245),
-    "black": (25, 25, 25),
-    "grey": (128, 128, 128),
-}
+from seqlib.concepts import PALETTE
+
+# The held-out concepts' palette (so a colour word means the same colour in both), less lime and
+# sky (a concept may still bring a colour the world never named), plus grey.
+COLOURS = {name: rgb for name, rgb in PALETTE.items() if name not in ("lime", "sky")} | {"grey": (128, 128, 128)}
 BACKGROUNDS = ("grey", "white", "black", "blue", "green", "brown", "pink", "teal")
 SHAPES = ("circle", "square", "triangle", "diamond", "ring", "cross", "star", "oval", "bar")
 OBJECTS = ("creature", "house", "tree", "flag", "badge", "tower", "machine")
