@@ -549,7 +549,7 @@ class Library:
 
     # ---- export and import -----------------------------------------------------
 
-    def export(self, selection, out: str | Path, fmt: str = "diffusers") -> list[Path]:
+    def export(self, selection, out: str | Path, fmt: str = "kohya") -> list[Path]:
         """One LoRA file of rank Σr for the selected concepts (with weights), a sidecar, and
         their token embeddings as textual-inversion files. Returns the paths written."""
         from seqlib.export import stack_factors, write_export

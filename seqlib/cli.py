@@ -19,6 +19,7 @@ from rich.table import Table
 from seqlib import __version__, errors
 from seqlib.config import LAYER_SETS, default
 from seqlib.errors import SeqlibError
+from seqlib.format import LORA_FORMATS
 from seqlib.methods import METHODS
 
 console = Console()
@@ -37,12 +38,6 @@ def _count(n: int, noun: str) -> str:
 
 def _warn(message: str) -> None:
     err_console.print(f"[yellow]warning:[/] {message}")
-
-
-class UserError(click.ClickException):
-    """An argument problem found after parsing: ``Error: <one line>``, exit 2 (usage)."""
-
-    exit_code = errors.USAGE
 
 
 class Finite(click.FloatRange):
@@ -322,10 +317,7 @@ def add_command(
     lib = _library(ctx)
     overrides = {k: v for k, v in hyper.items() if v is not None}
     overrides.setdefault("resolution", lib.head().library.base.resolution)
-    try:
-        config = TrainConfig(method=method, init_word=init_word, **overrides)
-    except ValueError as e:
-        raise UserError(str(e)) from None
+    config = TrainConfig(method=method, init_word=init_word, **overrides)  # a UsageError if they conflict
     columns = (
         TextColumn(f"learning <{name}>"),
         BarColumn(),
@@ -617,7 +609,7 @@ def log_command(ctx, as_json: bool) -> None:
 @click.option(
     "--format",
     "fmt",
-    type=click.Choice(["kohya", "diffusers"]),
+    type=click.Choice(LORA_FORMATS),
     default="kohya",
     show_default=True,
     help="kohya: AUTOMATIC1111/ComfyUI/kohya keys. diffusers: pipe.load_lora_weights / PEFT keys.",

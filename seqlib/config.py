@@ -6,6 +6,7 @@ from __future__ import annotations
 import re
 from dataclasses import asdict, dataclass, fields
 
+from seqlib.errors import UsageError
 from seqlib.methods import METHODS
 
 _ATTENTION = r"\.attn[12]\.(to_q|to_k|to_v|to_out\.0)$"
@@ -73,28 +74,28 @@ class TrainConfig:
 
     def __post_init__(self) -> None:
         if self.method not in METHODS:
-            raise ValueError(f"`method` must be one of {', '.join(METHODS)}, not {self.method!r}")
+            raise UsageError(f"`method` must be one of {', '.join(METHODS)}, not {self.method!r}")
         if self.optimizer not in ("adam", "sgd"):
-            raise ValueError(f"`optimizer` must be adam or sgd, not {self.optimizer!r}")
+            raise UsageError(f"`optimizer` must be adam or sgd, not {self.optimizer!r}")
         if self.context not in ("library", "base"):
-            raise ValueError(f"`context` must be library or base, not {self.context!r}")
+            raise UsageError(f"`context` must be library or base, not {self.context!r}")
         if self.hvp not in ("auto", "autograd", "finite-diff"):
-            raise ValueError(f"`hvp` must be auto, autograd or finite-diff, not {self.hvp!r}")
+            raise UsageError(f"`hvp` must be auto, autograd or finite-diff, not {self.hvp!r}")
         for name in ("K", "S_B", "S_A", "steps", "batch_size", "resolution"):
             if getattr(self, name) < 1:
-                raise ValueError(f"`{name}` must be >= 1")
+                raise UsageError(f"`{name}` must be >= 1")
         if self.basis_init not in ("random", "activation"):
-            raise ValueError(f"`basis_init` must be random or activation, not {self.basis_init!r}")
+            raise UsageError(f"`basis_init` must be random or activation, not {self.basis_init!r}")
         if not 0 <= self.protect <= self.activation_k:
-            raise ValueError(f"`protect` must be between 0 and `activation_k` ({self.activation_k})")
+            raise UsageError(f"`protect` must be between 0 and `activation_k` ({self.activation_k})")
         if self.protect and not METHODS[self.method].projects:
-            raise ValueError(f"`protect` needs a method that projects its basis, not {self.method}")
+            raise UsageError(f"`protect` needs a method that projects its basis, not {self.method}")
         if self.precision not in ("fp32", "fp16", "bf16"):
-            raise ValueError(f"`precision` must be fp32, fp16 or bf16, not {self.precision!r}")
+            raise UsageError(f"`precision` must be fp32, fp16 or bf16, not {self.precision!r}")
         if self.crop not in ("center", "random"):
-            raise ValueError(f"`crop` must be center or random, not {self.crop!r}")
+            raise UsageError(f"`crop` must be center or random, not {self.crop!r}")
         if "{token}" not in self.prompt_template:
-            raise ValueError("`prompt_template` must contain {token}")
+            raise UsageError("`prompt_template` must contain {token}")
 
     def record(self) -> dict:
         return asdict(self)

@@ -15,8 +15,9 @@ import torch
 from torch import Tensor
 
 from seqlib.errors import ImportRejectedError, UsageError
+from seqlib.format import LORA_FORMATS
 
-FORMATS = ("kohya", "diffusers")
+FORMATS = LORA_FORMATS
 
 
 def stack_factors(

@@ -9,7 +9,7 @@ from __future__ import annotations
 import hashlib
 import json
 from datetime import UTC, datetime
-from typing import Literal
+from typing import Literal, get_args
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
@@ -18,6 +18,9 @@ from seqlib.errors import CapacityError, FormatVersionError, StoreDamagedError
 from seqlib.methods import METHODS
 
 FORMAT_VERSION = 1
+# The LoRA file layouts seqlib writes (`export`) and reads (`import`): one definition for both.
+LoraFormat = Literal["kohya", "diffusers"]
+LORA_FORMATS: tuple[str, ...] = get_args(LoraFormat)
 
 
 def canonical_json(obj: dict) -> bytes:
@@ -137,7 +140,7 @@ class ImportRecord(_Model):
 
     file: str = Field(description="File name of the foreign LoRA.")
     sha256: str
-    format: Literal["kohya", "diffusers"]
+    format: LoraFormat
     relative_error: float = Field(description="‖ΔW − A Bᵀ‖ / ‖ΔW‖ over all layers after projection and refit.")
 
 

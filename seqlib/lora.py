@@ -9,7 +9,7 @@ import torch
 from torch import Tensor, nn
 
 from seqlib.config import LAYER_SETS
-from seqlib.errors import DataError
+from seqlib.errors import BaseMismatchError, DataError
 from seqlib.subspace import delta_weight
 
 
@@ -20,7 +20,7 @@ def adapted_layers(unet: nn.Module, layer_set: str = "attention") -> list[tuple[
     for name, module in unet.named_modules():
         if pattern.search(name):
             if not isinstance(module, nn.Linear):
-                raise TypeError(f"{name} is a {type(module).__name__}; seqlib adapts nn.Linear layers only")
+                raise BaseMismatchError(f"{name} is a {type(module).__name__}; seqlib adapts nn.Linear layers only")
             found.append((name, module))
     return found
 
