@@ -32,8 +32,25 @@ VARIANTS = {
 }
 
 
-def _setup(base: str, resolution: int):
-    """(objective, A, B, ehs, batch, layers) for one base, frozen, on the CPU or a GPU."""
+SD15_UNET = dict(  # Stable Diffusion v1.5's UNet config (random weights here)
+    sample_size=64,
+    cross_attention_dim=768,
+    attention_head_dim=8,
+    layers_per_block=2,
+    block_out_channels=(320, 640, 1280, 1280),
+    down_block_types=("CrossAttnDownBlock2D",) * 3 + ("DownBlock2D",),
+    up_block_types=("UpBlock2D",) + ("CrossAttnUpBlock2D",) * 3,
+)
+# The same shape at a size a CPU runs in seconds: what `gpu_check.py --dry-run` exercises.
+SD15_SHAPED_TINY = SD15_UNET | dict(
+    sample_size=8, cross_attention_dim=32, block_out_channels=(32, 32, 64, 64), norm_num_groups=8
+)
+
+
+def _setup(base: str, resolution: int, dtype=None, batch_size: int = 1):
+    """(objective, A, B, ehs, batch, layers) for one base, frozen, on the CPU or a GPU.
+
+    ``base``: "sd15" or "sd15-tiny" (random weights, SD1.5's layer names) or "embedded"."""
     import torch
     from diffusers import DDIMScheduler, UNet2DConditionModel
 
@@ -42,47 +59,42 @@ def _setup(base: str, resolution: int):
 
     device = "cuda" if torch.cuda.is_available() else "cpu"
     torch.manual_seed(0)
-    if base == "sd15":
-        unet = UNet2DConditionModel(  # Stable Diffusion v1.5's UNet config, random weights
-            sample_size=64,
-            cross_attention_dim=768,
-            attention_head_dim=8,
-            layers_per_block=2,
-            block_out_channels=(320, 640, 1280, 1280),
-            down_block_types=("CrossAttnDownBlock2D",) * 3 + ("DownBlock2D",),
-            up_block_types=("UpBlock2D",) + ("CrossAttnUpBlock2D",) * 3,
-        )
-        d, factor = 768, 8
+    if base in ("sd15", "sd15-tiny"):
+        unet = UNet2DConditionModel(**(SD15_UNET if base == "sd15" else SD15_SHAPED_TINY))
+        d, factor = unet.config.cross_attention_dim, 8
     else:
         from seqlib.embedded import SHIPPED_BASE, VAE_FACTOR
 
         unet = UNet2DConditionModel.from_pretrained(SHIPPED_BASE / "unet")
         d, factor = unet.config.cross_attention_dim, VAE_FACTOR
-    unet = unet.to(device).requires_grad_(False).eval()
+    unet = unet.to(device, dtype or torch.float32).requires_grad_(False).eval()
     scheduler = DDIMScheduler(beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012)
     pipe = type("Pipe", (), {"unet": unet, "scheduler": scheduler})()
     layers = adapted_layers(unet)
     g = torch.Generator().manual_seed(0)
     A = [0.01 * torch.randn(m.out_features, 4, generator=g).to(device) for _, m in layers]
     B = [torch.linalg.qr(torch.randn(m.in_features, 4, generator=g))[0].to(device) for _, m in layers]
-    h = resolution // factor
-    batch = (torch.randn(1, 4, h, h).to(device), torch.randn(1, 4, h, h).to(device), torch.tensor([500]).to(device))
+    h, n = resolution // factor, batch_size
+    batch = (torch.randn(n, 4, h, h).to(device), torch.randn(n, 4, h, h).to(device), torch.full((n,), 500).to(device))
     ehs = torch.randn(1, 77, d).to(device)
     return _Objective(pipe, LiveResiduals(layers)), A, B, ehs, batch, layers
 
 
-def measure_variant(base: str, variant: str, resolution: int, iterations: int) -> dict:
-    """Seconds per iteration and peak memory of one variant (run in its own process)."""
+def measure_variant(base: str, variant: str, resolution: int, iterations: int, dtype=None, batch_size: int = 1) -> dict:
+    """Seconds per iteration and peak memory of one variant (run in its own process on a CPU,
+    where memory is the process's peak; a GPU's peak is reset per variant)."""
     import torch
 
     from seqlib.config import TrainConfig
     from seqlib.subspace import orthonormal_basis
     from seqlib.train import _bilevel_iteration
 
-    objective, A, B, ehs, batch, layers = _setup(base, resolution)
+    objective, A, B, ehs, batch, layers = _setup(base, resolution, dtype, batch_size)
     Qs = [orthonormal_basis(torch.zeros(m.in_features, 0)).to(A[0].device) for _, m in layers]
     emb = torch.zeros(8)
     cuda = A[0].is_cuda
+    if cuda:
+        torch.cuda.reset_peak_memory_stats()
     before = torch.cuda.memory_allocated() if cuda else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 
     def one():
