@@ -31,21 +31,31 @@ import torch
 SEEDS = (0, 1, 2, 3)
 
 
-def caught_energy(lib, commit) -> dict[str, float]:
-    """Per concept: the share of its recorded input energy inside the other concepts' bases."""
-    concepts = commit.concepts
-    bases = {c.name: lib.factors(c, commit)[1] for c in concepts}
+def _span(B: np.ndarray) -> np.ndarray:
+    """An orthonormal basis of span(B): trained bases are not normalised (only A Bᵀ matters),
+    and a shrunk layer has zero columns."""
+    U, S, _ = np.linalg.svd(B.astype(np.float64), full_matrices=False)
+    return U[:, S > 1e-6 * S.max()] if S.size and S.max() > 0 else U[:, :0]
+
+
+def caught_energy(lib, commit, names: list[str], random: bool = False) -> dict[str, float]:
+    """Per concept of ``names``: the share of its recorded input energy inside the span of the
+    other concepts' bases (mutually orthogonal, so the shares of each add up). ``random``:
+    the same for random subspaces of the same dimensions, what N·r/m predicts (seeded)."""
+    concepts = [c for c in commit.concepts if c.name in names]
+    spans = {c.name: {k: _span(v.numpy()) for k, v in lib.factors(c, commit)[1].items()} for c in concepts}
+    rng = np.random.default_rng(0)
     out = {}
     for c in concepts:
-        summary = lib.input_summary(c, commit)
         inside = total = 0.0
-        for layer, (U, energy) in summary.items():
-            weighted = U * np.sqrt(energy)[None, :]  # (m, k): directions scaled by their energy
+        for layer, (U, energy) in lib.input_summary(c, commit).items():
+            weighted = U.astype(np.float64) * np.sqrt(energy)[None, :]  # (m, k): directions scaled by energy
             total += float(np.square(weighted).sum())
-            for other in concepts:
-                B = bases[other.name].get(layer)
-                if other.name != c.name and B is not None and B.shape[1]:
-                    inside += float(np.square(B.numpy().T @ weighted).sum())
+            others = [spans[o.name][layer] for o in concepts if o.name != c.name]
+            Q = np.concatenate(others, axis=1) if others else np.zeros((weighted.shape[0], 0))
+            if random and Q.shape[1]:
+                Q = np.linalg.qr(rng.standard_normal(Q.shape))[0]
+            inside += float(np.square(Q.T @ weighted).sum())
         out[c.name] = inside / total if total else 0.0
     return out
 
@@ -80,7 +90,7 @@ def run(layers: str, rank: int, args, concepts: dict, refs: dict, encoder) -> di
             pipe = lib.pipeline({n: 1.0 for n in names[:t]})
             record["at"][t] = {
                 "all": {n: identity(encoder, pipe, n, refs[n]) for n in names[:t]},
-                "caught": caught_energy(lib, commit),
+                "caught": caught_energy(lib, commit, names[:t]),
             }
         print(f"{layers} r={rank} {t}/{len(names)} {name}: {record['seconds'][name]:.0f} s", flush=True)
     record["alone"] = {n: identity(encoder, lib.pipeline({n: 1.0}), n, refs[n]) for n in names}
@@ -95,8 +105,9 @@ def mean_sem(values: list[float]) -> str:
 
 def table(records: list[dict]) -> str:
     lines = [
-        "| layers | r | N | N·r/m | caught (measured) | identity all-active | identity alone | kept |",
-        "|---|---|---|---|---|---|---|---|",
+        "| layers | r | N | N·r/m | caught: trained bases | caught: random bases | identity all-active "
+        "| identity alone | kept |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     for rec in records:
         for t, at in sorted(rec["at"].items(), key=lambda kv: int(kv[0])):
@@ -106,7 +117,9 @@ def table(records: list[dict]) -> str:
             kept = statistics.mean(everything) / statistics.mean(alone) if statistics.mean(alone) > 0 else float("nan")
             lines.append(
                 f"| {rec['layers']} | {rec['rank']} | {t} | {int(t) * rec['rank'] / rec['narrowest']:.2f} "
-                f"| {mean_sem(list(at['caught'].values()))} | {mean_sem(everything)} | {mean_sem(alone)} "
+                f"| {mean_sem(list(at['caught'].values()))} "
+                f"| {mean_sem(list(at['caught_random'].values())) if 'caught_random' in at else 'n/a'} "
+                f"| {mean_sem(everything)} | {mean_sem(alone)} "
                 f"| {kept:.2f} |"
             )
     return "\n".join(lines)
@@ -118,7 +131,7 @@ def main() -> None:
     parser.add_argument("--work", type=Path, default=Path("build/capacity"))
     parser.add_argument("--base", default=None, help="seqlib init --base (default: the embedded base).")
     parser.add_argument("--layers", nargs="+", default=["attention+ff"])
-    parser.add_argument("--ranks", nargs="+", type=int, default=[1, 2, 4])
+    parser.add_argument("--ranks", nargs="*", type=int, default=[1, 2, 4])
     parser.add_argument("--extra", nargs="*", default=["cross-kv:4"], metavar="LAYERS:RANK")
     parser.add_argument("--concepts", type=int, default=8)
     parser.add_argument("--at", nargs="+", type=int, default=[2, 4, 8])
@@ -151,11 +164,23 @@ def main() -> None:
                 print(f"kept {path} (delete it to rerun)")
                 continue
             path.write_text(json.dumps(run(layers, rank, args, concepts, refs, encoder), indent=1) + "\n")
-    records = [
-        json.loads((args.out / f"{lay}-r{r}.json").read_text())
-        for lay, r in runs
-        if (args.out / f"{lay}-r{r}.json").exists()
-    ]
+    records = []
+    for lay, r in runs:
+        path = args.out / f"{lay}-r{r}.json"
+        if not path.exists():
+            continue
+        record = json.loads(path.read_text())
+        library = args.work / f"{lay}-r{r}" / ".seqlib"
+        if args.report_only and library.exists():  # re-measure "caught" from the kept library
+            from seqlib.api import Library
+
+            lib = Library.open(library)
+            names = [c.name for c in lib.head().concepts]
+            for t in record["at"]:
+                record["at"][t]["caught"] = caught_energy(lib, lib.head(), names[: int(t)])
+                record["at"][t]["caught_random"] = caught_energy(lib, lib.head(), names[: int(t)], random=True)
+            path.write_text(json.dumps(record, indent=1) + "\n")
+        records.append(record)
     text = table(records)
     (args.out / "table.md").write_text(text + "\n")
     print(text)

@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import os
 import shutil
+import threading
+import time
 import uuid
 from abc import ABC, abstractmethod
 from collections.abc import Iterator
@@ -95,12 +97,27 @@ class Backend(ABC):
     def size(self, prefix: str) -> int:
         """Bytes stored under ``prefix``."""
 
+    @abstractmethod
+    def keys(self, prefix: str) -> list[str]:
+        """Every object key below ``prefix/``, at any depth (payload arrays included)."""
+
     def exists(self, key: str) -> bool:
         try:
             self.read(key)
             return True
         except FileNotFoundError:
             return False
+
+    def upload_tree(self, folder: Path, prefix: str) -> None:
+        for path in sorted(Path(folder).rglob("*")):
+            if path.is_file():
+                self.write(f"{prefix}/{path.relative_to(folder).as_posix()}", path.read_bytes())
+
+    def download_tree(self, prefix: str, folder: Path) -> None:
+        for key in self.keys(prefix):
+            target = Path(folder) / key[len(prefix) + 1 :]
+            target.parent.mkdir(parents=True, exist_ok=True)
+            target.write_bytes(self.read(key))
 
 
 class LocalBackend(Backend):
@@ -140,6 +157,9 @@ class LocalBackend(Backend):
 
     def size(self, prefix: str) -> int:
         return sum(p.stat().st_size for p in (self.root / prefix).rglob("*") if p.is_file())
+
+    def keys(self, prefix: str) -> list[str]:
+        return sorted(p.relative_to(self.root).as_posix() for p in (self.root / prefix).rglob("*") if p.is_file())
 
 
 class ObjectBackend(Backend):
@@ -233,16 +253,101 @@ class ObjectBackend(Backend):
     def size(self, prefix: str) -> int:
         return sum(int(o["size"]) for o in self._keys(prefix))
 
-    def upload_tree(self, folder: Path, prefix: str) -> None:
-        for path in sorted(Path(folder).rglob("*")):
-            if path.is_file():
-                self.write(f"{prefix}/{path.relative_to(folder).as_posix()}", path.read_bytes())
+    def keys(self, prefix: str) -> list[str]:
+        return sorted(o["path"] for o in self._keys(prefix))
 
-    def download_tree(self, prefix: str, folder: Path) -> None:
-        for o in self._keys(prefix):
-            target = Path(folder) / o["path"][len(prefix) + 1 :]
-            target.parent.mkdir(parents=True, exist_ok=True)
-            target.write_bytes(self.read(o["path"]))
+
+class MemoryBackend(Backend):
+    """A store held in this process's memory (``memory://name``): for tests, notebooks and
+    throw-away libraries. Every ``memory://name`` opened in one process is the same store; it
+    is gone when the process ends. Payload arrays live in zarr's MemoryStore, under the same keys."""
+
+    _stores: dict[str, dict[str, tuple[bytes, float]]] = {}
+
+    def __init__(self, url: str) -> None:
+        self.url = url.rstrip("/")
+        self._objects = self._stores.setdefault(self.url, {})
+        self._lock = _LOCK
+
+    def read(self, key: str) -> bytes:
+        try:
+            return self._objects[key][0]
+        except KeyError:
+            raise FileNotFoundError(f"{self.url}/{key}") from None
+
+    def write(self, key: str, data: bytes) -> None:
+        with self._lock:
+            self._objects[key] = (bytes(data), time.time())
+
+    def create(self, key: str, data: bytes) -> bool:
+        with self._lock:  # the compare-and-swap: check and insert under one lock
+            if key in self._objects:
+                return False
+            self._objects[key] = (bytes(data), time.time())
+            return True
+
+    def list(self, prefix: str) -> dict[str, float]:
+        root = prefix.rstrip("/") + "/"
+        out: dict[str, float] = {}
+        for key, (_, mtime) in list(self._objects.items()):
+            if key.startswith(root):
+                name = key[len(root) :].split("/", 1)[0]
+                out[name] = max(out.get(name, 0.0), mtime)
+        return out
+
+    def delete(self, key: str) -> None:
+        with self._lock:
+            for k in [k for k in self._objects if k == key or k.startswith(key.rstrip("/") + "/")]:
+                del self._objects[k]
+
+    def zarr_store(self, prefix: str, read_only: bool):
+        return _memory_zarr_store(self, prefix, read_only)
+
+    def size(self, prefix: str) -> int:
+        return sum(len(self._objects[k][0]) for k in self.keys(prefix))
+
+    def keys(self, prefix: str) -> list[str]:
+        root = prefix.rstrip("/") + "/"
+        return sorted(k for k in self._objects if k.startswith(root))
+
+
+_LOCK = threading.Lock()
+
+
+def _memory_zarr_store(backend: MemoryBackend, prefix: str, read_only: bool):
+    """zarr's MemoryStore over the backend's own objects below ``prefix`` (a dict view that
+    reads and writes ``prefix/<zarr key>``), so list, size, delete and gc see payloads too."""
+    from collections.abc import MutableMapping
+
+    from zarr.core.buffer import default_buffer_prototype
+    from zarr.storage import MemoryStore
+
+    class View(MutableMapping):
+        def _key(self, key: str) -> str:
+            return f"{prefix}/{key}"
+
+        def __getitem__(self, key):
+            try:
+                return default_buffer_prototype().buffer.from_bytes(backend.read(self._key(key)))
+            except FileNotFoundError:
+                raise KeyError(key) from None
+
+        def __setitem__(self, key, value) -> None:
+            backend.write(self._key(key), value.to_bytes())
+
+        def __delitem__(self, key) -> None:
+            backend.delete(self._key(key))
+
+        def __iter__(self):
+            return (k[len(prefix) + 1 :] for k in backend.keys(prefix))
+
+        def __len__(self) -> int:
+            return len(backend.keys(prefix))
+
+        def __contains__(self, key) -> bool:
+            return backend.exists(self._key(key))
+
+    return MemoryStore(View(), read_only=read_only)
 
 
 def is_url(location: str | Path) -> bool:
@@ -250,4 +355,6 @@ def is_url(location: str | Path) -> bool:
 
 
 def open_backend(location: str | Path) -> Backend:
-    return ObjectBackend(location) if is_url(location) else LocalBackend(Path(location))
+    if not is_url(location):
+        return LocalBackend(Path(location))
+    return MemoryBackend(str(location)) if str(location).startswith("memory://") else ObjectBackend(str(location))

@@ -36,7 +36,6 @@ from pydantic import ValidationError
 from seqlib.backends import (
     Backend,
     LocalBackend,
-    ObjectBackend,
     _fsync_dir,
     atomic_write,
     is_url,
@@ -380,9 +379,9 @@ class Store:
         """A local folder holding the store's ``base/`` (downloaded once for object stores)."""
         if self.is_local:
             return Path(self.root) / "base"
-        assert isinstance(self.backend, ObjectBackend)
         cache = Path(os.environ.get("SEQLIB_CACHE", Path.home() / ".cache" / "seqlib"))
-        folder = cache / "bases" / sha256_hex(self.backend.url.encode())[:16]
+        # keyed by the store's URL and creation time: a store re-created at the same URL gets a fresh copy
+        folder = cache / "bases" / sha256_hex(f"{self.backend.url} {self.info.created}".encode())[:16]
         if not (folder / "model_index.json").is_file():
             staging = folder.with_name(f"{folder.name}.{uuid.uuid4().hex}.partial")
             self.backend.download_tree("base", staging)
@@ -392,7 +391,6 @@ class Store:
 
     def upload_base(self, folder: Path) -> None:
         if not self.is_local:
-            assert isinstance(self.backend, ObjectBackend)
             self.backend.upload_tree(folder, "base")
 
     # ---- garbage collection ----------------------------------------------------
