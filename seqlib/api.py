@@ -238,6 +238,29 @@ class Library:
     def _pinned(self) -> str | None:
         return self.at or self.store.checked_out()
 
+    @property
+    def root(self) -> str | Path:
+        """Where the library lives: its .seqlib folder or its URL."""
+        return self.store.root
+
+    def tags(self) -> dict[str, str]:
+        """Tag name -> commit id."""
+        return self.store.tags()
+
+    def checked_out(self) -> bool:
+        """Whether a read-only version is pinned (`seqlib checkout`)."""
+        return self.store.checked_out() is not None
+
+    def gc(self, grace_seconds: float = 3600.0, dry_run: bool = False) -> list[str]:
+        """Delete (or list) what no version reaches, once older than ``grace_seconds``."""
+        return self.store.gc(grace_seconds=grace_seconds, dry_run=dry_run)
+
+    def interrupted(self, name: str) -> bool:
+        """Whether an unfinished add of ``name`` left a checkpoint to `--resume` from."""
+        from seqlib import checkpoint
+
+        return checkpoint.exists(self.store, name)
+
     def version(self) -> tuple[int, str]:
         """(version number, commit id) this library reads: --at, a checkout, or the tip."""
         pinned = self._pinned()

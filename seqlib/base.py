@@ -57,7 +57,7 @@ def classify(spec: str | None, config: str | None) -> tuple[str, str]:
     if spec.startswith("embedded:"):
         name = spec.removeprefix("embedded:")
         if name not in EMBEDDED_BASES:
-            raise BaseLoadError(
+            raise UsageError(
                 f"--base {spec}: the embedded bases are {', '.join(f'embedded:{n}' for n in EMBEDDED_BASES)}"
             )
         return "embedded", EMBEDDED_BASES[name][0]

@@ -166,7 +166,7 @@ def init_command(ctx: click.Context, location, base, base_config, rank, layers, 
         lib = Library.init(path, base=base, base_config=base_config, rank=rank, device=device, layers=layers)
     s = lib.status()
     console.print(
-        f"Initialised [bold]{lib.store.root}[/] on {s.commit.library.base.kind} base "
+        f"Initialised [bold]{lib.root}[/] on {s.commit.library.base.kind} base "
         f"[cyan]{s.commit.library.base.source}[/]: {len(s.commit.library.layers)} adapted layers, "
         f"rank {rank}, room for {s.fits} concepts."
     )
@@ -356,11 +356,10 @@ def add_command(
             resume=resume,
         )
     except KeyboardInterrupt:
-        from seqlib import checkpoint
 
         bar.stop()
         err_console.print("interrupted: nothing was committed, the library is unchanged")
-        if checkpoint.exists(lib.store, name):
+        if lib.interrupted(name):
             err_console.print("to continue where it stopped, run the same command with --resume")
         ctx.exit(errors.INTERRUPTED)
     finally:
@@ -573,9 +572,9 @@ def log_command(ctx, as_json: bool) -> None:
     lib = _library(ctx)
     entries = lib.log()
     tags: dict[str, list[str]] = {}
-    for tag, commit_id in lib.store.tags().items():
+    for tag, commit_id in lib.tags().items():
         tags.setdefault(commit_id, []).append(tag)
-    pinned = lib.version()[1] if lib.store.checked_out() else None
+    pinned = lib.version()[1] if lib.checked_out() else None
     if as_json:
         click.echo(
             json.dumps(
@@ -683,7 +682,7 @@ def import_command(ctx, name, lora, rank, init_word, max_error, force, per_layer
 def gc_command(ctx, grace: float, dry_run: bool) -> None:
     """Delete payloads and commits that no version or tag reaches (left by failed or
     conflicting adds) and leftovers of interrupted writes. History is never touched."""
-    removed = _library(ctx).store.gc(grace_seconds=grace, dry_run=dry_run)
+    removed = _library(ctx).gc(grace_seconds=grace, dry_run=dry_run)
     for key in removed:
         console.print(("would remove " if dry_run else "removed ") + key)
     console.print(f"{len(removed)} unreachable objects {'found' if dry_run else 'removed'}")
