@@ -114,13 +114,16 @@ def table(records: list[dict]) -> str:
             names = list(at["all"])
             everything = [at["all"][n] for n in names]
             alone = [rec["alone"][n] for n in names]
-            kept = statistics.mean(everything) / statistics.mean(alone) if statistics.mean(alone) > 0 else float("nan")
+            # a ratio to an alone identity at the floor means nothing
+            kept = (
+                f"{statistics.mean(everything) / statistics.mean(alone):.2f}" if statistics.mean(alone) > 0.1 else "n/a"
+            )
             lines.append(
                 f"| {rec['layers']} | {rec['rank']} | {t} | {int(t) * rec['rank'] / rec['narrowest']:.2f} "
                 f"| {mean_sem(list(at['caught'].values()))} "
                 f"| {mean_sem(list(at['caught_random'].values())) if 'caught_random' in at else 'n/a'} "
                 f"| {mean_sem(everything)} | {mean_sem(alone)} "
-                f"| {kept:.2f} |"
+                f"| {kept} |"
             )
     return "\n".join(lines)
 
