@@ -88,6 +88,7 @@ def test_verify_catches_forgeries_at_any_version(store_copy, capsys, case):
 def test_verify_flags_non_canonical_bytes(store_copy, capsys):
     forge(store_copy, 4, lambda d: None, encode=lambda d: json.dumps(d, indent=4, sort_keys=True) + "\n")
     assert main(["--store", str(store_copy), "status"]) == 0  # readable, so every reader still works
+    capsys.readouterr()
     assert main(["--store", str(store_copy), "verify", "--skip-base", "--json"]) == 3
     assert any("canonical JSON" in p for p in json.loads(capsys.readouterr().out)["problems"])
 
