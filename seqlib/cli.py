@@ -356,7 +356,6 @@ def add_command(
             resume=resume,
         )
     except KeyboardInterrupt:
-
         bar.stop()
         err_console.print("interrupted: nothing was committed, the library is unchanged")
         if lib.interrupted(name):
