@@ -648,8 +648,7 @@ class Library:
                 A[layer.name] = np.zeros((layer.out_features, r), np.float32)
                 continue
             # in factor space: no n x m matrix is formed (SD1.5's 1280-wide layers cost an SVD each)
-            a, b, relative = fit_factors_in_free_space(up, down, Q, r, gen)
-            norm2 = float(((up.double().T @ up.double()) * (down.double() @ down.double().T)).sum())
+            a, b, relative, norm2 = fit_factors_in_free_space(up, down, Q, r, gen)
             errors[layer.name] = relative
             num, den = num + relative**2 * norm2, den + norm2
             A[layer.name], B[layer.name] = a.float().numpy(), b.float().numpy()

@@ -134,8 +134,9 @@ class Store:
             field = ".".join(str(p) for p in first["loc"]) or "top level"
             raise StoreDamagedError(self._where(key), f"{field}: {first['msg']}") from None
 
-    def _read_id(self, key: str) -> str:
-        """A ref file's commit id ("<64 hex>\n"); anything else is damage."""
+    def read_ref(self, key: str) -> str:
+        """The commit id a ref file (branch entry, tag, HEAD) holds ("<64 hex>\n"); anything else
+        is damage (StoreDamagedError)."""
         try:
             text = self.backend.read(key).decode("ascii").strip()
         except FileNotFoundError:
@@ -193,7 +194,7 @@ class Store:
         return sorted(n for n in self.backend.list(self._BRANCH_PREFIX) if n.isdigit())
 
     def _entry(self, name: str) -> str:
-        return self._read_id(f"{self._BRANCH_PREFIX}/{name}")
+        return self.read_ref(f"{self._BRANCH_PREFIX}/{name}")
 
     def head_seq(self) -> int:
         entries = self._ref_entries()
@@ -212,10 +213,6 @@ class Store:
     def entry_keys(self) -> list[tuple[int, str]]:
         """(version, key of its ref entry), oldest first, without reading the entries."""
         return [(int(e), f"{self._BRANCH_PREFIX}/{e}") for e in self._ref_entries()]
-
-    def read_ref(self, key: str) -> str:
-        """The commit id a ref file (branch entry, tag, HEAD) holds; StoreDamagedError if it is not one."""
-        return self._read_id(key)
 
     def read_commit_bytes(self, commit_id: str) -> tuple[Commit, bytes]:
         """A commit and the exact bytes it was parsed from (``verify`` re-hashes them)."""
@@ -271,7 +268,7 @@ class Store:
     def tags(self) -> dict[str, str]:
         """Tag name -> commit id."""
         names = sorted(n for n in self.backend.list("refs/tags") if ".partial" not in n)
-        return {n: self._read_id(f"refs/tags/{n}") for n in names}
+        return {n: self.read_ref(f"refs/tags/{n}") for n in names}
 
     def tag(self, name: str, commit_id: str) -> None:
         check_tag_name(name)
@@ -298,7 +295,7 @@ class Store:
         """The commit a read-only checkout pins (``HEAD``), or None when on the branch tip."""
         if not self.backend.exists("HEAD"):
             return None
-        return self._read_id("HEAD")
+        return self.read_ref("HEAD")
 
     def set_checkout(self, ref: str | None) -> None:
         if ref is None or ref == BRANCH:

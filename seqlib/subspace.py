@@ -65,7 +65,7 @@ def random_basis(m: int, r: int, Q: Tensor, generator: torch.Generator) -> Tenso
 
 def fit_factors_in_free_space(
     up: Tensor, down: Tensor, Q: Tensor, r: int, gen: torch.Generator | None = None
-) -> tuple[Tensor, Tensor, float]:
+) -> tuple[Tensor, Tensor, float, float]:
     """The rank-r residual A Bᵀ with B orthonormal in the complement of span(Q) closest to
     ΔW = up @ down (n x k by k x m) in Frobenius norm: B = the top-r right singular vectors of
     ΔW P⊥, A = ΔW B (Eckart–Young on ΔW P⊥; the part ΔW Q Qᵀ cannot be represented at all).
@@ -73,7 +73,7 @@ def fit_factors_in_free_space(
     ΔW P⊥ = Q_u (R_u R_dᵀ) Q_dᵀ with Q_u R_u = up and Q_d R_d = P⊥ downᵀ, so its top right
     singular vectors are Q_d times those of the k x k core: two thin QRs and a k x k SVD,
     O((n + m) k²), instead of an SVD of the n x m matrix. Returns (A, B, relative error
-    ‖ΔW − A Bᵀ‖ / ‖ΔW‖); with k < r the basis is completed by random free directions (A = 0 there).
+    ‖ΔW − A Bᵀ‖ / ‖ΔW‖, ‖ΔW‖²); with k < r the basis is completed by random free directions (A = 0 there).
     """
     U, D = up.double(), down.double()
     Qu, Ru = torch.linalg.qr(U)
@@ -85,7 +85,7 @@ def fit_factors_in_free_space(
     A = U @ (D @ B)
     total = float(((U.T @ U) * (D @ D.T)).sum())  # ‖ΔW‖²_F from the k x k Gram matrices
     kept = float(A.square().sum())  # ‖ΔW B‖² = ‖ΔW B Bᵀ‖² for orthonormal B (Pythagoras)
-    return A, B, (max(total - kept, 0.0) / total) ** 0.5 if total > 0 else 0.0
+    return A, B, (max(total - kept, 0.0) / total) ** 0.5 if total > 0 else 0.0, total
 
 
 FROZEN_BASIS_SEED = 20240101

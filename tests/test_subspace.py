@@ -88,22 +88,23 @@ def test_fit_in_free_space_is_exact_inside_it_and_optimal_outside(earlier):
     Q = orthonormal_basis(earlier)
     B0 = random_basis(40, 4, Q, g)
     A0 = torch.randn(6, 4, generator=g, dtype=torch.float64)
-    A, B, error = fit_factors_in_free_space(A0, B0.T, Q, 4)
+    A, B, error, _ = fit_factors_in_free_space(A0, B0.T, Q, 4)
     torch.testing.assert_close(A @ B.T, A0 @ B0.T, atol=1e-10, rtol=0)
     assert max_cosine(B, Q) < 1e-10 and error < 1e-7
     # a generic rank-6 residual: the error is what Q holds plus the singular values beyond r
     # (closed form, from a dense SVD of the n x m matrix the factor version never forms)
     up, down = torch.randn(6, 6, generator=g, dtype=torch.float64), torch.randn(6, 40, generator=g, dtype=torch.float64)
     D = up @ down
-    A, B, error = fit_factors_in_free_space(up, down, Q, 4)
+    A, B, error, norm2 = fit_factors_in_free_space(up, down, Q, 4)
     P = torch.eye(40, dtype=torch.float64) - Q @ Q.T
     s = torch.linalg.svdvals(D @ P)
     expected = (torch.linalg.norm(D @ Q @ Q.T) ** 2 + (s[4:] ** 2).sum()).sqrt()
     assert float(torch.linalg.norm(D - A @ B.T)) == pytest.approx(float(expected), rel=1e-9)
     assert error == pytest.approx(float(expected / torch.linalg.norm(D)), rel=1e-6)
+    assert norm2 == pytest.approx(float(torch.linalg.norm(D) ** 2), rel=1e-9)
     torch.testing.assert_close(B.T @ B, torch.eye(4, dtype=torch.float64), atol=1e-10, rtol=0)
     # a LoRA of smaller rank than ours: exact, and the basis is completed inside the free space
-    A, B, error = fit_factors_in_free_space(A0[:, :2], B0[:, :2].T, Q, 4, g)
+    A, B, error, _ = fit_factors_in_free_space(A0[:, :2], B0[:, :2].T, Q, 4, g)
     torch.testing.assert_close(A @ B.T, A0[:, :2] @ B0[:, :2].T, atol=1e-10, rtol=0)
     assert B.shape == (40, 4) and max_cosine(B, Q) < 1e-10 and error < 1e-7
 
