@@ -49,7 +49,7 @@ def run_setting(work: Path, photos: Path, names: list[str], overrides: dict, ste
     head = lib.head()
     factors = {c.name: lib.factors(c, head) for c in head.concepts}
     everything = summed_deltas([(A, B, 1.0) for A, B, _ in factors.values()])
-    pipe = lib._load_base(head, "cpu", None)
+    pipe = lib.load_base(head, "cpu", None)
     shares, gains = [], []
     for c in head.concepts:
         A, B, emb = factors[c.name]

@@ -55,7 +55,7 @@ def _setup(base: str, resolution: int, dtype=None, batch_size: int = 1):
     from diffusers import DDIMScheduler, UNet2DConditionModel
 
     from seqlib.lora import LiveResiduals, adapted_layers
-    from seqlib.train import _Objective
+    from seqlib.steps import Objective
 
     device = "cuda" if torch.cuda.is_available() else "cpu"
     torch.manual_seed(0)
@@ -77,7 +77,7 @@ def _setup(base: str, resolution: int, dtype=None, batch_size: int = 1):
     h, n = resolution // factor, batch_size
     batch = (torch.randn(n, 4, h, h).to(device), torch.randn(n, 4, h, h).to(device), torch.full((n,), 500).to(device))
     ehs = torch.randn(1, 77, d).to(device)
-    return _Objective(pipe, LiveResiduals(layers)), A, B, ehs, batch, layers
+    return Objective(pipe, LiveResiduals(layers)), A, B, ehs, batch, layers
 
 
 def measure_variant(base: str, variant: str, resolution: int, iterations: int, dtype=None, batch_size: int = 1) -> dict:
@@ -86,8 +86,8 @@ def measure_variant(base: str, variant: str, resolution: int, iterations: int, d
     import torch
 
     from seqlib.config import TrainConfig
+    from seqlib.steps import bilevel_iteration
     from seqlib.subspace import orthonormal_basis
-    from seqlib.train import _bilevel_iteration
 
     objective, A, B, ehs, batch, layers = _setup(base, resolution, dtype, batch_size)
     Qs = [orthonormal_basis(torch.zeros(m.in_features, 0)).to(A[0].device) for _, m in layers]
@@ -104,7 +104,7 @@ def measure_variant(base: str, variant: str, resolution: int, iterations: int, d
         else:
             cfg = TrainConfig(**VARIANTS[variant])
             encode = lambda e: ehs + 0 * e.sum()  # noqa: E731 (no text encoder)
-            _bilevel_iteration(objective, encode, A, B, Qs, emb, lambda: batch, cfg)
+            bilevel_iteration(objective, encode, A, B, Qs, emb, lambda: batch, cfg)
 
     with objective.live:
         one()  # warm-up
@@ -164,7 +164,7 @@ def quality(concepts: int, steps: int) -> list[tuple[str, dict]]:
                 lib.add(name, photos / name, config=TrainConfig(method=method, steps=steps, seed=i))
             per_concept = (time.perf_counter() - start) / concepts
             head = lib.head()
-            pipe = lib._load_base(head, "cpu", None)
+            pipe = lib.load_base(head, "cpu", None)
             factors = [lib.factors(c, head) for c in head.concepts]
             fits, forgetting = [], []
             for j, c in enumerate(head.concepts):

@@ -1,8 +1,7 @@
 """seqlib: a package manager for personal concepts in text-to-image diffusion (SeqLoRA)."""
 
-__version__ = "0.1.0"
-
-from seqlib.api import Library  # noqa: E402
-from seqlib.errors import SeqlibError  # noqa: E402
+from seqlib._version import __version__
+from seqlib.api import Library
+from seqlib.errors import SeqlibError
 
 __all__ = ["Library", "SeqlibError", "__version__"]

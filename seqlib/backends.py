@@ -101,6 +101,13 @@ class Backend(ABC):
     def keys(self, prefix: str) -> list[str]:
         """Every object key below ``prefix/``, at any depth (payload arrays included)."""
 
+    @contextmanager
+    def writing_tree(self, prefix: str) -> Iterator[object | None]:
+        """A zarr store to write an immutable tree into; it appears at ``prefix`` only once the
+        block completes. Object stores have no rename: the tree is written in place, which is
+        safe because nothing refers to it before it is complete. ``None``: already there."""
+        yield self.zarr_store(prefix, read_only=False)
+
     def exists(self, key: str) -> bool:
         try:
             self.read(key)
@@ -157,6 +164,26 @@ class LocalBackend(Backend):
 
     def size(self, prefix: str) -> int:
         return sum(p.stat().st_size for p in (self.root / prefix).rglob("*") if p.is_file())
+
+    @contextmanager
+    def writing_tree(self, prefix: str) -> Iterator[object | None]:
+        """Built under a ``.partial`` name, fsynced and renamed into place: all or nothing."""
+        final = self.root / prefix
+        if final.exists():  # content-addressed: an identical tree is already complete
+            yield None
+            return
+        target = final.with_name(f"{final.name}.{uuid.uuid4().hex}.partial")
+        try:
+            yield self.zarr_store(target.relative_to(self.root).as_posix(), read_only=False)
+            for dirpath, _, files in os.walk(target):
+                for f in files:
+                    with open(os.path.join(dirpath, f), "rb+") as fh:
+                        os.fsync(fh.fileno())
+            target.rename(final)
+            _fsync_dir(final.parent)
+        except BaseException:
+            shutil.rmtree(target, ignore_errors=True)
+            raise
 
     def keys(self, prefix: str) -> list[str]:
         return sorted(p.relative_to(self.root).as_posix() for p in (self.root / prefix).rglob("*") if p.is_file())

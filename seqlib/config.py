@@ -6,6 +6,7 @@ from __future__ import annotations
 import re
 from dataclasses import asdict, dataclass, fields
 
+from seqlib.choices import BASIS_INITS, CONTEXTS, CROPS, HVP_OPTIONS, OPTIMIZERS, PRECISIONS
 from seqlib.errors import UsageError
 from seqlib.methods import METHODS
 
@@ -31,6 +32,17 @@ def default_layer_set(base_kind: str, source: str = TINY_BASE_ID) -> str:
     (8×8 and 4×4 only) cannot draw a concept's parts on its own, so there the feed-forward
     layers join it."""
     return "attention+ff" if base_kind == "embedded" and source == TINY_BASE_ID else "attention"
+
+
+# TrainConfig fields with a closed set of values (seqlib.choices); `method` has its registry.
+CHOICES = {
+    "optimizer": OPTIMIZERS,
+    "context": CONTEXTS,
+    "hvp": HVP_OPTIONS,
+    "basis_init": BASIS_INITS,
+    "precision": PRECISIONS,
+    "crop": CROPS,
+}
 
 
 @dataclass(frozen=True)
@@ -75,25 +87,16 @@ class TrainConfig:
     def __post_init__(self) -> None:
         if self.method not in METHODS:
             raise UsageError(f"`method` must be one of {', '.join(METHODS)}, not {self.method!r}")
-        if self.optimizer not in ("adam", "sgd"):
-            raise UsageError(f"`optimizer` must be adam or sgd, not {self.optimizer!r}")
-        if self.context not in ("library", "base"):
-            raise UsageError(f"`context` must be library or base, not {self.context!r}")
-        if self.hvp not in ("auto", "autograd", "finite-diff"):
-            raise UsageError(f"`hvp` must be auto, autograd or finite-diff, not {self.hvp!r}")
+        for name, allowed in CHOICES.items():
+            if getattr(self, name) not in allowed:
+                raise UsageError(f"`{name}` must be one of {', '.join(allowed)}, not {getattr(self, name)!r}")
         for name in ("K", "S_B", "S_A", "steps", "batch_size", "resolution"):
             if getattr(self, name) < 1:
                 raise UsageError(f"`{name}` must be >= 1")
-        if self.basis_init not in ("random", "activation"):
-            raise UsageError(f"`basis_init` must be random or activation, not {self.basis_init!r}")
         if not 0 <= self.protect <= self.activation_k:
             raise UsageError(f"`protect` must be between 0 and `activation_k` ({self.activation_k})")
         if self.protect and not METHODS[self.method].projects:
             raise UsageError(f"`protect` needs a method that projects its basis, not {self.method}")
-        if self.precision not in ("fp32", "fp16", "bf16"):
-            raise UsageError(f"`precision` must be fp32, fp16 or bf16, not {self.precision!r}")
-        if self.crop not in ("center", "random"):
-            raise UsageError(f"`crop` must be center or random, not {self.crop!r}")
         if "{token}" not in self.prompt_template:
             raise UsageError("`prompt_template` must contain {token}")
 

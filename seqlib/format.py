@@ -8,19 +8,20 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 from datetime import UTC, datetime
-from typing import Literal, get_args
+from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from seqlib import __version__
-from seqlib.errors import CapacityError, FormatVersionError, StoreDamagedError
+from seqlib._version import __version__
+from seqlib.choices import BASE_KINDS, BASIS_INITS, CONTEXTS, CROPS, HVPS, LORA_FORMATS, OPTIMIZERS, PRECISIONS
+from seqlib.errors import FormatVersionError, InvalidNameError, StoreDamagedError
 from seqlib.methods import METHODS
 
 FORMAT_VERSION = 1
 # The LoRA file layouts seqlib writes (`export`) and reads (`import`): one definition for both.
-LoraFormat = Literal["kohya", "diffusers"]
-LORA_FORMATS: tuple[str, ...] = get_args(LoraFormat)
+LoraFormat = Literal[LORA_FORMATS]
 
 
 def canonical_json(obj: dict) -> bytes:
@@ -53,7 +54,7 @@ class StoreInfo(_Model):
 class BaseRecord(_Model):
     """Which pretrained model the library is built on; every concept depends on it."""
 
-    kind: Literal["embedded", "diffusers", "hub", "single_file"]
+    kind: Literal[BASE_KINDS]
     source: str = Field(description="Embedded id, absolute folder/file path, or hub id.")
     config: str | None = Field(None, description="Diffusers config folder for single_file bases.")
     fingerprint: str = Field(description="sha256 over the adapted layers' W0 (see format_spec.md).")
@@ -110,25 +111,25 @@ class TrainingRecord(_Model):
     S_B: int = Field(description="Local B iterations per bilevel iteration.")
     S_A: int = Field(description="Local A iterations per bilevel iteration.")
     eps: float = Field(description="ε of the regularised projector.")
-    context: Literal["library", "base"] = Field(
+    context: Literal[CONTEXTS] = Field(
         "library", description="library: learned on top of the earlier residuals (the paper); base: on W0 alone."
     )
     steps: int = Field(description="Training rounds; each draws a fresh batch (noise, timesteps).")
     batch_size: int
     lr_embed: float = Field(description="Step size of the token embedding (updated with A).")
     max_grad_norm: float = Field(description="sgd: global-norm clip of each step's gradient; 0 = unclipped.")
-    optimizer: Literal["sgd", "adam"] = Field(
+    optimizer: Literal[OPTIMIZERS] = Field(
         "sgd", description="sgd: plain (clipped) steps; adam: Adam-preconditioned steps. Absent: sgd."
     )
-    hvp: Literal["autograd", "finite-diff"] = Field(description="As used (`auto` is resolved before training).")
+    hvp: Literal[HVPS] = Field(description="As used (`auto` is resolved before training).")
     seed: int
     init_word: str
     prompt_template: str
     resolution: int
-    basis_init: Literal["random", "activation"] = "random"
-    precision: Literal["fp32", "fp16", "bf16"] = "fp32"
+    basis_init: Literal[BASIS_INITS] = "random"
+    precision: Literal[PRECISIONS] = "fp32"
     gradient_checkpointing: bool = False
-    crop: Literal["center", "random"] = "center"
+    crop: Literal[CROPS] = "center"
     flip: bool = False
     aug_copies: int = 4
     protect: int = Field(0, description="Top input directions of each earlier concept B was kept orthogonal to.")
@@ -213,25 +214,6 @@ def check_format_version(data: dict, path: str) -> None:
         raise FormatVersionError(path, found, FORMAT_VERSION)
 
 
-# ---- capacity arithmetic (format_spec.md, "Capacity") -------------------------------
-
-
-def capacity(in_features: int, rank: int) -> int:
-    """How many rank-r concepts one layer of width m holds: floor(m / r)."""
-    return in_features // rank
-
-
-def used_dims(commit: Commit) -> dict[str, int]:
-    """Dimensions taken on each layer: the orthogonal concepts' bases plus what --protect reserved."""
-    used = {layer.name: 0 for layer in commit.library.layers}
-    for concept in commit.concepts:
-        if concept.orthogonal:
-            ranks = concept.ranks or [concept.rank] * len(used)
-            for name, rank, reserved in zip(used, ranks, concept.reserved):
-                used[name] += rank + reserved
-    return used
-
-
 def crosstalk_pairs(commit: Commit) -> list[tuple[str, str, float]]:
     """(source, target, crosstalk of source onto target) for every ordered pair, worst first."""
     pairs = []
@@ -244,41 +226,25 @@ def crosstalk_pairs(commit: Commit) -> list[tuple[str, str, float]]:
     return sorted((p for p in pairs if p[0] in names and p[1] in names), key=lambda p: -p[2])
 
 
-def free_dims(commit: Commit) -> dict[str, int]:
-    used = used_dims(commit)
-    return {layer.name: layer.in_features - used[layer.name] for layer in commit.library.layers}
+_NAME_RE = re.compile(r"[a-z][a-z0-9_-]*")
 
 
-def concepts_that_fit(commit: Commit, rank: int | None = None, policy: str = "refuse") -> int:
-    """How many more rank-r concepts fit under a --when-full policy.
+def check_concept_name(name: str) -> None:
+    """A concept name:
 
-    refuse: every layer needs r free dimensions, so the bottleneck layer decides.
-    shrink: a nearly full layer takes what is left (at least 1), so until any layer is full.
-    skip: a full layer is left out, so until no layer has r free dimensions.
+    - is 1 to 40 characters long,
+    - starts with a lower-case letter,
+    - has only lower-case letters, digits, ``-`` and ``_`` (it becomes the token ``<name>``
+      and a file name in exports, so nothing a shell or tokenizer treats specially).
     """
-    r = rank or commit.library.rank
-    free = list(free_dims(commit).values())
-    if policy == "refuse":
-        return min(f // r for f in free)
-    if policy == "skip":
-        return max(f // r for f in free)
-    count = 0
-    while min(free) >= 1:
-        free = [f - min(r, f) for f in free]
-        count += 1
-    return count
+    if not 1 <= len(name) <= 40:
+        raise InvalidNameError(f"concept name {name!r} must be 1 to 40 characters")
+    if not name[0].isascii() or not name[0].islower():
+        raise InvalidNameError(f"concept name {name!r} must start with a lower-case letter")
+    if not _NAME_RE.fullmatch(name):
+        raise InvalidNameError(f"concept name {name!r} may contain only a-z, 0-9, '-' and '_'")
 
 
-def layer_ranks(commit: Commit, rank: int, policy: str) -> tuple[list[int], list[str]]:
-    """Per-layer ranks for a new concept under a --when-full policy, and the layers that
-    get less than ``rank`` (empty when every layer has room)."""
-    free = free_dims(commit)
-    names = commit.library.layer_names
-    short = [n for n in names if free[n] < rank]
-    if not short:
-        return [rank] * len(names), []
-    if policy == "shrink" and all(free[n] >= 1 for n in names):
-        return [min(rank, free[n]) for n in names], short
-    if policy == "skip" and len(short) < len(names):
-        return [rank if free[n] >= rank else 0 for n in names], short
-    raise CapacityError(short, rank, free)
+def token_for(name: str) -> str:
+    """A concept's token: ``<name>``."""
+    return f"<{name}>"

@@ -22,6 +22,13 @@ class Method:
     cross_hessian: bool  # the −α H[g_A] term of the reduced gradient ∇Φ
     basis: Literal["init", "frozen"] = "init"  # init: --basis-init (random | activation); frozen: shared matrix
 
+    def passes_per_iteration(self, S_B: int, S_A: int, hvp: str) -> int:
+        """UNet forward+backward passes of one bilevel iteration (``seqlib.steps``): the
+        tentative step, each B-step (plus the cross-Hessian's: a double backward costs about
+        three, a central difference two), each A-step. The CPU cost estimate multiplies it."""
+        per_b_step = 1 + ((3 if hvp == "autograd" else 2) if self.cross_hessian else 0)
+        return 1 + (S_B * per_b_step if self.moves_basis else 0) + S_A
+
 
 METHODS: dict[str, Method] = {}
 

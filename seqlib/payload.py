@@ -99,6 +99,17 @@ def unpack_summary(
     }
 
 
+def empty_summary(layers: list[LayerRecord], k: int = 8) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
+    """Zero input summaries (directions (m, k), energies (k,)) for a concept never trained
+    here (imported): it records no inputs, so it measures no crosstalk and protects nothing."""
+    import numpy as np
+
+    return (
+        {layer.name: np.zeros((layer.in_features, k), np.float32) for layer in layers},
+        {layer.name: np.zeros(k, np.float32) for layer in layers},
+    )
+
+
 def digest(arrays: dict[str, np.ndarray]) -> str:
     """sha256 over every array's name and bytes, in name order."""
     import hashlib

@@ -315,41 +315,21 @@ class Store:
     def write_payload(self, arrays: dict[str, np.ndarray], attrs: dict) -> tuple[str, list[ArrayRecord]]:
         """Write an immutable zarr v3 group, one single-chunk array per entry.
 
-        The id is the sha256 over the arrays' checksums, so identical payloads share a
-        group. Locally the group is built under a ``.partial`` name and renamed into place;
-        on an object store it is written at its final prefix (no rename exists there),
-        which is safe because no commit refers to it before it is complete.
+        The id is the sha256 over the arrays' checksums, so identical payloads share a group;
+        the backend makes the group appear whole or not at all (``Backend.writing_tree``).
         """
         import zarr
 
         payload_id, records = self.describe_payload(arrays)
-        if self.is_local:
-            final = self.payload_path(payload_id)
-            if final.exists():
-                return payload_id, records
-            target = final.with_name(f"{payload_id}.{uuid.uuid4().hex}.partial")
-            store = self.backend.zarr_store(target.relative_to(Path(self.root)).as_posix(), read_only=False)
-        else:
-            store = self.backend.zarr_store(f"objects/payloads/{payload_id}", read_only=False)
-        try:
-            group = zarr.open_group(store, mode="w-" if self.is_local else "w", zarr_format=3, attributes=attrs)
-            for name, a in sorted(arrays.items()):
-                # Single chunk per array; write_empty_chunks so all-zero factors exist on disk.
-                z = group.create_array(
-                    name, shape=a.shape, dtype=a.dtype, chunks=a.shape, config={"write_empty_chunks": True}
-                )
-                z[...] = a
-            if self.is_local:
-                for dirpath, _, files in os.walk(target):
-                    for f in files:
-                        with open(os.path.join(dirpath, f), "rb+") as fh:
-                            os.fsync(fh.fileno())
-                target.rename(final)
-                _fsync_dir(final.parent)
-        except BaseException:
-            if self.is_local:
-                shutil.rmtree(target, ignore_errors=True)
-            raise
+        with self.backend.writing_tree(f"objects/payloads/{payload_id}") as store:
+            if store is not None:
+                group = zarr.open_group(store, mode="w", zarr_format=3, attributes=attrs)
+                for name, a in sorted(arrays.items()):
+                    # Single chunk per array; write_empty_chunks so all-zero factors exist on disk.
+                    z = group.create_array(
+                        name, shape=a.shape, dtype=a.dtype, chunks=a.shape, config={"write_empty_chunks": True}
+                    )
+                    z[...] = a
         return payload_id, records
 
     @staticmethod

@@ -11,8 +11,9 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from seqlib.capacity import free_dims
 from seqlib.errors import SeqlibError
-from seqlib.format import Commit, canonical_json, free_dims, sha256_hex
+from seqlib.format import Commit, canonical_json, sha256_hex
 from seqlib.methods import METHODS
 
 if TYPE_CHECKING:
@@ -91,14 +92,16 @@ def _check_records(version: int, commit: Commit, problems: list[str]) -> None:
                 break
 
 
-def _check_version(lib: Library, version: int, commit: Commit, problems: list[str]) -> tuple[float, str, str, str]:
+def _check_version(
+    verified: dict[str, dict], version: int, commit: Commit, problems: list[str]
+) -> tuple[float, str, str, str]:
     """Invariants 1 (orthogonality, protect reservations) and 2 (capacity) of one version."""
     from seqlib import payload
 
     layers = commit.library.layers
     bases, unchecked = [], []
     for c in commit.concepts:
-        arrays = lib._arrays.get(c.payload)
+        arrays = verified.get(c.payload)
         if arrays is None:
             unchecked.append(c.name)
             continue
@@ -115,11 +118,11 @@ def _check_version(lib: Library, version: int, commit: Commit, problems: list[st
     for k, c in enumerate(commit.concepts):
         if not c.protect or c.name in unchecked:
             continue
-        B = payload.unpack_bases(layers, lib._arrays[c.payload])
+        B = payload.unpack_bases(layers, verified[c.payload])
         for earlier in commit.concepts[:k]:
             if earlier.name in unchecked:
                 continue
-            U = payload.unpack_summary(layers, lib._arrays[earlier.payload])
+            U = payload.unpack_summary(layers, verified[earlier.payload])
             for layer_name, (u, _) in U.items():
                 overlap = float(np.abs(B[layer_name].astype(np.float64).T @ u[:, : c.protect]).max(initial=0.0))
                 if overlap > 1e-4:
@@ -131,7 +134,7 @@ def _check_version(lib: Library, version: int, commit: Commit, problems: list[st
     for c in commit.concepts:  # a basis that stays on an orthogonal matrix's columns is orthonormal
         fixed = c.training is not None and c.training.method in METHODS and not METHODS[c.training.method].moves_basis
         if c.frozen_columns is not None and fixed and c.name not in unchecked:
-            for layer_name, B in payload.unpack_bases(layers, lib._arrays[c.payload]).items():
+            for layer_name, B in payload.unpack_bases(layers, verified[c.payload]).items():
                 B = B.astype(np.float64)
                 if B.shape[1] and np.abs(B.T @ B - np.eye(B.shape[1])).max() > 1e-4:
                     problems.append(f"version {version}: frozen basis of {c.name} is not orthonormal on {layer_name}")
@@ -142,7 +145,7 @@ def _check_version(lib: Library, version: int, commit: Commit, problems: list[st
     return value, a, b, layer
 
 
-def _check_crosstalk(lib: Library, commit: Commit, problems: list[str], seen: set) -> None:
+def _check_crosstalk(verified: dict[str, dict], commit: Commit, problems: list[str], seen: set) -> None:
     """Recompute each stored crosstalk value from the two concepts' factors and the target's
     stored input directions (format_spec.md, "Crosstalk")."""
     from seqlib import payload
@@ -152,19 +155,19 @@ def _check_crosstalk(lib: Library, commit: Commit, problems: list[str], seen: se
     names = commit.library.layer_names
 
     def factors(c):
-        arrays = lib._arrays[c.payload]
+        arrays = verified[c.payload]
         return payload.unpack_coeffs(layers, arrays), payload.unpack_bases(layers, arrays)
 
     for c in commit.concepts:
         for e in commit.concepts:
             key = (c.payload, e.payload, c.crosstalk_from.get(e.name), c.crosstalk_onto.get(e.name))
-            if e.name not in c.crosstalk_from or key in seen or not {c.payload, e.payload} <= lib._arrays.keys():
+            if e.name not in c.crosstalk_from or key in seen or not {c.payload, e.payload} <= verified.keys():
                 continue
             seen.add(key)
             mine, theirs = factors(c), factors(e)
             recomputed = {
-                "from": crosstalk(names, theirs, mine, payload.unpack_summary(layers, lib._arrays[c.payload]))[0],
-                "onto": crosstalk(names, mine, theirs, payload.unpack_summary(layers, lib._arrays[e.payload]))[0],
+                "from": crosstalk(names, theirs, mine, payload.unpack_summary(layers, verified[c.payload]))[0],
+                "onto": crosstalk(names, mine, theirs, payload.unpack_summary(layers, verified[e.payload]))[0],
             }
             stored = {"from": c.crosstalk_from[e.name], "onto": c.crosstalk_onto.get(e.name, float("nan"))}
             for way in ("from", "onto"):
@@ -191,6 +194,7 @@ def verify_library(lib: Library, check_base: bool = True) -> dict:
     # invariant 3: every array of every concept of every version matches its checksum, and the
     # payload's id is the hash of its array records (each payload read once)
     checked: set[str] = set()
+    verified: dict[str, dict] = {}  # payload id -> arrays that match their checksums
     for commit in commits.values():
         for concept in commit.concepts:
             if concept.payload in checked:
@@ -200,7 +204,7 @@ def verify_library(lib: Library, check_base: bool = True) -> dict:
             if expected != concept.payload:
                 problems.append(f"concept {concept.name}: payload id {concept.payload[:12]} is not its arrays' hash")
             try:
-                lib.payload_arrays(concept)
+                verified[concept.payload] = lib.payload_arrays(concept)
             except SeqlibError as e:
                 problems.append(f"concept {concept.name} (payload {concept.payload[:12]}): {e}")
 
@@ -216,8 +220,8 @@ def verify_library(lib: Library, check_base: bool = True) -> dict:
     seen: set = set()
     for version, commit_id in entries:
         if commit_id in commits:
-            _check_crosstalk(lib, commits[commit_id], problems, seen)
-            result = _check_version(lib, version, commits[commit_id], problems)
+            _check_crosstalk(verified, commits[commit_id], problems, seen)
+            result = _check_version(verified, version, commits[commit_id], problems)
             if commit_id == read_id:
                 worst = result
 
@@ -225,7 +229,7 @@ def verify_library(lib: Library, check_base: bool = True) -> dict:
     head = commits.get(read_id)
     if check_base and head is not None:
         try:
-            lib._load_base(head, "cpu", None)
+            lib.load_base(head, "cpu", None)
         except SeqlibError as e:
             problems.append(f"base: {e}")
 

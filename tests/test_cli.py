@@ -126,7 +126,7 @@ def test_a_failed_add_leaves_the_store_exactly_as_it_was(store_copy, photos, cap
 
     before = tree_digest(store_copy)
     calls = {"n": 0}
-    original = seqlib.train._bilevel_iteration
+    original = seqlib.train.bilevel_iteration
 
     def crash_midway(*args, **kwargs):
         calls["n"] += 1
@@ -134,7 +134,7 @@ def test_a_failed_add_leaves_the_store_exactly_as_it_was(store_copy, photos, cap
             raise RuntimeError("simulated crash mid-training")
         return original(*args, **kwargs)
 
-    monkeypatch.setattr(seqlib.train, "_bilevel_iteration", crash_midway)
+    monkeypatch.setattr(seqlib.train, "bilevel_iteration", crash_midway)
     assert main(["--store", str(store_copy), "add", "newone", str(photos / "robot"), "--steps", "3"]) == 70
     err = capsys.readouterr().err  # an unexpected exception is a bug: its traceback, and it says so
     assert "simulated crash mid-training" in err and "this is a bug" in err
@@ -144,7 +144,7 @@ def test_a_failed_add_leaves_the_store_exactly_as_it_was(store_copy, photos, cap
     def interrupt(*args, **kwargs):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(seqlib.train, "_bilevel_iteration", interrupt)
+    monkeypatch.setattr(seqlib.train, "bilevel_iteration", interrupt)
     assert main(["--store", str(store_copy), "add", "newone", str(photos / "robot"), "--steps", "3"]) == 130
     assert "library is unchanged" in capsys.readouterr().err
     assert tree_digest(store_copy) == before

@@ -52,7 +52,7 @@ def test_pipeline_api_returns_a_diffusers_pipeline_with_the_weighted_sum_applied
     lib = Library.open(seqlora_store)
     head = lib.head()
     pipe = lib.pipeline({"mascot": 0.5, "emblem": 1.0})
-    base = lib._load_base(head, "cpu", None)
+    base = lib.load_base(head, "cpu", None)
     (A1, B1, _), (A2, B2, _) = (lib.factors(head.concept(n), head) for n in ("mascot", "emblem"))
     names = head.library.layer_names
     patched, original = dict(named_layers(pipe.unet, names)), dict(named_layers(base.unet, names))

@@ -28,7 +28,7 @@ def test_diffusers_loads_the_export_to_exactly_the_composed_weights(seqlora_stor
 
     names = lib.head().library.layer_names
     composed = dict(named_layers(lib.pipeline(SELECTION).unet, names))
-    pipe = lib._load_base(lib.head(), "cpu", None)
+    pipe = lib.load_base(lib.head(), "cpu", None)
     pipe.load_lora_weights(str(file))  # kohya keys go through diffusers' own conversion
     pipe.fuse_lora()
     pipe.unload_lora_weights()
@@ -52,7 +52,7 @@ def test_textual_inversion_files_load_into_diffusers(seqlora_store, tmp_path):
     lib = Library.open(seqlora_store)
     file = tmp_path / "m.safetensors"
     lib.export(["mascot"], file, "diffusers")
-    pipe = lib._load_base(lib.head(), "cpu", None)
+    pipe = lib.load_base(lib.head(), "cpu", None)
     pipe.load_textual_inversion(str(tmp_path / "m.embeddings" / "mascot.safetensors"), token="<mascot>")
     table = pipe.text_encoder.get_input_embeddings().weight
     expected = lib.factors(lib.head().concept("mascot"), lib.head())[2]
@@ -86,7 +86,7 @@ def test_import_projects_onto_the_free_space_and_refuses_what_does_not_fit(store
     g = torch.Generator().manual_seed(0)
     foreign = {}
     names = lib.head().library.layer_names
-    for name, module in named_layers(lib._load_base(lib.head(), "cpu", None).unet, names):
+    for name, module in named_layers(lib.load_base(lib.head(), "cpu", None).unet, names):
         foreign[f"unet.{name}.lora_A.weight"] = torch.randn(4, module.in_features, generator=g)
         foreign[f"unet.{name}.lora_B.weight"] = torch.randn(module.out_features, 4, generator=g)
     save_file(foreign, str(tmp_path / "foreign.safetensors"))

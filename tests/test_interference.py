@@ -11,10 +11,11 @@ import torch
 
 from seqlib.activations import activation_basis, crosstalk, top_directions
 from seqlib.api import CROSSTALK_WARN, Library
+from seqlib.capacity import used_dims
 from seqlib.cli import main
 from seqlib.config import TrainConfig
 from seqlib.data import find_images, load_images
-from seqlib.format import crosstalk_pairs, used_dims
+from seqlib.format import crosstalk_pairs
 from seqlib.lora import summed_deltas
 from seqlib.subspace import max_cosine, orthonormal_basis
 from seqlib.train import evaluation_inputs, input_moments
@@ -39,7 +40,7 @@ def test_recorded_crosstalk_matches_a_direct_measurement_on_real_inputs(seqlora_
     cfg = TrainConfig(
         **{k: v for k, v in target.training.model_dump().items() if k in TrainConfig.__dataclass_fields__}
     )
-    pipe = lib._load_base(head, "cpu", None)
+    pipe = lib.load_base(head, "cpu", None)
     images = load_images(find_images(photos / target.name), 64)
     inputs = evaluation_inputs(pipe, target.token, factors[1][2], images, cfg)
     recorder = input_moments(pipe, names, summed_deltas([(A, B, 1.0) for A, B, _ in factors[:2]]), inputs)

@@ -32,9 +32,9 @@ def test_the_lab_architecture_has_sd15_proportions(tmp_path):
     from diffusers import UNet2DConditionModel
     from transformers import CLIPTextConfig
 
+    from seqlib.capacity import capacity
     from seqlib.config import LAYER_SETS, default_layer_set
     from seqlib.embedded import LAB_BASE_ID, build_lab_pipeline
-    from seqlib.format import capacity
 
     build_lab_pipeline(tmp_path)
     unet = UNet2DConditionModel.from_pretrained(tmp_path / "unet")

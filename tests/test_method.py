@@ -8,17 +8,11 @@ import pytest
 import torch
 
 from seqlib.api import Library
+from seqlib.config import TrainConfig
 from seqlib.data import find_images, load_images
 from seqlib.lora import LiveResiduals, WeightPatch, adapted_layers, summed_deltas
+from seqlib.steps import Adam, Objective, cross_hessian_autograd, cross_hessian_finite_diff, leaves
 from seqlib.subspace import max_cosine
-from seqlib.train import (
-    Adam,
-    TrainConfig,
-    _leaves,
-    _Objective,
-    cross_hessian_autograd,
-    cross_hessian_finite_diff,
-)
 
 from .conftest import NAMES
 
@@ -65,7 +59,7 @@ def test_print_concept_one_loss_alone_vs_composed(seqlora_store, lora_store, pho
         lib, head, factors = _factors(path)
         losses = {}
         for which in ([0], [0, 1, 2]):
-            pipe = lib._load_base(head, "cpu", None)
+            pipe = lib.load_base(head, "cpu", None)
             WeightPatch(pipe.unet).apply(summed_deltas([(factors[i][0], factors[i][1], 1.0) for i in which]))
             losses[len(which)] = _eval_loss(pipe, head.concepts[0].token, factors[0][2], images)
         with capsys.disabled():
@@ -74,7 +68,7 @@ def test_print_concept_one_loss_alone_vs_composed(seqlora_store, lora_store, pho
 
 
 def _eval_loss(pipe, token, embedding, images) -> float:
-    from seqlib.train import add_tokens
+    from seqlib.tokens import add_tokens
 
     add_tokens(pipe, {token: embedding})
     g = torch.Generator().manual_seed(123)
@@ -84,14 +78,14 @@ def _eval_loss(pipe, token, embedding, images) -> float:
         t = torch.randint(0, 1000, (latents.shape[0],), generator=g)
         ids = pipe.tokenizer(f"a photo of {token}", padding="max_length", max_length=77, return_tensors="pt").input_ids
         ehs = pipe.text_encoder(ids)[0]
-        objective = _Objective(pipe, LiveResiduals([]))
+        objective = Objective(pipe, LiveResiduals([]))
         return float(objective([], [], ehs, (latents, noise, t)))
 
 
 @pytest.fixture(scope="module")
 def objective_inputs(empty_store, photos):
     lib = Library.open(empty_store)
-    pipe = lib._load_base(lib.head(), "cpu", None)
+    pipe = lib.load_base(lib.head(), "cpu", None)
     for m in (pipe.unet, pipe.vae, pipe.text_encoder):
         m.requires_grad_(False)
     layers = adapted_layers(pipe.unet)[:8]
@@ -105,7 +99,7 @@ def objective_inputs(empty_store, photos):
         ids = pipe.tokenizer("a photo of thing", padding="max_length", max_length=77, return_tensors="pt").input_ids
         ehs = pipe.text_encoder(ids)[0]
     batch = (latents, torch.randn(latents.shape, generator=g), torch.tensor([100, 600]))
-    return _Objective(pipe, LiveResiduals(layers)), A_k, B, g_A, ehs, batch
+    return Objective(pipe, LiveResiduals(layers)), A_k, B, g_A, ehs, batch
 
 
 def test_cross_hessian_double_backward_matches_finite_difference(objective_inputs):
@@ -148,7 +142,7 @@ def test_reduced_gradient_of_a_diagonally_scaled_inner_step_matches_finite_diffe
     U = [torch.randn(b.shape, generator=g) / b.shape[0] ** 0.5 for b in B]
 
     def inner(Bs):
-        Al = _leaves(A_k)
+        Al = leaves(A_k)
         grad = torch.autograd.grad(objective(Al, Bs, ehs, batch), Al)
         return [a - alpha * d * gr for a, d, gr in zip(A_k, D, grad)]
 
@@ -156,7 +150,7 @@ def test_reduced_gradient_of_a_diagonally_scaled_inner_step_matches_finite_diffe
         return float(objective(inner(Bs), Bs, ehs, batch).double())
 
     with objective.live:
-        At, Bl = _leaves(inner(B)), _leaves(B)
+        At, Bl = leaves(inner(B)), leaves(B)
         grads = torch.autograd.grad(objective(At, Bl, ehs, batch), At + Bl)
         g_A, g_B = grads[: len(At)], grads[len(At) :]
         H = cross_hessian_autograd(objective, A_k, B, [d * ga for d, ga in zip(D, g_A)], ehs, batch)

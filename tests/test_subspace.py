@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from seqlib.format import capacity
+from seqlib.capacity import capacity
 from seqlib.subspace import (
     delta_weight,
     free_dimensions,

@@ -9,10 +9,10 @@ import pytest
 import torch
 
 from seqlib.api import Library
+from seqlib.capacity import concepts_that_fit
 from seqlib.cli import main
 from seqlib.config import TrainConfig, resolve_hvp
 from seqlib.errors import CapacityError
-from seqlib.format import concepts_that_fit
 from seqlib.subspace import max_cosine, shared_orthogonal
 
 from .conftest import FAST
@@ -194,7 +194,7 @@ def test_an_interrupted_add_resumes_to_the_same_factors(tmp_path, empty_store, p
 
     store = tmp_path / "interrupted" / ".seqlib"
     shutil.copytree(empty_store, store)
-    original, calls = seqlib.train._bilevel_iteration, {"n": 0}
+    original, calls = seqlib.train.bilevel_iteration, {"n": 0}
 
     def stop_in_round_7(*a, **k):
         calls["n"] += 1
@@ -202,10 +202,10 @@ def test_an_interrupted_add_resumes_to_the_same_factors(tmp_path, empty_store, p
             raise KeyboardInterrupt
         return original(*a, **k)
 
-    monkeypatch.setattr(seqlib.train, "_bilevel_iteration", stop_in_round_7)
+    monkeypatch.setattr(seqlib.train, "bilevel_iteration", stop_in_round_7)
     assert main(["--store", str(store), *args]) == 130
     assert "--resume" in capsys.readouterr().err  # a checkpoint of round 5 exists
-    monkeypatch.setattr(seqlib.train, "_bilevel_iteration", original)
+    monkeypatch.setattr(seqlib.train, "bilevel_iteration", original)
     assert main(["--store", str(store), *args, "--resume"]) == 0
     lib = Library.open(store)
     got = lib.factors(lib.head().concept("mascot"), lib.head())
@@ -276,14 +276,15 @@ def test_plain_lora_concepts_are_flagged_in_status_and_compose(lora_store, tmp_p
 
 
 def test_context_base_learns_on_w0_and_keeps_only_the_bases_orthogonal(seqlora_store, photos):
+    from seqlib.adding import earlier_concepts
     from seqlib.data import find_images, load_images
     from seqlib.train import Earlier, train_concept
 
     lib = Library.open(seqlora_store)
     head = lib.head()
-    earlier = lib._earlier(head)[:1]
+    earlier = earlier_concepts(lib, head)[:1]
     louder = [Earlier({k: 3 * a for k, a in e.A.items()}, e.B, e.orthogonal) for e in earlier]  # same basis
-    pipe = lib._load_base(head, "cpu", None)
+    pipe = lib.load_base(head, "cpu", None)
     images = load_images(find_images(photos / "robot"), 64)
     names = head.library.layer_names
 

@@ -1,0 +1,274 @@
+"""`add`: learn a concept from a folder of images and commit it, all or nothing.
+
+The steps: claim the name on a writable tip, plan each layer's rank against free capacity,
+load the images, load the base and prepare it, resume a checkpoint if asked, train
+(``seqlib.train``), measure crosstalk with every earlier concept, write the payload, and move
+the ref with compare-and-swap. ``begin`` and ``append`` are shared with ``seqlib.adopt``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import replace
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from seqlib import methods
+from seqlib.capacity import layer_ranks
+from seqlib.errors import ConceptExistsError, EnvironmentProblem, InvalidNameError, SeqlibError, UsageError
+from seqlib.format import Commit, ConceptRecord, TrainingRecord, check_concept_name, now_iso, token_for
+
+if TYPE_CHECKING:
+    from seqlib.api import Library
+    from seqlib.config import TrainConfig
+
+Warn = Callable[[str], None] | None
+
+
+def begin(lib: Library, name: str) -> tuple[int, str | None, Commit]:
+    """(sequence, parent id, tip) a new concept ``name`` will be committed on top of."""
+    check_concept_name(name)
+    seq, parent_id, commit = lib.writable_tip()
+    if commit.concept(name) is not None:
+        raise ConceptExistsError(f"concept {name!r} already exists; pick another name")
+    return seq, parent_id, commit
+
+
+def append(lib: Library, seq: int, parent_id: str | None, commit: Commit, concept: ConceptRecord, message: str) -> None:
+    """Commit ``commit`` plus ``concept``; fails if the library moved since ``begin``."""
+    new = Commit(parent=parent_id, message=message, library=commit.library, concepts=[*commit.concepts, concept])
+    lib.store.commit(new, expected_seq=seq)
+
+
+def earlier_concepts(lib: Library, commit: Commit) -> list:
+    """Every concept of ``commit`` as the trainer sees it (``seqlib.train.Earlier``: factors,
+    input directions, its --protect)."""
+    import torch
+
+    from seqlib.train import Earlier
+
+    return [
+        Earlier(
+            *lib.factors(c, commit)[:2],
+            orthogonal=c.orthogonal,
+            U={k: torch.from_numpy(u) for k, (u, _) in lib.input_summary(c, commit).items()},
+            protect=c.protect,
+        )
+        for c in commit.concepts
+    ]
+
+
+def add(
+    lib: Library,
+    name: str,
+    images: str | Path,
+    config: TrainConfig | None = None,
+    rank: int | None = None,
+    message: str | None = None,
+    progress: Callable[[int, int, float], None] | None = None,
+    device: str = "cpu",
+    base: str | None = None,
+    warn: Warn = None,
+    when_full: str = "shrink",
+    resume: bool = False,
+) -> ConceptRecord:
+    """``Library.add`` documents the arguments."""
+    from seqlib import checkpoint, distributed
+    from seqlib.base import pick_device
+    from seqlib.config import TrainConfig, resolve_hvp
+    from seqlib.train import train_concept
+
+    check_concept_name(name)
+    pick_device(device)  # an unknown or absent device fails before any work
+    device = distributed.device_for(device)
+    seq, parent_id, commit = begin(lib, name)
+    r = rank or commit.library.rank
+    config = config or TrainConfig(resolution=commit.library.base.resolution)
+    method = methods.get(config.method)
+    ranks = _plan_ranks(commit, r, method, when_full, warn)
+    records, tensor, augmented = _images(Path(images), config, warn)
+    pipe = lib.load_base(commit, device, base)
+    distributed.init_from_env(pipe.unet.device.type)
+    _prepare_for_training(pipe, config, warn)
+    token = token_for(name)
+    if token in pipe.tokenizer.get_vocab():
+        raise InvalidNameError(f"{token} is already a token of the base's tokenizer; pick another name")
+    unet_params = sum(p.numel() for p in pipe.unet.parameters())
+    config = replace(config, hvp=resolve_hvp(config.hvp, pipe.unet.device.type, unet_params))
+    frozen = _frozen_columns(commit, r) if method.basis == "frozen" else None
+    meta = {"parent": parent_id, "config": config.record(), "images": [i.sha256 for i in records], "ranks": ranks}
+    state = _resume_state(lib, name, meta, warn) if resume else _fresh_start(lib, name, warn)
+    result = train_concept(
+        pipe,
+        commit.library.layer_names,
+        earlier_concepts(lib, commit),
+        tensor,
+        token,
+        ranks,
+        config,
+        progress,
+        frozen,
+        augmented,
+        resume=state,
+        checkpoint=lambda s: checkpoint.save(lib.store, name, s, meta),
+    )
+    concept = _record(lib, commit, name, r, ranks, method, frozen, records, config, result)
+    _commit_everywhere(lib, seq, parent_id, commit, concept, f"add {name}" + (f": {message}" if message else ""))
+    return concept
+
+
+def _plan_ranks(commit: Commit, r: int, method: methods.Method, when_full: str, warn: Warn) -> list[int]:
+    """Each layer's rank; a method without projection (plain LoRA) takes no capacity."""
+    ranks = [r] * len(commit.library.layers)
+    if method.projects:
+        ranks, short = layer_ranks(commit, r, when_full)
+        if short and warn:
+            kept = {layer.name: k for layer, k in zip(commit.library.layers, ranks)}
+            shown = ", ".join(f"{n} (rank {kept[n]})" for n in short[:3]) + (" …" if len(short) > 3 else "")
+            warn(f"--when-full {when_full}: {len(short)} layers have less than {r} free dimensions: {shown}")
+    return ranks
+
+
+def _images(folder: Path, config: TrainConfig, warn: Warn):
+    """(image records, the images as a tensor, augmented views or None)."""
+    from seqlib import data
+
+    skipped: list[Path] = []
+    files = data.find_images(folder, skipped)
+    if skipped and warn:
+        names = ", ".join(p.name for p in skipped[:5]) + (" …" if len(skipped) > 5 else "")
+        warn(f"skipped {len(skipped)} files that are not images: {names}")
+    records = data.image_records(files)
+    tensor = data.load_images(files, config.resolution)
+    augmented = None
+    if config.crop == "random" or config.flip:
+        augmented = data.load_images(files, config.resolution, config.crop, config.flip, config.aug_copies, config.seed)
+    return records, tensor, augmented
+
+
+def _frozen_columns(commit: Commit, r: int) -> list[int]:
+    """frozen-basis: the next r columns of the shared matrix that no earlier concept took."""
+    taken = [col for c in commit.concepts for col in (c.frozen_columns or [])]
+    start = max(taken) + 1 if taken else 0
+    return list(range(start, start + r))
+
+
+def _fresh_start(lib: Library, name: str, warn: Warn) -> None:
+    from seqlib import checkpoint
+
+    if warn and checkpoint.exists(lib.store, name):
+        warn(
+            f"an interrupted add of {name!r} was found; this run starts over and replaces it "
+            "(Ctrl-C now and add --resume to continue it instead)"
+        )
+
+
+def _resume_state(lib: Library, name: str, meta: dict, warn: Warn) -> dict:
+    """The checkpointed training state of an interrupted add with exactly these inputs."""
+    from seqlib import checkpoint
+
+    saved = checkpoint.load(lib.store, name)
+    if saved is None:
+        raise UsageError(f"no interrupted add of {name!r} to resume; run it without --resume")
+    state, saved_meta = saved
+    for key, what in (
+        ("parent", "the library changed since"),
+        ("images", "the images changed"),
+        ("config", "the settings differ"),
+        ("ranks", "the free capacity changed"),
+    ):
+        if saved_meta[key] != meta[key]:
+            raise UsageError(f"cannot resume {name!r}: {what}; run it again without --resume")
+    return state
+
+
+def _record(lib: Library, commit: Commit, name, r, ranks, method, frozen, records, config, result) -> ConceptRecord:
+    """Write the payload (main process only) and describe the concept for its commit."""
+    from seqlib import distributed, payload
+
+    arrays = payload.pack(commit.library.layers, result.A, result.B, result.embedding, result.U, result.energies)
+    # every process must hold the same factors: the gradients were averaged before each step
+    if not distributed.same_everywhere(payload.digest(arrays)):
+        raise EnvironmentProblem("the training processes ended with different factors; nothing was committed")
+    crosstalk_from, crosstalk_onto = _crosstalk_with_earlier(lib, commit, result)
+    if distributed.is_main():
+        payload_id, array_records = lib.store.write_payload(arrays, {"concept": name, "rank": r})
+    else:
+        payload_id, array_records = lib.store.describe_payload(arrays)
+    return ConceptRecord(
+        name=name,
+        token=token_for(name),
+        rank=r,
+        ranks=None if all(k == r for k in ranks) else ranks,
+        orthogonal=method.projects,
+        frozen_columns=frozen,
+        payload=payload_id,
+        arrays=array_records,
+        images=records,
+        training=TrainingRecord(**config.record()),
+        reserved=result.reserved,
+        crosstalk_from=crosstalk_from,
+        crosstalk_onto=crosstalk_onto,
+        initial_loss=result.initial_loss,
+        final_loss=result.final_loss,
+        train_seconds=round(result.seconds, 3),
+        created=now_iso(),
+    )
+
+
+def _commit_everywhere(lib: Library, seq, parent_id, commit: Commit, concept: ConceptRecord, message: str) -> None:
+    """The main process commits and drops the checkpoint; every process reports the outcome."""
+    from seqlib import checkpoint, distributed
+
+    error: SeqlibError | None = None
+    if distributed.is_main():
+        try:
+            append(lib, seq, parent_id, commit, concept, message)
+            checkpoint.clear(lib.store, concept.name)
+        except SeqlibError as e:
+            error = e
+    relayed = distributed.from_main(str(error) if error else None)
+    if error:
+        raise error
+    if relayed:
+        raise SeqlibError(relayed)
+
+
+def _crosstalk_with_earlier(lib: Library, commit: Commit, result) -> tuple[dict[str, float], dict[str, float]]:
+    """Crosstalk between a freshly trained concept and each earlier one, both directions."""
+    from seqlib.activations import crosstalk
+
+    names = commit.library.layer_names
+    new = (result.A, result.B)
+    new_summary = {n: (result.U[n], result.energies[n]) for n in names}
+    onto_new, from_new = {}, {}
+    for c in commit.concepts:
+        A, B, _ = lib.factors(c, commit)
+        old = ({k: v.numpy() for k, v in A.items()}, {k: v.numpy() for k, v in B.items()})
+        onto_new[c.name] = round(crosstalk(names, old, new, new_summary)[0], 6)
+        from_new[c.name] = round(crosstalk(names, new, old, lib.input_summary(c, commit))[0], 6)
+    return onto_new, from_new
+
+
+def _prepare_for_training(pipe, config: TrainConfig, warn: Warn) -> None:
+    """Precision, gradient checkpointing, and an honest warning for big bases on a CPU."""
+    import torch
+
+    device = pipe.unet.device.type
+    if config.precision != "fp32":
+        if config.precision == "fp16" and device == "cpu":
+            raise UsageError("--precision fp16 needs a GPU; on a CPU use bf16 or fp32")
+        dtype = torch.float16 if config.precision == "fp16" else torch.bfloat16
+        for module in (pipe.unet, pipe.vae, pipe.text_encoder):
+            module.to(dtype)  # the frozen base only: LoRA factors and their updates stay fp32
+    if config.gradient_checkpointing:
+        pipe.unet.enable_gradient_checkpointing()
+    params = sum(p.numel() for p in pipe.unet.parameters())
+    if device == "cpu" and params > 100_000_000 and warn:
+        # measured: one SD1.5 forward+backward at 512 px takes ~20 s on 2 CPU cores
+        passes = config.K * methods.get(config.method).passes_per_iteration(config.S_B, config.S_A, config.hvp)
+        seconds = config.steps * passes * 20 * (config.resolution / 512) ** 2 * config.batch_size / 4 * params / 860e6
+        warn(
+            f"training a {params / 1e6:.0f}M-parameter UNet on the CPU: about {seconds / 3600:.1f} h "
+            "(use --device cuda on a GPU machine)"
+        )

@@ -1,0 +1,28 @@
+"""Every closed set of choices, defined once. The CLI's ``click.Choice``s, the format's
+``Literal`` fields and the validation of ``TrainConfig`` derive from these tuples; training
+methods have their own registry (``seqlib.methods``). No imports: everything may import this.
+"""
+
+from __future__ import annotations
+
+OPTIMIZERS = ("adam", "sgd")  # adam: Adam-preconditioned steps | sgd: plain (clipped) steps, as in the paper
+CONTEXTS = ("library", "base")  # train on W0 + Σ earlier residuals (the paper) | on W0 alone
+HVPS = ("autograd", "finite-diff")  # how the cross-Hessian-vector product is taken (recorded as used)
+HVP_OPTIONS = ("auto", *HVPS)  # what a user may ask for; `auto` is resolved before training
+BASIS_INITS = ("activation", "random")
+PRECISIONS = ("fp32", "fp16", "bf16")
+CROPS = ("center", "random")
+# What `add` does on a layer with fewer than r free dimensions.
+WHEN_FULL = ("shrink", "skip", "refuse")
+BASE_KINDS = ("embedded", "diffusers", "hub", "single_file")
+LORA_FORMATS = ("kohya", "diffusers")
+LAYOUTS = ("sum", "row")  # compose: every residual summed into one image | one tile per concept
+# compose --scheduler name -> diffusers class
+SCHEDULERS = {
+    "ddim": "DDIMScheduler",
+    "pndm": "PNDMScheduler",
+    "euler": "EulerDiscreteScheduler",
+    "euler-a": "EulerAncestralDiscreteScheduler",
+    "dpm++": "DPMSolverMultistepScheduler",
+    "ddpm": "DDPMScheduler",
+}

@@ -1,0 +1,386 @@
+"""`init`, `add` and `import`: the verbs that create a library or a concept."""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+import click
+
+from seqlib import errors
+from seqlib.choices import (
+    BASIS_INITS,
+    CONTEXTS,
+    CROPS,
+    HVP_OPTIONS,
+    OPTIMIZERS,
+    PRECISIONS,
+    WHEN_FULL,
+)
+from seqlib.cli._common import (
+    DEVICE_HELP,
+    NON_NEGATIVE,
+    POSITIVE,
+    SEED,
+    cli,
+    console,
+    err_console,
+    open_library,
+    warn,
+)
+from seqlib.config import LAYER_SETS, default
+from seqlib.methods import METHODS
+
+
+@cli.command("init", short_help="Create a library on a base model.")
+@click.argument("location", required=False)
+@click.option(
+    "--base",
+    default=None,
+    metavar="PATH_OR_ID",
+    help="A diffusers folder, a hub id (needs network or cache) or a .safetensors "
+    "checkpoint. Default: embedded (the tiny SD-architecture base); embedded:lab is the wider lab base "
+    "with SD1.5's proportions.",
+)
+@click.option(
+    "--base-config",
+    default=None,
+    type=click.Path(exists=True, file_okay=False),
+    help="Diffusers config folder for a single-file checkpoint (e.g. SD1.5's).",
+)
+@click.option("--rank", default=4, show_default=True, type=click.IntRange(1), help="Default rank r of each concept.")
+@click.option(
+    "--layers",
+    type=click.Choice(list(LAYER_SETS)),
+    default=None,
+    help="Linear layers each concept adapts: the attention projections (the paper's set; default on a "
+    "real base and embedded:lab), those plus each transformer block's feed-forward (default on the tiny "
+    "embedded base), or only "
+    "the cross-attention keys and values (least bleed between concepts, least capacity to draw).",
+)
+@click.option("--device", default="auto", show_default=True, help="Device to load the base on: " + DEVICE_HELP)
+@click.pass_context
+def init_command(ctx: click.Context, location, base, base_config, rank, layers, device) -> None:
+    """Create a library in folder LOCATION (default: --store, or the current folder) on a base model.
+
+    Like `git init DIR`, the library is the folder LOCATION/.seqlib (LOCATION may exist, empty or
+    not), so `seqlib init mylib && cd mylib && seqlib status` works; a LOCATION that itself ends in
+    .seqlib is used as it is. Every command finds the nearest .seqlib in the current folder or its
+    parents, or takes --store (either folder).
+
+    LOCATION may also be an object-store URL (s3://bucket/prefix; credentials and
+    endpoint from the AWS_* environment variables), shared by a team: concurrent adds are
+    safe, the loser of a race gets a conflict.
+
+    The library records the base's identity, the layers it adapts (--layers: every
+    attention to_q/to_k/to_v/to_out.0 of the UNet, plus ff.net.0.proj/ff.net.2 with
+    attention+ff; attn2.to_k/to_v only with cross-kv) and a fingerprint of their weights;
+    concepts only ever load on that exact base.
+
+    \b
+    Examples:
+      seqlib init                                  # ./.seqlib on the embedded default, offline
+      seqlib init mylib                            # mylib/.seqlib
+      seqlib init --base embedded:lab              # the wider lab base (SD1.5's proportions)
+      seqlib init --base ./stable-diffusion-v1-5   # a local diffusers folder
+      seqlib init --base v1-5.safetensors --base-config ./sd15-config
+      seqlib init s3://team-bucket/concepts
+    """
+    from seqlib.api import Library
+
+    path = location or ctx.obj["store"]
+    with console.status("building the library (loading and fingerprinting the base)…"):
+        lib = Library.init(path, base=base, base_config=base_config, rank=rank, device=device, layers=layers)
+    s = lib.status()
+    console.print(
+        f"Initialised [bold]{lib.root}[/] on {s.commit.library.base.kind} base "
+        f"[cyan]{s.commit.library.base.source}[/]: {len(s.commit.library.layers)} adapted layers, "
+        f"rank {rank}, room for {s.fits} concepts."
+    )
+
+
+def _hyper(flag: str, field: str, type, help: str):
+    """A training flag whose default (shown in --help) comes from TrainConfig."""
+    return click.option(flag, field, type=type, default=None, help=help, show_default=str(default(field)))
+
+
+_METHOD_HELP = " ".join(f"{m.name}: {m.summary}." for m in METHODS.values())
+
+
+@cli.command("add", short_help="Learn a new concept from a folder of images.")
+@click.argument("name")
+@click.argument("images", type=click.Path(exists=True))
+@click.option("--init-word", default="thing", show_default=True, help="Word whose embedding starts <NAME>'s.")
+@click.option("--rank", type=click.IntRange(1), default=None, help="Rank r (default: the library's).")
+@click.option(
+    "--method",
+    type=click.Choice(list(METHODS)),
+    default="seqlora",
+    show_default=True,
+    help=_METHOD_HELP,
+)
+@_hyper("--steps", "steps", click.IntRange(1), "Training rounds, a fresh batch each.")
+@_hyper(
+    "--optimizer",
+    "optimizer",
+    click.Choice(OPTIMIZERS),
+    "adam: every step (and the tentative inner step, with the cross-Hessian along it) preconditioned by "
+    "Adam's diagonal. sgd: the paper's plain gradient steps, clipped by --max-grad-norm; use α≈3 there.",
+)
+@_hyper(
+    "--context",
+    "context",
+    click.Choice(CONTEXTS),
+    "What the concept is learned on top of: the library's earlier concepts (the paper's continual setting: best "
+    "when you render them together), or the bare base (best when you render concepts alone or in small subsets). "
+    "Bases stay orthogonal either way.",
+)
+@_hyper("--alpha", "alpha", POSITIVE, "α: step size of A, and of the inner step in the reduced gradient.")
+@_hyper("--beta", "beta", POSITIVE, "β: step size of B.")
+@_hyper("-K", "K", click.IntRange(1), "K: bilevel iterations per round (paper: 3).")
+@_hyper("--s-b", "S_B", click.IntRange(1), "S_B: local B iterations per bilevel iteration (paper: 2).")
+@_hyper("--s-a", "S_A", click.IntRange(1), "S_A: local A iterations per bilevel iteration (paper: 2).")
+@_hyper(
+    "--eps",
+    "eps",
+    NON_NEGATIVE,
+    "ε of the paper's regularised projector (recorded; seqlib projects with its exact ε→0 form I − QQᵀ).",
+)
+@_hyper("--lr-embed", "lr_embed", POSITIVE, "Step size of the learned token embedding.")
+@_hyper("--max-grad-norm", "max_grad_norm", NON_NEGATIVE, "sgd: clip each step's gradient norm (0: unclipped).")
+@_hyper(
+    "--hvp",
+    "hvp",
+    click.Choice(HVP_OPTIONS),
+    "Cross-Hessian by double backward (exact, math attention), or by a central difference of ∇_B L "
+    "(no double backward: fused attention, memory near a LoRA step). auto: finite-diff on a GPU or for "
+    "a UNet over 100M parameters, autograd otherwise.",
+)
+@_hyper("--batch-size", "batch_size", click.IntRange(1), "Images per round.")
+@_hyper("--seed", "seed", SEED, "Seed of the basis init, the batches and the noise.")
+@_hyper("--prompt-template", "prompt_template", str, "Training prompt; {token} becomes <NAME>.")
+@_hyper(
+    "--basis-init",
+    "basis_init",
+    click.Choice(BASIS_INITS),
+    "Start B random in the free space, or as the top principal directions of the concept's layer inputs there.",
+)
+@_hyper(
+    "--protect",
+    "protect",
+    click.IntRange(0),
+    "Also keep B orthogonal to the top-k input directions of every earlier concept (costs capacity).",
+)
+@_hyper(
+    "--activation-k",
+    "activation_k",
+    click.IntRange(1),
+    "Principal input directions recorded per layer (crosstalk diagnostics; the most --protect can use).",
+)
+@_hyper(
+    "--precision",
+    "precision",
+    click.Choice(PRECISIONS),
+    "dtype of the frozen base (fp16 on GPUs only); the LoRA factors are always trained in fp32.",
+)
+@_hyper("--resolution", "resolution", click.IntRange(8), "Training resolution in pixels (default: the base's).")
+@_hyper("--crop", "crop", click.Choice(CROPS), "Square crop of each photo: centre, or random 80-100%.")
+@_hyper("--aug-copies", "aug_copies", click.IntRange(1), "Augmented views encoded per photo with --crop random/--flip.")
+@click.option("--flip", is_flag=True, default=None, help="Random horizontal flips (off: many concepts are asymmetric).")
+@click.option(
+    "--gradient-checkpointing",
+    "gradient_checkpointing",
+    is_flag=True,
+    default=None,
+    help="Recompute UNet activations in backward: less memory, slower.",
+)
+@click.option(
+    "--when-full",
+    type=click.Choice(WHEN_FULL),
+    default="shrink",
+    show_default=True,
+    help="A layer with fewer than r free dimensions: train it at the rank left (shrink), leave it "
+    "unadapted for this concept (skip), or refuse the add.",
+)
+@click.option("--resume", is_flag=True, help="Continue an interrupted add of NAME (same images and settings).")
+@click.option(
+    "--num-processes",
+    type=click.IntRange(1),
+    default=1,
+    show_default=True,
+    help="Data-parallel processes (one per GPU; gloo on CPU). `accelerate launch -m seqlib add …` works too.",
+)
+@click.option("-m", "--message", default=None, help="Note recorded in the commit.")
+@click.option("--device", default="auto", show_default=True, help=DEVICE_HELP)
+@click.pass_context
+def add_command(
+    ctx, name, images, init_word, rank, method, when_full, resume, num_processes, message, device, **hyper
+) -> None:
+    """Learn concept NAME (token <NAME>) from the images in IMAGES and commit it.
+
+    The concept trains on top of every concept already in the library, with its basis
+    B projected after every step onto what earlier concepts left free; A starts at zero.
+    Nothing is written unless training completes: Ctrl-C or an error leaves the library
+    exactly as it was.
+
+    \b
+    Examples:
+      seqlib add mydog ./photos/dog --init-word dog
+      seqlib add style ./paintings --steps 90 --alpha 2e-3 --beta 2e-3
+    """
+    from seqlib.config import TrainConfig
+
+    if num_processes > 1 and "WORLD_SIZE" not in os.environ:
+        ctx.exit(_launch(num_processes))
+    lib = open_library(ctx)
+    overrides = {k: v for k, v in hyper.items() if v is not None}
+    overrides.setdefault("resolution", lib.head().library.base.resolution)
+    config = TrainConfig(method=method, init_word=init_word, **overrides)  # a UsageError if they conflict
+    progress = _TrainingProgress(name)
+    try:
+        progress.start()
+        concept = lib.add(
+            name,
+            images,
+            config=config,
+            rank=rank,
+            message=message,
+            progress=progress,
+            device=device,
+            warn=warn,
+            when_full=when_full,
+            resume=resume,
+        )
+    except KeyboardInterrupt:
+        progress.stop()
+        err_console.print("interrupted: nothing was committed, the library is unchanged")
+        if lib.interrupted(name):
+            err_console.print("to continue where it stopped, run the same command with --resume")
+        ctx.exit(errors.INTERRUPTED)
+    finally:
+        progress.stop()
+    change = 100 * (1 - concept.final_loss / concept.initial_loss)
+    verdict = f"{change:.1f}% lower" if change >= 0 else f"{-change:.1f}% higher"
+    console.print(
+        f"Added [bold]{concept.token}[/] ({len(concept.images)} images, rank {concept.rank}, {method}): "
+        f"evaluation loss {concept.initial_loss:.4f} → {concept.final_loss:.4f} ({verdict}) "
+        f"in {concept.train_seconds:.0f}s"
+    )
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world > 1:
+        console.print(f"data parallel: factors identical across {world} processes (payload {concept.payload[:12]})")
+
+
+class _TrainingProgress:
+    """A spinner while the base loads and the images are checked, then a bar with the train
+    loss and an ETA from the first finished round on (an error before it prints its one line
+    without an empty bar above it)."""
+
+    def __init__(self, name: str) -> None:
+        from rich.progress import (
+            BarColumn,
+            MofNCompleteColumn,
+            Progress,
+            TextColumn,
+            TimeElapsedColumn,
+            TimeRemainingColumn,
+        )
+
+        columns = (
+            TextColumn(f"learning <{name}>"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TextColumn("train loss {task.fields[loss]}"),
+            TimeElapsedColumn(),
+            TextColumn("eta"),
+            TimeRemainingColumn(),
+        )
+        self.bar = Progress(*columns, console=err_console, transient=False)
+        self.waiting = err_console.status("loading the base and checking the images…")  # transient: leaves no line
+        self.task = None
+
+    def start(self) -> None:
+        self.waiting.start()
+
+    def __call__(self, step: int, total: int, loss: float) -> None:
+        if self.task is None:
+            self.waiting.stop()
+            self.bar.start()
+            self.task = self.bar.add_task("train", total=total, loss="…")
+        self.bar.update(self.task, completed=step, loss=f"{loss:.4f}")
+
+    def stop(self) -> None:
+        self.waiting.stop()
+        self.bar.stop()
+
+
+@cli.command("import", short_help="Adopt a foreign LoRA into the library.")
+@click.argument("name")
+@click.argument("lora", type=click.Path(exists=True, dir_okay=False))
+@click.option("--rank", type=click.IntRange(1), default=None, help="Rank kept (default: the library's).")
+@click.option("--init-word", default="thing", show_default=True, help="Word whose embedding <NAME> gets.")
+@click.option(
+    "--max-error",
+    type=NON_NEGATIVE,
+    default=0.5,
+    show_default=True,
+    help="Refuse when the relative residual error of the refit exceeds this.",
+)
+@click.option("--force", is_flag=True, help="Import even above --max-error.")
+@click.option("--per-layer", is_flag=True, help="Print the relative error of every layer.")
+@click.option("--device", default="auto", show_default=True, help=DEVICE_HELP)
+@click.pass_context
+def import_command(ctx, name, lora, rank, init_word, max_error, force, per_layer, device) -> None:
+    """Adopt LORA (kohya or diffusers .safetensors) as concept NAME.
+
+    Its basis is projected onto the space earlier concepts left free and its coefficients
+    refit by least squares, so it composes with the library like any other concept. The
+    relative residual error per layer and overall says what the projection cost.
+    """
+    concept, errors = open_library(ctx).import_lora(
+        name, lora, rank=rank, init_word=init_word, max_error=max_error, force=force, device=device
+    )
+    worst = max((k for k in errors if k != "overall"), key=errors.get, default=None)
+    console.print(
+        f"Imported {concept.token} from {Path(lora).name} ({concept.imported.format}), rank {concept.rank}: "
+        f"relative error {errors['overall']:.3f} overall" + (f", worst {errors[worst]:.3f} on {worst}" if worst else "")
+    )
+    if per_layer:
+        for layer, value in errors.items():
+            if layer != "overall":
+                console.print(f"  {value:.4f}  {layer}")
+
+
+_ARGV: list[str] = []
+
+
+def _launch(n: int) -> int:
+    """Run this same command in ``n`` data-parallel processes on this machine."""
+    import socket
+    import subprocess
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    args, skip = [], False
+    for a in _ARGV:  # drop --num-processes N (or --num-processes=N)
+        if skip:
+            skip = False
+        elif a == "--num-processes":
+            skip = True
+        elif not a.startswith("--num-processes="):
+            args.append(a)
+    procs = []
+    for r in range(n):
+        env = os.environ | {
+            "RANK": str(r),
+            "LOCAL_RANK": str(r),
+            "WORLD_SIZE": str(n),
+            "MASTER_ADDR": "127.0.0.1",
+            "MASTER_PORT": str(port),
+        }
+        quiet = subprocess.DEVNULL if r else None
+        procs.append(subprocess.Popen([sys.executable, "-m", "seqlib", *args], env=env, stdout=quiet, stderr=quiet))
+    codes = [p.wait() for p in procs]
+    return max(codes, key=abs)

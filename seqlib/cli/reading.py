@@ -1,0 +1,216 @@
+"""`status`, `show`, `log`, `list` and `verify`: reading the library, never writing it."""
+
+from __future__ import annotations
+
+import json
+
+import click
+from rich.table import Table
+
+from seqlib import errors
+from seqlib.cli._common import (
+    at_option,
+    cli,
+    console,
+    err_console,
+    json_option,
+    open_library,
+    plural,
+    warn,
+)
+
+
+@cli.command("status", short_help="Concepts and the capacity left on every layer.")
+@json_option
+@at_option
+@click.pass_context
+def status_command(ctx, as_json: bool, at: str | None) -> None:
+    """Show the base, the concepts, per-width capacity used/free, and the bottleneck layer.
+
+    A layer of width m holds floor(m/r) orthogonal rank-r concepts; the narrowest layers
+    fill first, and the library is full when any layer is.
+    """
+    s = open_library(ctx, at).status()
+    if as_json:
+        click.echo(json.dumps(s.to_json(), indent=2, sort_keys=True))
+        return
+    lib = s.commit.library
+    console.print(f"[bold]base[/]      {lib.base.kind}: {lib.base.source} (fingerprint {lib.base.fingerprint[:12]})")
+    console.print(f"[bold]version[/]   {s.version} ({s.commit_id[:12]})   [bold]rank[/] {lib.rank}")
+    concepts = Table(title=plural(len(s.commit.concepts), "concept"), title_justify="left")
+    for col in ("name", "token", "method", "rank", "images", "loss start → end", "added"):
+        concepts.add_column(col)
+    for c in s.commit.concepts:
+        method = c.method + ("" if c.orthogonal else " [yellow](not orthogonal)[/]")
+        concepts.add_row(
+            c.name,
+            c.token,
+            method,
+            str(c.rank),
+            str(len(c.images)),
+            "imported" if c.final_loss is None else f"{c.initial_loss:.4f} → {c.final_loss:.4f}",
+            c.created[:16].replace("T", " "),
+        )
+    console.print(concepts)
+    widths = Table(title="capacity by input width m", title_justify="left")
+    for col in ("width m", "layers", f"capacity ⌊m/{lib.rank}⌋", "dims used", "dims free", "fits"):
+        widths.add_column(col, justify="right")
+    for g in s.groups:
+        widths.add_row(
+            str(g.in_features), str(g.layers), str(g.capacity), str(g.used), str(g.free), str(g.free // lib.rank)
+        )
+    console.print(widths)
+    console.print(f"[bold]bottleneck[/] {s.bottleneck} ({s.bottleneck_free} dims free)")
+    loose = [c.token for c in s.commit.concepts if not c.orthogonal]
+    if loose and len(s.commit.concepts) > 1:
+        warn(
+            f"{', '.join(loose)} trained without projection (plain LoRA): composing them with other concepts "
+            "mixes subspaces (no orthogonality guarantee)"
+        )
+    if s.worst_pairs:
+        shown = ", ".join(f"<{a}> on <{b}> {x:.3g}" for a, b, x in s.worst_pairs[:3])
+        console.print(f"[bold]worst crosstalk[/] {shown}  (see `seqlib show NAME`)")
+    colour = "green" if s.fits > 0 else "red"
+    console.print(f"[{colour}]{s.fits} more rank-{lib.rank} concepts fit[/]")
+    by = s.fits_by_policy
+    if by["shrink"] != by["refuse"] or by["skip"] != by["refuse"]:
+        console.print(f"  with --when-full shrink: {by['shrink']}, skip: {by['skip']} (some layers at a smaller rank)")
+
+
+@cli.command("show", short_help="Everything recorded about one concept.")
+@click.argument("name")
+@json_option
+@at_option
+@click.pass_context
+def show_command(ctx, name: str, as_json: bool, at: str | None) -> None:
+    """Token, method, rank, images with hashes, hyper-parameters, losses, size on disk, and
+    the concepts that interfere most with NAME.
+
+    Crosstalk of A onto B: the energy of A's residual on B's recorded layer inputs, relative
+    to B's own residual there (0 = A is invisible to B; 1 = as strong as B itself).
+    """
+    info = open_library(ctx, at).show(name)
+    if as_json:
+        click.echo(json.dumps(info, indent=2, sort_keys=True))
+        return
+    c = info["concept"]
+    t = c["training"] or {}
+    method = t.get("method", "imported")
+    console.print(f"[bold]{c['token']}[/]  {method}, rank {c['rank']}, added {c['created']}")
+    if c.get("imported"):
+        imp = c["imported"]
+        console.print(f"imported from {imp['file']} ({imp['format']}), relative error {imp['relative_error']:.3f}")
+    loss = "" if c["final_loss"] is None else f"loss {c['initial_loss']:.4f} → {c['final_loss']:.4f}   "
+    console.print(
+        f"{loss}trained {c['train_seconds']:.0f}s   {info['size_bytes'] / 1024:.0f} KiB on disk   "
+        f"payload {c['payload'][:12]}"
+    )
+    if t:
+        console.print("hyper-parameters: " + ", ".join(f"{k}={v}" for k, v in sorted(t.items())))
+    if any(c["reserved"]):
+        console.print(f"--protect reserved up to {max(c['reserved'])} extra dims per layer")
+    console.print(f"{len(c['images'])} images:")
+    for im in c["images"]:
+        console.print(f"  {im['file']}  sha256 {im['sha256'][:16]}…")
+    for title, rows, key in (
+        ("interfered with by", info["interfered_by"], "source"),
+        ("interferes with", info["interferes_with"], "target"),
+    ):
+        if rows:
+            console.print(f"{title}: " + ", ".join(f"<{r[key]}> {r['crosstalk']:.3g}" for r in rows[:5]))
+
+
+@cli.command("log", short_help="History of the library, newest first.")
+@json_option
+@click.pass_context
+def log_command(ctx, as_json: bool) -> None:
+    """One entry per change (init, add, …), newest first, with its version number."""
+    lib = open_library(ctx)
+    entries = lib.log()
+    tags: dict[str, list[str]] = {}
+    for tag, commit_id in lib.tags().items():
+        tags.setdefault(commit_id, []).append(tag)
+    pinned = lib.version()[1] if lib.checked_out() else None
+    if as_json:
+        click.echo(
+            json.dumps(
+                [
+                    {
+                        "tags": tags.get(cid, []),
+                        "version": v,
+                        "commit": cid,
+                        "parent": c.parent,
+                        "message": c.message,
+                        "timestamp": c.timestamp,
+                        "concepts": [x.name for x in c.concepts],
+                    }
+                    for v, cid, c in entries
+                ],
+                indent=2,
+                sort_keys=True,
+            )
+        )
+        return
+    for version, commit_id, commit in entries:
+        labels = "".join(f" [green]({t})[/]" for t in tags.get(commit_id, []))
+        labels += " [magenta](checked out)[/]" if commit_id == pinned else ""
+        console.print(f"[yellow]version {version}[/]{labels} [dim]{commit_id[:12]}[/]  {commit.timestamp}")
+        console.print(f"    {commit.message}   [dim]({plural(len(commit.concepts), 'concept')})[/]")
+
+
+@cli.command("list", short_help="The concepts, one line each.")
+@json_option
+@at_option
+@click.pass_context
+def list_command(ctx, as_json: bool, at: str | None) -> None:
+    """The concepts of the current version (or --at), in training order."""
+    concepts = open_library(ctx, at).head().concepts
+    if as_json:
+        click.echo(
+            json.dumps(
+                [
+                    {
+                        "name": c.name,
+                        "token": c.token,
+                        "method": c.method,
+                        "rank": c.rank,
+                        "orthogonal": c.orthogonal,
+                        "images": len(c.images),
+                        "final_loss": c.final_loss,
+                        "created": c.created,
+                    }
+                    for c in concepts
+                ],
+                indent=2,
+                sort_keys=True,
+            )
+        )
+        return
+    for c in concepts:
+        console.print(f"{c.token:<20} {c.method:<12} rank {c.rank}  {len(c.images)} images  {c.created}")
+    if not concepts:
+        console.print("no concepts yet; add one with `seqlib add NAME FOLDER`")
+
+
+@cli.command("verify", short_help="Check every promise of the store format.")
+@json_option
+@click.option("--skip-base", is_flag=True, help="Do not load the base to check its fingerprint.")
+@click.pass_context
+def verify_command(ctx, as_json: bool, skip_base: bool) -> None:
+    """Recompute commit hashes, the history chain, every array checksum, pairwise orthogonality
+    on every layer, the capacity arithmetic and the base fingerprint. Exit 1 on any violation."""
+    report = open_library(ctx).verify(check_base=not skip_base)
+    if as_json:
+        click.echo(json.dumps(report, indent=2, sort_keys=True))
+    else:
+        worst = report["worst_orthogonality"]
+        pair = " and ".join(worst["pair"]) or "no pair"
+        console.print(
+            f"{report['commits']} commits, {report['payloads_checked']} payloads, {report['concepts']} concepts; "
+            f"worst overlap {worst['max_abs_cos']:.1e} ({pair}{' on ' + worst['layer'] if worst['layer'] else ''})"
+        )
+        for problem in report["problems"]:
+            err_console.print(f"[red]problem:[/] {problem}")
+        console.print("[green]ok[/]" if report["ok"] else f"[red]{len(report['problems'])} problems[/]")
+    if not report["ok"]:
+        ctx.exit(errors.DATA)

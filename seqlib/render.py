@@ -1,0 +1,270 @@
+"""Composition: the selected concepts summed into the base's weights, and rendered.
+
+The sum is the method's promise: W = W0 + Σ w_i A_i B_iᵀ, one matmul per layer
+(``seqlib.lora.summed_deltas``), patched into a standard diffusers pipeline. ``layout="row"``
+instead gives each concept its own tile (``seqlib.compose``). Torch-free at import time.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+from collections.abc import Callable
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from seqlib.choices import LAYOUTS, SCHEDULERS
+from seqlib.errors import UsageError
+from seqlib.format import Commit, crosstalk_pairs, token_for
+
+if TYPE_CHECKING:
+    from seqlib.api import Library
+
+# Crosstalk above this (another concept's residual energy on a concept's own inputs, relative
+# to that concept's own residual) is flagged by `compose` and `status`. A judgement call on the
+# embedded base, to be re-measured on a pretrained one.
+CROSSTALK_WARN = 0.5
+
+
+def parse_selection(spec: str | list[str] | dict[str, float]) -> dict[str, float]:
+    """``"mydog=0.8,cat"`` or ``["mydog", "cat"]`` -> {name: weight}."""
+    if isinstance(spec, dict):
+        return dict(spec)
+    items = spec.split(",") if isinstance(spec, str) else list(spec)
+    out: dict[str, float] = {}
+    for item in (i.strip() for i in items):
+        if not item:
+            continue
+        name, _, weight = item.partition("=")
+        try:
+            value = float(weight) if weight else 1.0
+        except ValueError:
+            raise UsageError(f"weight of {name!r} must be a number, not {weight!r}") from None
+        if not math.isfinite(value):
+            raise UsageError(f"weight of {name!r} must be a finite number, not {weight!r}")
+        out[name.strip()] = value
+    if not out:
+        raise UsageError("no concepts selected; name one or more, e.g. `mydog,cat`")
+    return out
+
+
+def make_scheduler(name: str, config):
+    import diffusers
+
+    if name not in SCHEDULERS:
+        raise UsageError(f"unknown scheduler {name!r}; choose from {', '.join(SCHEDULERS)}")
+    return getattr(diffusers, SCHEDULERS[name]).from_config(config)
+
+
+def with_tokens(lib: Library, weights: dict[str, float], commit: Commit, device: str, base: str | None):
+    """The bare base with the selected concepts' tokens registered, and their (A, B, weight)."""
+    from seqlib.tokens import add_tokens
+
+    chosen = [(lib.concept(n, commit), w) for n, w in weights.items()]
+    pipe = lib.load_base(commit, device, base)
+    loaded = [(c, lib.factors(c, commit), w) for c, w in chosen]
+    add_tokens(pipe, {c.token: embedding for c, (_, _, embedding), _ in loaded})
+    return pipe, [(A, B, w) for _, (A, B, _), w in loaded]
+
+
+def pipeline(lib: Library, selection, device: str = "cpu", base: str | None = None):
+    """A standard diffusers StableDiffusionPipeline with the selected concepts summed in."""
+    from seqlib.lora import WeightPatch, summed_deltas
+
+    pipe, factors = with_tokens(lib, parse_selection(selection), lib.head(), device, base)
+    WeightPatch(pipe.unet).apply(summed_deltas(factors))
+    return pipe
+
+
+def compose(
+    lib: Library,
+    selection,
+    prompt: str,
+    out: str | Path = "out",
+    seed: int = 0,
+    num_images: int = 1,
+    steps: int = 20,
+    guidance: float = 7.5,
+    negative_prompt: str | None = None,
+    size: int | None = None,
+    device: str = "cpu",
+    base: str | None = None,
+    warn: Callable[[str], None] | None = None,
+    scheduler: str | None = None,
+    grid: bool = False,
+    layout: str = "sum",
+) -> list[Path]:
+    """Render the selected concepts together; ``Library.compose`` documents the arguments."""
+    import torch
+
+    from seqlib.base import pick_device
+
+    weights = parse_selection(selection)
+    commit = lib.head()
+    for name in weights:
+        lib.concept(name, commit)
+    if layout not in LAYOUTS:
+        raise UsageError(f"unknown layout {layout!r}; use {' or '.join(LAYOUTS)}")
+    tile_prompts = _row_prompts(prompt, weights, commit) if layout == "row" else None
+    if tile_prompts is None:
+        _check_prompt(prompt, weights, commit)
+        for message in _bleed_warnings(weights, commit) if warn else []:
+            warn(message)
+    size = size or commit.library.base.resolution
+    if size % 8:  # diffusers' pipelines need it; every SD VAE's factor divides 8
+        raise UsageError(f"--size {size}: must be a multiple of 8, e.g. {max(8, size // 8 * 8)}")
+    if not math.isfinite(guidance):
+        raise UsageError(f"--guidance must be a finite number, not {guidance}")
+    pick_device(device)
+    sampling = (steps, guidance, size, negative_prompt)
+    pipe, render = _renderer(lib, weights, commit, prompt, tile_prompts, sampling, device, base)
+    if scheduler is not None:
+        pipe.scheduler = make_scheduler(scheduler, pipe.scheduler.config)
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    provenance = lib.provenance()
+    paths, images = [], []
+    for k in range(num_images):
+        image = render(torch.Generator(device="cpu").manual_seed(seed + k))
+        params = {
+            "prompt": prompt,
+            "layout": layout,
+            "negative_prompt": negative_prompt,
+            "seed": seed + k,
+            "steps": steps,
+            "guidance": guidance,
+            "size": size,
+            "scheduler": type(pipe.scheduler).__name__,
+            "concepts": weights,
+            **provenance,
+        }
+        path = out / f"{'+'.join(weights)}-seed{seed + k}.png"
+        image.save(path, pnginfo=_png_text(params))
+        paths.append(path)
+        images.append(image)
+    if grid:
+        paths.append(_contact_sheet(images, out / f"{'+'.join(weights)}-seed{seed}-grid.png"))
+    return paths
+
+
+def _renderer(lib: Library, weights, commit: Commit, prompt: str, tile_prompts, sampling, device, base):
+    """(pipeline, generator -> image): the summed residuals, or one tile per concept."""
+    from seqlib.compose import Tile, sample_row
+
+    steps, guidance, size, negative_prompt = sampling
+    if tile_prompts is None:
+        pipe = pipeline(lib, weights, device, base)
+
+        def render(generator):
+            return pipe(
+                prompt,
+                negative_prompt=negative_prompt,
+                num_inference_steps=steps,
+                guidance_scale=guidance,
+                height=size,
+                width=size,
+                generator=generator,
+            ).images[0]
+
+        return pipe, render
+    pipe, factors = with_tokens(lib, weights, commit, device, base)
+    at = pipe.unet.device
+    tiles = [
+        Tile(tile_prompt, {n: ((w * A[n]).to(at), B[n].to(at)) for n in A})
+        for tile_prompt, (A, B, w) in zip(tile_prompts, factors)
+    ]
+    return pipe, lambda generator: sample_row(pipe, tiles, size, steps, guidance, generator, negative_prompt)
+
+
+def _bleed_warnings(weights: dict[str, float], commit: Commit) -> list[str]:
+    """What may bleed in a summed composition: unprojected concepts, and high recorded crosstalk."""
+    messages = []
+    loose = [n for n in weights if not commit.concept(n).orthogonal]
+    if loose and len(weights) > 1:
+        messages.append(
+            f"{', '.join(token_for(n) for n in loose)} trained without projection (plain LoRA): "
+            "composed with others it shares their subspaces and may bleed into them"
+        )
+    for a, b, x in crosstalk_pairs(commit):
+        if a in weights and b in weights and x > CROSSTALK_WARN:
+            messages.append(
+                f"<{a}> interferes with <{b}> (crosstalk {x:.2f} > {CROSSTALK_WARN}): "
+                f"<{b}> may not look like itself in this composition"
+            )
+    return messages
+
+
+def _png_text(params: dict):
+    """The PNG text chunks: ``seqlib`` (JSON) and ``parameters`` (AUTOMATIC1111's style)."""
+    from PIL.PngImagePlugin import PngInfo
+
+    info = PngInfo()
+    info.add_text("seqlib", json.dumps(params, sort_keys=True))
+    info.add_text("parameters", _a1111_parameters(params))
+    return info
+
+
+def _a1111_parameters(p: dict) -> str:
+    concepts = ", ".join(f"{n}:{w:g}" for n, w in p["concepts"].items())
+    lines = [p["prompt"]]
+    if p["negative_prompt"]:
+        lines.append(f"Negative prompt: {p['negative_prompt']}")
+    lines.append(
+        f"Steps: {p['steps']}, Sampler: {p['scheduler']}, CFG scale: {p['guidance']}, Seed: {p['seed']}, "
+        f"Size: {p['size']}x{p['size']}, Model hash: {p['base_fingerprint'][:10]}, "
+        f"seqlib concepts: {concepts}, seqlib version: {p['store_version']}"
+    )
+    return "\n".join(lines)
+
+
+def _contact_sheet(images: list, path: Path) -> Path:
+    from PIL import Image
+
+    cols = math.ceil(math.sqrt(len(images)))
+    rows = math.ceil(len(images) / cols)
+    w, h = images[0].size
+    sheet = Image.new("RGB", (cols * w, rows * h), "white")
+    for i, im in enumerate(images):
+        sheet.paste(im, ((i % cols) * w, (i // cols) * h))
+    sheet.save(path)
+    return path
+
+
+def _mentioned(prompt: str) -> set[str]:
+    """Concept names a prompt mentions by token (``<name>``)."""
+    return set(re.findall(r"<([^<>\s]+)>", prompt))
+
+
+def _row_prompts(prompt: str, weights: dict[str, float], commit: Commit) -> list[str]:
+    """One prompt per tile, each mentioning its own concept and no other."""
+    prompts = [p.strip() for p in prompt.split("|")]
+    if len(prompts) != len(weights):
+        example = " | ".join(f"a photo of {token_for(n)}" for n in weights)
+        raise UsageError(
+            f"--layout row needs one prompt per concept, separated by '|': {len(weights)} concepts, "
+            f'{len(prompts)} prompt{"s" if len(prompts) != 1 else ""} (e.g. "{example}")'
+        )
+    for i, (name, tile_prompt) in enumerate(zip(weights, prompts), 1):
+        mentioned = _mentioned(tile_prompt) & {c.name for c in commit.concepts}
+        if mentioned != {name}:
+            raise UsageError(
+                f"tile {i} is {token_for(name)}'s: its prompt must mention {token_for(name)} and no other concept "
+                f"(it has {tile_prompt!r})"
+            )
+    return prompts
+
+
+def _check_prompt(prompt: str, weights: dict[str, float], commit: Commit) -> None:
+    mentioned = _mentioned(prompt)
+    selected = set(weights)
+    if not mentioned & selected:
+        tokens = " ".join(token_for(n) for n in weights)
+        raise UsageError(f"the prompt mentions none of the selected concepts; use their tokens: {tokens}")
+    known = {c.name for c in commit.concepts}
+    unselected = sorted((mentioned & known) - selected)
+    if unselected:
+        raise UsageError(
+            f"the prompt mentions {', '.join(token_for(n) for n in unselected)} but the selection "
+            f"does not include {'it' if len(unselected) == 1 else 'them'}; add to the selection"
+        )
