@@ -12,7 +12,6 @@ so ``status`` and ``log`` answer instantly; training and sampling import torch w
 
 from __future__ import annotations
 
-import tempfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -93,12 +92,7 @@ class Library:
         config_dir = str(Path(base_config).resolve()) if base_config else None
         with Store.create(root) as staging:
             if kind == "embedded":
-                if staging.is_local:
-                    bases.write_embedded(Path(staging.root), source)
-                else:
-                    with tempfile.TemporaryDirectory() as tmp:
-                        bases.write_embedded(Path(tmp), source)
-                        staging.upload_base(Path(tmp) / "base")
+                bases.place_embedded(staging, source)
             pipe = bases.load_pipeline(kind, source, config_dir, staging.local_base_dir(), device)
             record, records = bases.describe(pipe, kind, source, config_dir, layers)
             narrowest = min(records, key=lambda layer: layer.in_features)
@@ -269,13 +263,8 @@ class Library:
     def provenance(self) -> dict:
         """Which library state made a file: written into exports and every rendered PNG."""
         version, commit_id = self.version()
-        base = self.head().library.base
-        return {
-            "store_version": version,
-            "commit": commit_id,
-            "base": base.source,
-            "base_fingerprint": base.fingerprint,
-        }
+        b = self.head().library.base
+        return {"store_version": version, "commit": commit_id, "base": b.source, "base_fingerprint": b.fingerprint}
 
     def import_lora(
         self,

@@ -164,3 +164,16 @@ def load_base(library: LibraryConfig, embedded_dir: Path | None, device: str = "
             f"library {base.fingerprint[:12]}); concepts trained on one base do not transfer"
         )
     return pipe
+
+
+def place_embedded(store, source: str) -> None:
+    """Put the shipped embedded base ``source`` into a new store's ``base/`` (uploaded once for
+    an object store, whose copies every machine downloads on first use)."""
+    import tempfile
+
+    if store.is_local:
+        write_embedded(Path(store.root), source)
+        return
+    with tempfile.TemporaryDirectory() as tmp:
+        write_embedded(Path(tmp), source)
+        store.upload_base(Path(tmp) / "base")

@@ -75,96 +75,127 @@ def held_out(count: int, namespace: str = "benchmark") -> dict[str, Concept]:
     return out
 
 
+class _Pen:
+    """Draws in a 128-unit frame scaled to the canvas."""
+
+    def __init__(self, draw, side: int) -> None:
+        self.d, self.s = draw, side / 128
+
+    def box(self, x0, y0, x1, y1):
+        s = self.s
+        return (x0 * s, y0 * s, x1 * s, y1 * s)
+
+    def poly(self, points):
+        return [(x * self.s, y * self.s) for x, y in points]
+
+
 def _draw_object(c: Concept, side: int = 128):
     """The concept on a transparent square canvas, upright and centred."""
     from PIL import Image, ImageDraw
 
     im = Image.new("RGBA", (side, side), (0, 0, 0, 0))
-    d = ImageDraw.Draw(im)
+    _FAMILIES.get(c.family, _draw_totem)(_Pen(ImageDraw.Draw(im), side), c)
+    return im
+
+
+def _draw_mascot(pen: _Pen, c: Concept) -> None:
+    """A round creature: ears or an antenna, belly, eyes looking by variant, feet."""
+    d, s, box, poly = pen.d, pen.s, pen.box, pen.poly
     body, accent, detail = PALETTE[c.body], PALETTE[c.accent], PALETTE[c.detail]
     v0, v1, v2 = c.variant
-    s = side / 128  # drawn in a 128-unit frame
+    if v0 == 0:  # pointed ears
+        d.polygon(poly([(30, 40), (44, 8), (58, 36)]), fill=body)
+        d.polygon(poly([(70, 36), (84, 8), (98, 40)]), fill=body)
+    elif v0 == 1:  # round ears
+        d.ellipse(box(22, 14, 52, 44), fill=detail)
+        d.ellipse(box(76, 14, 106, 44), fill=detail)
+    elif v0 == 2:  # antenna
+        d.line(box(64, 30, 64, 6), fill=detail, width=int(5 * s))
+        d.ellipse(box(54, 0, 74, 18), fill=accent)
+    d.ellipse(box(20, 26, 108, 112), fill=body)
+    d.ellipse(box(42, 66, 86, 106), fill=accent)  # belly
+    for x in (46, 82):  # eyes
+        d.ellipse(box(x - 10, 42, x + 10, 62), fill=(250, 250, 250))
+        d.ellipse(box(x - 4 + v1 - 2, 48, x + 4 + v1 - 2, 58), fill=(15, 15, 15))
+    d.ellipse(box(30, 104, 56, 124), fill=detail)  # feet
+    d.ellipse(box(72, 104, 98, 124), fill=detail)
 
-    def box(x0, y0, x1, y1):
-        return (x0 * s, y0 * s, x1 * s, y1 * s)
 
-    def poly(points):
-        return [(x * s, y * s) for x, y in points]
+def _draw_emblem(pen: _Pen, c: Concept) -> None:
+    """A badge: an outline, an inner field and a charge."""
+    d, box, poly = pen.d, pen.box, pen.poly
+    body, accent, detail = PALETTE[c.body], PALETTE[c.accent], PALETTE[c.detail]
+    v0, v1, v2 = c.variant
+    outline = [
+        [(16, 12), (112, 12), (112, 64), (64, 122), (16, 64)],  # shield
+        [(64, 6), (118, 36), (118, 92), (64, 122), (10, 92), (10, 36)],  # hexagon
+        [(64, 6), (122, 64), (64, 122), (6, 64)],  # lozenge
+        [(14, 14), (114, 14), (114, 114), (14, 114)],  # square banner
+    ][v0]
+    d.polygon(poly(outline), fill=detail)
+    cx = sum(x for x, _ in outline) / len(outline)
+    cy = sum(y for _, y in outline) / len(outline)
+    inner = [(cx + 0.8 * (x - cx), cy + 0.8 * (y - cy)) for x, y in outline]
+    d.polygon(poly(inner), fill=body)
+    if v1 == 0:  # chevron
+        d.polygon(poly([(30, 84), (64, 44), (98, 84), (98, 100), (64, 62), (30, 100)]), fill=accent)
+    elif v1 == 1:  # cross
+        d.rectangle(box(56, 24, 72, 108), fill=accent)
+        d.rectangle(box(28, 52, 100, 68), fill=accent)
+    elif v1 == 2:  # star
+        import math
 
-    if c.family == "mascot":
-        if v0 == 0:  # pointed ears
-            d.polygon(poly([(30, 40), (44, 8), (58, 36)]), fill=body)
-            d.polygon(poly([(70, 36), (84, 8), (98, 40)]), fill=body)
-        elif v0 == 1:  # round ears
-            d.ellipse(box(22, 14, 52, 44), fill=detail)
-            d.ellipse(box(76, 14, 106, 44), fill=detail)
-        elif v0 == 2:  # antenna
-            d.line(box(64, 30, 64, 6), fill=detail, width=int(5 * s))
-            d.ellipse(box(54, 0, 74, 18), fill=accent)
-        d.ellipse(box(20, 26, 108, 112), fill=body)
-        d.ellipse(box(42, 66, 86, 106), fill=accent)  # belly
-        for x in (46, 82):  # eyes
-            d.ellipse(box(x - 10, 42, x + 10, 62), fill=(250, 250, 250))
-            d.ellipse(box(x - 4 + v1 - 2, 48, x + 4 + v1 - 2, 58), fill=(15, 15, 15))
-        d.ellipse(box(30, 104, 56, 124), fill=detail)  # feet
-        d.ellipse(box(72, 104, 98, 124), fill=detail)
-    elif c.family == "emblem":
-        outline = [
-            [(16, 12), (112, 12), (112, 64), (64, 122), (16, 64)],  # shield
-            [(64, 6), (118, 36), (118, 92), (64, 122), (10, 92), (10, 36)],  # hexagon
-            [(64, 6), (122, 64), (64, 122), (6, 64)],  # lozenge
-            [(14, 14), (114, 14), (114, 114), (14, 114)],  # square banner
-        ][v0]
-        d.polygon(poly(outline), fill=detail)
-        cx = sum(x for x, _ in outline) / len(outline)
-        cy = sum(y for _, y in outline) / len(outline)
-        inner = [(cx + 0.8 * (x - cx), cy + 0.8 * (y - cy)) for x, y in outline]
-        d.polygon(poly(inner), fill=body)
-        if v1 == 0:  # chevron
-            d.polygon(poly([(30, 84), (64, 44), (98, 84), (98, 100), (64, 62), (30, 100)]), fill=accent)
-        elif v1 == 1:  # cross
-            d.rectangle(box(56, 24, 72, 108), fill=accent)
-            d.rectangle(box(28, 52, 100, 68), fill=accent)
-        elif v1 == 2:  # star
-            import math
-
-            pts = [
-                (
-                    64 + (30 if k % 2 == 0 else 12) * math.sin(k * math.pi / 5),
-                    62 - (30 if k % 2 == 0 else 12) * math.cos(k * math.pi / 5),
-                )
-                for k in range(10)
-            ]
-            d.polygon(poly(pts), fill=accent)
-        else:  # two bands
-            d.rectangle(box(26, 40, 102, 52), fill=accent)
-            d.rectangle(box(26, 72, 102, 84), fill=accent)
-        if v2 == 1:
-            d.ellipse(box(56, 54, 72, 70), fill=detail)
-    elif c.family == "robot":
-        d.rectangle(box(58, 4, 70, 22), fill=detail)  # antenna
-        d.ellipse(box(54, 0, 74, 14), fill=accent if v2 else detail)
-        head = box(28, 18, 100, 62) if v0 % 2 == 0 else box(36, 14, 92, 62)
-        d.rectangle(head, fill=body)
-        d.rectangle(box(head[0] / s + 6, 30, head[2] / s - 6, 44), fill=accent)  # visor
-        d.rectangle(box(34, 66, 94, 114), fill=detail if v0 < 2 else body)  # torso
-        for k in range(1 + v1 % 3):  # buttons
-            d.ellipse(box(56, 72 + 13 * k, 72, 84 + 13 * k), fill=accent)
-        d.rectangle(box(14, 70, 30, 104), fill=body)  # arms
-        d.rectangle(box(98, 70, 114, 104), fill=body)
-        d.rectangle(box(40, 114, 58, 128), fill=body)  # legs
-        d.rectangle(box(70, 114, 88, 128), fill=body)
-    else:  # totem: three stacked parts in an order given by the variant
-        parts = [
-            lambda y: d.ellipse(box(36, y, 92, y + 40), fill=body),
-            lambda y: d.rectangle(box(30, y + 2, 98, y + 38), fill=accent),
-            lambda y: d.polygon(poly([(64, y), (100, y + 40), (28, y + 40)]), fill=detail),
+        pts = [
+            (
+                64 + (30 if k % 2 == 0 else 12) * math.sin(k * math.pi / 5),
+                62 - (30 if k % 2 == 0 else 12) * math.cos(k * math.pi / 5),
+            )
+            for k in range(10)
         ]
-        order = [(0, 1, 2), (1, 2, 0), (2, 0, 1), (0, 2, 1)][v0]
-        for k, part in enumerate(order):
-            parts[part](4 + 40 * k)
-        d.rectangle(box(20, 58, 108, 66) if v1 % 2 else box(60, 4, 68, 124), fill=(250, 250, 250))
-    return im
+        d.polygon(poly(pts), fill=accent)
+    else:  # two bands
+        d.rectangle(box(26, 40, 102, 52), fill=accent)
+        d.rectangle(box(26, 72, 102, 84), fill=accent)
+    if v2 == 1:
+        d.ellipse(box(56, 54, 72, 70), fill=detail)
+
+
+def _draw_robot(pen: _Pen, c: Concept) -> None:
+    """A boxy robot: antenna, head with visor, torso with buttons, arms and legs."""
+    d, s, box = pen.d, pen.s, pen.box
+    body, accent, detail = PALETTE[c.body], PALETTE[c.accent], PALETTE[c.detail]
+    v0, v1, v2 = c.variant
+    d.rectangle(box(58, 4, 70, 22), fill=detail)  # antenna
+    d.ellipse(box(54, 0, 74, 14), fill=accent if v2 else detail)
+    head = box(28, 18, 100, 62) if v0 % 2 == 0 else box(36, 14, 92, 62)
+    d.rectangle(head, fill=body)
+    d.rectangle(box(head[0] / s + 6, 30, head[2] / s - 6, 44), fill=accent)  # visor
+    d.rectangle(box(34, 66, 94, 114), fill=detail if v0 < 2 else body)  # torso
+    for k in range(1 + v1 % 3):  # buttons
+        d.ellipse(box(56, 72 + 13 * k, 72, 84 + 13 * k), fill=accent)
+    d.rectangle(box(14, 70, 30, 104), fill=body)  # arms
+    d.rectangle(box(98, 70, 114, 104), fill=body)
+    d.rectangle(box(40, 114, 58, 128), fill=body)  # legs
+    d.rectangle(box(70, 114, 88, 128), fill=body)
+
+
+def _draw_totem(pen: _Pen, c: Concept) -> None:
+    """Three stacked parts in an order given by the variant, and a bar."""
+    d, box, poly = pen.d, pen.box, pen.poly
+    body, accent, detail = PALETTE[c.body], PALETTE[c.accent], PALETTE[c.detail]
+    v0, v1, v2 = c.variant
+    parts = [
+        lambda y: d.ellipse(box(36, y, 92, y + 40), fill=body),
+        lambda y: d.rectangle(box(30, y + 2, 98, y + 38), fill=accent),
+        lambda y: d.polygon(poly([(64, y), (100, y + 40), (28, y + 40)]), fill=detail),
+    ]
+    order = [(0, 1, 2), (1, 2, 0), (2, 0, 1), (0, 2, 1)][v0]
+    for k, part in enumerate(order):
+        parts[part](4 + 40 * k)
+    d.rectangle(box(20, 58, 108, 66) if v1 % 2 else box(60, 4, 68, 124), fill=(250, 250, 250))
+
+
+_FAMILIES = {"mascot": _draw_mascot, "emblem": _draw_emblem, "robot": _draw_robot, "totem": _draw_totem}
 
 
 def _backdrop(rng: random.Random, size: int):

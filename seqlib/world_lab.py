@@ -199,6 +199,69 @@ def _draw_primitive(d, shape: str, cx: float, cy: float, r: float, fill, texture
                         d.rectangle((x, y, x + half - 1, y + half - 1), fill=contrast)
 
 
+def _draw_creature(d, parts: dict, fill, cx: float, cy: float, r: float) -> None:
+    """Ears (pointed or round), body, belly, eyes, feet."""
+
+    def c(name: str):
+        return COLOURS[parts[name]]
+
+    def box(x0, y0, x1, y1):  # in units of r around the centre
+        return (cx + x0 * r, cy + y0 * r, cx + x1 * r, cy + y1 * r)
+
+    if parts.get("ears") == "pointed":
+        d.polygon([(cx - 0.55 * r, cy - 0.45 * r), (cx - 0.35 * r, cy - r), (cx - 0.1 * r, cy - 0.6 * r)], fill=fill)
+        d.polygon([(cx + 0.1 * r, cy - 0.6 * r), (cx + 0.35 * r, cy - r), (cx + 0.55 * r, cy - 0.45 * r)], fill=fill)
+    elif parts.get("ears") == "round":
+        d.ellipse(box(-0.7, -0.95, -0.3, -0.55), fill=fill)
+        d.ellipse(box(0.3, -0.95, 0.7, -0.55), fill=fill)
+    d.ellipse(box(-0.7, -0.7, 0.7, 0.75), fill=fill)
+    if "belly" in parts:
+        d.ellipse(box(-0.35, 0.05, 0.35, 0.65), fill=c("belly"))
+    for sx in (-0.28, 0.28):
+        d.ellipse(box(sx - 0.16, -0.4, sx + 0.16, -0.08), fill=(250, 250, 250))
+        d.ellipse(box(sx - 0.07, -0.3, sx + 0.07, -0.14), fill=(15, 15, 15))
+    if "feet" in parts:
+        d.ellipse(box(-0.55, 0.68, -0.15, 0.98), fill=c("feet"))
+        d.ellipse(box(0.15, 0.68, 0.55, 0.98), fill=c("feet"))
+
+
+def _draw_badge(d, parts: dict, fill, cx: float, cy: float, r: float) -> None:
+    """An outlined shield with a symbol (stripes or a primitive) in the outline's colour."""
+
+    def c(name: str):
+        return COLOURS[parts[name]]
+
+    def box(x0, y0, x1, y1):  # in units of r around the centre
+        return (cx + x0 * r, cy + y0 * r, cx + x1 * r, cy + y1 * r)
+
+    d.polygon(
+        [
+            (cx - 0.85 * r, cy - 0.9 * r),
+            (cx + 0.85 * r, cy - 0.9 * r),
+            (cx + 0.85 * r, cy + 0.1 * r),
+            (cx, cy + r),
+            (cx - 0.85 * r, cy + 0.1 * r),
+        ],
+        fill=c("outline"),
+    )
+    d.polygon(
+        [
+            (cx - 0.65 * r, cy - 0.72 * r),
+            (cx + 0.65 * r, cy - 0.72 * r),
+            (cx + 0.65 * r, cy + 0.02 * r),
+            (cx, cy + 0.75 * r),
+            (cx - 0.65 * r, cy + 0.02 * r),
+        ],
+        fill=fill,
+    )
+    symbol, contrast = parts["symbol"], COLOURS[parts["outline"]]
+    if symbol == "stripes":
+        for y0 in (-0.45, -0.05):
+            d.rectangle(box(-0.5, y0, 0.5, y0 + 0.16), fill=contrast)
+    else:
+        _draw_primitive(d, symbol, cx, cy - 0.1 * r, 0.35 * r, contrast)
+
+
 def _draw_thing(d, t: Thing, cx: float, cy: float, r: float) -> None:
     fill = COLOURS[t.colour]
     if t.kind in SHAPES:
@@ -213,25 +276,7 @@ def _draw_thing(d, t: Thing, cx: float, cy: float, r: float) -> None:
         return (cx + x0 * r, cy + y0 * r, cx + x1 * r, cy + y1 * r)
 
     if t.kind == "creature":
-        if parts.get("ears") == "pointed":
-            d.polygon(
-                [(cx - 0.55 * r, cy - 0.45 * r), (cx - 0.35 * r, cy - r), (cx - 0.1 * r, cy - 0.6 * r)], fill=fill
-            )
-            d.polygon(
-                [(cx + 0.1 * r, cy - 0.6 * r), (cx + 0.35 * r, cy - r), (cx + 0.55 * r, cy - 0.45 * r)], fill=fill
-            )
-        elif parts.get("ears") == "round":
-            d.ellipse(box(-0.7, -0.95, -0.3, -0.55), fill=fill)
-            d.ellipse(box(0.3, -0.95, 0.7, -0.55), fill=fill)
-        d.ellipse(box(-0.7, -0.7, 0.7, 0.75), fill=fill)
-        if "belly" in parts:
-            d.ellipse(box(-0.35, 0.05, 0.35, 0.65), fill=c("belly"))
-        for sx in (-0.28, 0.28):
-            d.ellipse(box(sx - 0.16, -0.4, sx + 0.16, -0.08), fill=(250, 250, 250))
-            d.ellipse(box(sx - 0.07, -0.3, sx + 0.07, -0.14), fill=(15, 15, 15))
-        if "feet" in parts:
-            d.ellipse(box(-0.55, 0.68, -0.15, 0.98), fill=c("feet"))
-            d.ellipse(box(0.15, 0.68, 0.55, 0.98), fill=c("feet"))
+        _draw_creature(d, parts, fill, cx, cy, r)
     elif t.kind == "house":
         d.rectangle(box(-0.7, -0.15, 0.7, 0.95), fill=fill)
         d.polygon([(cx - 0.9 * r, cy - 0.1 * r), (cx, cy - r), (cx + 0.9 * r, cy - 0.1 * r)], fill=c("roof"))
@@ -246,32 +291,7 @@ def _draw_thing(d, t: Thing, cx: float, cy: float, r: float) -> None:
         if "band" in parts:
             d.rectangle(box(-0.65, -0.6, 0.85, -0.3), fill=c("band"))
     elif t.kind == "badge":
-        d.polygon(
-            [
-                (cx - 0.85 * r, cy - 0.9 * r),
-                (cx + 0.85 * r, cy - 0.9 * r),
-                (cx + 0.85 * r, cy + 0.1 * r),
-                (cx, cy + r),
-                (cx - 0.85 * r, cy + 0.1 * r),
-            ],
-            fill=c("outline"),
-        )
-        d.polygon(
-            [
-                (cx - 0.65 * r, cy - 0.72 * r),
-                (cx + 0.65 * r, cy - 0.72 * r),
-                (cx + 0.65 * r, cy + 0.02 * r),
-                (cx, cy + 0.75 * r),
-                (cx - 0.65 * r, cy + 0.02 * r),
-            ],
-            fill=fill,
-        )
-        symbol, contrast = parts["symbol"], COLOURS[parts["outline"]]
-        if symbol == "stripes":
-            for y0 in (-0.45, -0.05):
-                d.rectangle(box(-0.5, y0, 0.5, y0 + 0.16), fill=contrast)
-        else:
-            _draw_primitive(d, symbol, cx, cy - 0.1 * r, 0.35 * r, contrast)
+        _draw_badge(d, parts, fill, cx, cy, r)
     elif t.kind == "tower":
         d.rectangle(box(-0.5, 0.0, 0.5, 1.0), fill=c("body"))
         _draw_primitive(d, parts["top"], cx, cy - 0.5 * r, 0.5 * r, fill)

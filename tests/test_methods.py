@@ -37,3 +37,12 @@ def test_a_registered_toy_method_trains_end_to_end(store_copy, photos, monkeypat
 
     assert main(["--store", str(store_copy), "list", "--json"]) == 0
     assert json.loads(capsys.readouterr().out)[-1]["method"] == "toy"
+
+
+def test_pass_counts_follow_the_algorithm():
+    # tentative step + S_B B-steps (each with its cross-Hessian passes) + S_A A-steps
+    seqlora, alternating, frozen = (get(n) for n in ("seqlora", "alternating", "frozen-basis"))
+    assert seqlora.passes_per_iteration(2, 2, "finite-diff") == 1 + 2 * (1 + 2) + 2 == 9
+    assert seqlora.passes_per_iteration(2, 2, "autograd") == 1 + 2 * (1 + 3) + 2 == 11
+    assert alternating.passes_per_iteration(2, 2, "finite-diff") == 5
+    assert frozen.passes_per_iteration(2, 2, "autograd") == 3

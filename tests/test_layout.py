@@ -1,0 +1,81 @@
+"""The house rules (README, "Layout"), checked on the source: no import cycle, small modules
+and functions, a CLI that reaches the library only through its public API."""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+PACKAGE = Path(__file__).parents[1] / "seqlib"
+# The CLI may use the API and what defines its choices; never the store, trainer or math.
+CLI_MAY_IMPORT = {"seqlib.api", "seqlib.choices", "seqlib.config", "seqlib.methods", "seqlib.errors", "seqlib._version"}
+
+
+def _modules() -> dict[str, ast.Module]:
+    out = {}
+    for path in sorted(PACKAGE.rglob("*.py")):
+        name = ".".join(path.relative_to(PACKAGE.parent).with_suffix("").parts).removesuffix(".__init__")
+        out[name] = ast.parse(path.read_text())
+    return out
+
+
+def _imports(tree: ast.Module, everywhere: bool) -> set[str]:
+    """seqlib modules imported (at module level only, unless ``everywhere``); ``from seqlib
+    import x`` counts as importing ``seqlib.x`` when x is a module."""
+    nodes = ast.walk(tree) if everywhere else tree.body
+    found = set()
+    for node in nodes:
+        if isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("seqlib"):
+            for alias in node.names:
+                sub = f"{node.module}.{alias.name}"
+                is_module = (PACKAGE.parent / (sub.replace(".", "/") + ".py")).exists()
+                found.add(sub if is_module else node.module)
+        elif isinstance(node, ast.Import):
+            found |= {a.name for a in node.names if a.name.startswith("seqlib")}
+    return found
+
+
+def _cycle(graph: dict[str, set[str]]) -> list[str] | None:
+    state: dict[str, int] = {}
+
+    def visit(node: str, path: list[str]) -> list[str] | None:
+        state[node] = 1
+        for nxt in sorted(graph.get(node, ())):
+            if state.get(nxt) == 1:
+                return [*path[path.index(nxt) :], nxt]
+            if nxt in graph and not state.get(nxt):
+                if found := visit(nxt, [*path, nxt]):
+                    return found
+        state[node] = 2
+        return None
+
+    for start in graph:
+        if not state.get(start) and (found := visit(start, [start])):
+            return found
+    return None
+
+
+def test_the_module_level_import_graph_has_no_cycle():
+    modules = _modules()
+    graph = {name: _imports(tree, everywhere=False) - {name} for name, tree in modules.items() if name != "seqlib"}
+    assert _cycle(graph) is None
+    # and the checker does find one when there is one
+    assert _cycle({"a": {"b"}, "b": {"c"}, "c": {"a"}}) == ["a", "b", "c", "a"]
+
+
+def test_no_module_over_400_lines_and_no_function_over_80():
+    long_functions = []
+    for path in PACKAGE.rglob("*.py"):
+        lines = path.read_text().count("\n")
+        assert lines <= 400, f"{path.name}: {lines} lines"
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef) and node.end_lineno - node.lineno >= 80:
+                long_functions.append(f"{path.name}:{node.name} ({node.end_lineno - node.lineno + 1} lines)")
+    assert not long_functions
+
+
+def test_the_cli_reaches_the_library_only_through_its_public_api():
+    for name, tree in _modules().items():
+        if name.startswith("seqlib.cli"):
+            outside = {m for m in _imports(tree, everywhere=True) if not m.startswith("seqlib.cli")}
+            assert outside <= CLI_MAY_IMPORT, (name, outside - CLI_MAY_IMPORT)
