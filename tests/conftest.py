@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import socket
+import subprocess
+import sys
 import uuid
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -97,3 +101,50 @@ def s3(tmp_path_factory):
             os.environ.pop(k, None)
         else:
             os.environ[k] = v
+
+
+@dataclass
+class Ran:
+    """One CLI run in a child process: its exit code (-9: killed), output and write steps."""
+
+    returncode: int
+    stdout: str
+    stderr: str
+    write_steps: int | None
+
+
+@pytest.fixture(scope="session")
+def cli_processes(tmp_path_factory):
+    """Run CLI commands in real child processes, several at once if asked (``tests/crashy.py``:
+    a fork server that pays the ~12 s diffusers import once per session, not once per run).
+
+    ``run([(argv, kill_at), ...], threads=None)`` -> one ``Ran`` per command.
+    """
+    server = subprocess.Popen(
+        [sys.executable, str(Path(__file__).with_name("crashy.py"))],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+        env=os.environ | {"HF_HUB_OFFLINE": "1"},
+    )
+    logs = tmp_path_factory.mktemp("cli-stderr")
+
+    def run(commands: list[tuple[list[str], int]], threads: int | None = None) -> list[Ran]:
+        runs = [
+            {"argv": argv, "kill_at": kill_at, "env": dict(os.environ), "threads": threads}
+            | {stream: str(logs / f"{uuid.uuid4().hex}.{stream}") for stream in ("stdout", "stderr")}
+            for argv, kill_at in commands
+        ]
+        server.stdin.write(json.dumps({"runs": runs}) + "\n")
+        server.stdin.flush()
+        line = server.stdout.readline()
+        assert line, "the CLI fork server died (see the captured stderr)"
+        answer = json.loads(line)
+        return [
+            Ran(code, Path(r["stdout"]).read_text(), Path(r["stderr"]).read_text(), steps)
+            for code, r, steps in zip(answer["returncodes"], runs, answer["write_steps"])
+        ]
+
+    yield run
+    server.stdin.close()
+    server.wait(timeout=60)

@@ -2,11 +2,8 @@
 
 from __future__ import annotations
 
-import os
 import re
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -30,17 +27,6 @@ def _state(lib: Library) -> tuple:
     return history, {t: versions[cid] for t, cid in lib.store.tags().items()}
 
 
-def _run(store: Path, args: list[str], kill_at: int) -> subprocess.CompletedProcess:
-    env = os.environ | {"SEQLIB_KILL_AT": str(kill_at), "HF_HUB_OFFLINE": "1"}
-    return subprocess.run(
-        [sys.executable, str(CRASHY), "--store", str(store), *args],
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=300,
-    )
-
-
 OPERATIONS = {
     "add": lambda photos, tmp: ["add", "newone", str(photos / "robot"), "--steps", "1", "-K", "1", "--s-b", "1"],
     "rm": lambda photos, tmp: ["rm", "emblem"],
@@ -51,26 +37,26 @@ OPERATIONS = {
 
 
 @pytest.mark.parametrize("op", list(OPERATIONS))
-def test_sigkill_at_any_write_step_leaves_the_old_or_the_new_state(op, seqlora_store, photos, tmp_path):
+def test_sigkill_at_any_write_step_leaves_the_old_or_the_new_state(op, seqlora_store, photos, tmp_path, cli_processes):
     if op == "import":
         Library.open(seqlora_store).export(["emblem"], tmp_path / "foreign.safetensors", "kohya")
     args = OPERATIONS[op](photos, tmp_path)
     # a clean run on a copy counts the write steps and gives the "new" state
     clean = tmp_path / "clean" / ".seqlib"
     shutil.copytree(seqlora_store, clean)
-    done = _run(clean, args, kill_at=0)
+    [done] = cli_processes([(["--store", str(clean), *args], 0)])
     assert done.returncode == 0, done.stderr
-    total = int(re.search(r"write-steps=(\d+)", done.stderr).group(1))
+    total = done.write_steps
     new_state, old_state = _state(Library.open(clean)), _state(Library.open(seqlora_store))
     assert new_state != old_state
     # kill at points spread over the run, always including the last steps before the ref moves
     points = sorted({1, 2, *(int(total * f) for f in (0.25, 0.5, 0.75)), total - 3, total - 1} - {0})
     for k in points:
-        store = tmp_path / f"k{k}" / ".seqlib"
-        shutil.copytree(seqlora_store, store)
-        killed = _run(store, args, kill_at=k)
+        shutil.copytree(seqlora_store, tmp_path / f"k{k}" / ".seqlib")
+    runs = cli_processes([(["--store", str(tmp_path / f"k{k}" / ".seqlib"), *args], k) for k in points], threads=1)
+    for k, killed in zip(points, runs):
         assert killed.returncode == -9, (k, killed.stderr)
-        lib = Library.open(store)
+        lib = Library.open(tmp_path / f"k{k}" / ".seqlib")
         assert _state(lib) in (old_state, new_state), k
         report = lib.verify(check_base=False)
         assert report["ok"], (k, report["problems"])

@@ -2,10 +2,6 @@
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
-
 import pytest
 
 from seqlib.api import Library
@@ -28,30 +24,8 @@ def test_init_add_compose_log_on_s3(s3, photos, tmp_path, capsys):
     assert main(["init", url]) == 3  # an existing store is never overwritten
 
 
-def _racing_add(store: str, name: str, folder) -> subprocess.Popen:
-    return subprocess.Popen(
-        [sys.executable, "-m", "seqlib", "--store", store, "add", name, str(folder), "--steps", "8", "-K", "1"],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        # One thread each: two processes spinning two OpenMP threads apiece on a 2-core CI box
-        # can starve each other for minutes.
-        env=os.environ | {"HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"},
-    )
-
-
-def _finish(proc: subprocess.Popen, timeout: float = 300) -> tuple[int, str]:
-    try:
-        _, err = proc.communicate(timeout=timeout)  # reads both pipes: a full one cannot block the child
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        _, err = proc.communicate()
-        pytest.fail(f"seqlib add did not finish in {timeout} s; its stderr:\n{err}")
-    return proc.returncode, err
-
-
 @pytest.mark.parametrize("where", ["folder", "s3"])
-def test_two_racing_adds_exactly_one_wins(where, s3, empty_store, photos, tmp_path):
+def test_two_racing_adds_exactly_one_wins(where, s3, empty_store, photos, tmp_path, cli_processes):
     if where == "s3":
         store = s3()
         Library.init(store)
@@ -60,8 +34,13 @@ def test_two_racing_adds_exactly_one_wins(where, s3, empty_store, photos, tmp_pa
 
         store = str(tmp_path / ".seqlib")
         shutil.copytree(empty_store, store)
-    procs = [_racing_add(store, name, photos / name) for name in ("emblem", "robot")]
-    results = [_finish(p) for p in procs]
+    # two real processes at once, one thread each (two processes spinning two OpenMP threads
+    # apiece on a 2-core box can starve each other for minutes)
+    adds = [
+        (["--store", store, "add", name, str(photos / name), "--steps", "8", "-K", "1"], 0)
+        for name in ("emblem", "robot")
+    ]
+    results = [(r.returncode, r.stderr) for r in cli_processes(adds, threads=1)]
     codes = sorted(code for code, _ in results)
     assert codes == [0, 3], results  # the loser: a store conflict, exit 3
     loser_err = next(err for code, err in results if code == 3)
