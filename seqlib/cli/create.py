@@ -380,6 +380,9 @@ def _launch(n: int) -> int:
             "MASTER_ADDR": "127.0.0.1",
             "MASTER_PORT": str(port),
         }
+        # n processes share the cores: each spinning every core's worth of OpenMP threads
+        # oversubscribes them (slower than one process); an explicit setting wins.
+        env.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // n)))
         quiet = subprocess.DEVNULL if r else None
         procs.append(subprocess.Popen([sys.executable, "-m", "seqlib", *args], env=env, stdout=quiet, stderr=quiet))
     codes = [p.wait() for p in procs]
