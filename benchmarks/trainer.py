@@ -27,7 +27,10 @@ from _report import emit
 VARIANTS = {
     "seqlora / autograd": dict(method="seqlora", hvp="autograd"),
     "seqlora / finite-diff": dict(method="seqlora", hvp="finite-diff"),
+    "seqlora / forward-diff": dict(method="seqlora", hvp="forward-diff"),
+    "seqlora / forward-diff, S_B=1": dict(method="seqlora", hvp="forward-diff", S_B=1),
     "alternating": dict(method="alternating"),
+    "alternating, S_B=1": dict(method="alternating", S_B=1),
     "plain LoRA step": None,  # one forward+backward on A and B: the unit everything is measured in
 }
 
@@ -192,9 +195,20 @@ def quality(concepts: int, steps: int) -> list[tuple[str, dict]]:
     return rows
 
 
+def _passes(variant: str) -> str:
+    from seqlib.config import TrainConfig
+    from seqlib.methods import get
+
+    cfg = TrainConfig(**VARIANTS[variant])
+    passes = get(cfg.method).passes_per_iteration(cfg.S_B, cfg.S_A, cfg.hvp)
+    return f"{passes}" + (" (double backward counted as 3)" if cfg.hvp == "autograd" else "")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--skip-sd15", action="store_true")
+    parser.add_argument("--skip-embedded", action="store_true")
+    parser.add_argument("--cost-only", action="store_true", help="Only the per-iteration cost tables.")
     parser.add_argument("--concepts", type=int, default=8)
     parser.add_argument("--steps", type=int, default=10)
     parser.add_argument("--out", type=Path, default=None, help="Append the tables to this markdown file.")
@@ -206,7 +220,7 @@ def main() -> None:
         return
 
     lines = [f"### Trainer benchmark ({date.today()}, {platform.machine()}, {platform.processor() or 'cpu'})", ""]
-    bases = [("embedded", 64, 5)] + ([] if args.skip_sd15 else [("sd15", 128, 1)])
+    bases = ([] if args.skip_embedded else [("embedded", 64, 5)]) + ([] if args.skip_sd15 else [("sd15", 128, 1)])
     for base, res, iters in bases:
         results = {}
         for variant in VARIANTS:
@@ -232,7 +246,14 @@ def main() -> None:
                 f"| {r['memory'] / 2**20:.0f} MiB | {r['memory'] / mem:.2f} |"
             )
         lines.append("")
-        if base == "sd15":
+        lines.append(
+            "Passes per iteration (forward+backward, from `Method.passes_per_iteration`, checked by "
+            "`tests/test_method.py`): "
+            + ", ".join(f"{v} {_passes(v)}" for v in VARIANTS if VARIANTS[v] is not None)
+            + "."
+        )
+        lines.append("")
+        if base == "sd15" and not args.cost_only:
             proj = projector_cost()
             step = results["seqlora / autograd"]["seconds"]
             per_step = proj["projection_seconds_per_B_step"]
@@ -242,6 +263,9 @@ def main() -> None:
                 f"= {per_step / step:.2%} of a seqlora iteration at this resolution.",
                 "",
             ]
+    if args.cost_only:
+        emit(lines, args.out)
+        return
     rows = quality(args.concepts, args.steps)
     lines += [
         f"**Quality**, {args.concepts} sequential concepts, {args.steps} rounds each, embedded pretrained base",

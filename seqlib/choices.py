@@ -7,7 +7,9 @@ from __future__ import annotations
 
 OPTIMIZERS = ("adam", "sgd")  # adam: Adam-preconditioned steps | sgd: plain (clipped) steps, as in the paper
 CONTEXTS = ("library", "base")  # train on W0 + Σ earlier residuals (the paper) | on W0 alone
-HVPS = ("autograd", "finite-diff")  # how the cross-Hessian-vector product is taken (recorded as used)
+# How the cross-Hessian-vector product is taken (recorded as used): double backward, a central
+# difference of ∇_B L (two passes), or a one-sided one reusing the tentative step's ∇_B (one).
+HVPS = ("autograd", "finite-diff", "forward-diff")
 HVP_OPTIONS = ("auto", *HVPS)  # what a user may ask for; `auto` is resolved before training
 BASIS_INITS = ("activation", "random")
 PRECISIONS = ("fp32", "fp16", "bf16")

@@ -68,7 +68,7 @@ class TrainConfig:
     batch_size: int = 4
     lr_embed: float = 1e-3  # step size of the learned token embedding
     max_grad_norm: float = 0.2  # sgd: clip each step's gradient to this global norm (0 = unclipped)
-    hvp: str = "auto"  # autograd (double backward, math attention) | finite-diff | auto (see resolve_hvp)
+    hvp: str = "auto"  # autograd (double backward) | finite-diff (central) | forward-diff (one-sided) | auto
     seed: int = 0
     init_word: str = "thing"
     prompt_template: str = "a photo of {token}"

@@ -24,10 +24,16 @@ class Method:
 
     def passes_per_iteration(self, S_B: int, S_A: int, hvp: str) -> int:
         """UNet forward+backward passes of one bilevel iteration (``seqlib.steps``): the
-        tentative step, each B-step (plus the cross-Hessian's: a double backward costs about
-        three, a central difference two), each A-step. The CPU cost estimate multiplies it."""
-        per_b_step = 1 + ((3 if hvp == "autograd" else 2) if self.cross_hessian else 0)
-        return 1 + (S_B * per_b_step if self.moves_basis else 0) + S_A
+        tentative step, each B-step plus its cross-Hessian's (double backward ≈ 3, central
+        difference 2, one-sided 1 on the first B-step, whose base point the tentative step
+        gives, and 2 later), each A-step. The CPU cost estimate multiplies it."""
+        if not self.moves_basis:
+            return 1 + S_A
+        if not self.cross_hessian:
+            return 1 + S_B + S_A
+        if hvp == "forward-diff":
+            return 1 + (1 + 1) + (S_B - 1) * (1 + 2) + S_A
+        return 1 + S_B * (1 + (3 if hvp == "autograd" else 2)) + S_A
 
 
 METHODS: dict[str, Method] = {}

@@ -112,6 +112,27 @@ def cross_hessian_finite_diff(objective, A_k, B, g_A, ehs, batch, rel_step: floa
     return [(gp - gm) / (2 * h) for gp, gm in zip(*grads)]
 
 
+def gradient_B(objective, A, B, ehs, batch) -> list[Tensor]:
+    """∇_B L(A, B) on one batch."""
+    B_l = leaves(B)
+    return list(torch.autograd.grad(objective([a.detach() for a in A], B_l, ehs, batch), B_l))
+
+
+def cross_hessian_forward_diff(objective, A_k, B, g_A, ehs, batch, base: list[Tensor], rel_step: float = 3e-3):
+    """H[g_A] as a one-sided difference (∇_B L(A_k + h·g_A, B) − ∇_B L(A_k, B)) / h, where
+    ``base`` is ∇_B L(A_k, B) on the same batch: one pass instead of the central difference's
+    two, and none more when ``base`` comes free from an earlier backward (the tentative step's,
+    at B = B_k). Its error is O(h) instead of O(h²), hence a smaller step than the central one.
+    """
+    v_norm = math.sqrt(sum(float(v.square().sum()) for v in g_A))
+    if v_norm == 0.0:
+        return [torch.zeros_like(b) for b in B]
+    a_norm = math.sqrt(sum(float(a.square().sum()) for a in A_k))
+    h = rel_step * max(a_norm, v_norm) / v_norm
+    moved = gradient_B(objective, [a.detach() + h * v for a, v in zip(A_k, g_A)], B, ehs, batch)
+    return [(gp - g0) / h for gp, g0 in zip(moved, base)]
+
+
 class Adam:
     """Adam's moments for one group of tensors (A, B or the embedding), kept across rounds.
 
@@ -187,9 +208,16 @@ def bilevel_iteration(
     with torch.no_grad():
         ehs = encode(emb)  # the embedding is a lower-level variable: fixed during the B-steps
 
+    method = METHODS[cfg.method]
+    # forward-diff: the first B-step shares the tentative step's batch, whose backward then also
+    # gives ∇_B L(A_k, B_k), the base point of the one-sided cross-Hessian difference, for free
+    reuse = method.cross_hessian and method.moves_basis and cfg.hvp == "forward-diff"
+
     # Step 1: tentative lower-level update Ã = A_k − α D∘∇_A L(A_k, B_k)  (D = 1: plain steps)
-    A_leaf = leaves(A_k)
-    grad_A = average(torch.autograd.grad(objective(A_leaf, B_k, ehs, draw()), A_leaf))
+    A_leaf, B_leaf, first = leaves(A_k), leaves(B_k), draw()
+    wrt = A_leaf + (B_leaf if reuse else [])
+    grads = average(torch.autograd.grad(objective(A_leaf, B_leaf if reuse else B_k, ehs, first), wrt))
+    grad_A, base = grads[: len(A_leaf)], grads[len(A_leaf) :]
     if opt is None:
         grad_A, D = clip(grad_A, cfg.max_grad_norm), None
     else:
@@ -199,16 +227,19 @@ def bilevel_iteration(
 
     # Steps 2-3: S_B reduced-gradient steps on B, each projected onto the free complement
     B = list(B_k)
-    method = METHODS[cfg.method]
-    for _ in range(cfg.S_B if method.moves_basis else 0):
-        At, Bl, batch = leaves(A_tilde), leaves(B), draw()
+    for j in range(cfg.S_B if method.moves_basis else 0):
+        At, Bl, batch = leaves(A_tilde), leaves(B), first if reuse and j == 0 else draw()
         grads = average(torch.autograd.grad(objective(At, Bl, ehs, batch), At + Bl))
         g_A, g_B = grads[: len(At)], grads[len(At) :]
         if method.cross_hessian:
-            hvp = cross_hessian_autograd if cfg.hvp == "autograd" else cross_hessian_finite_diff
             if D is not None:  # Ã moved along D∘∇_A L, so the reduced gradient looks along D∘g_A
                 g_A = [d * g for d, g in zip(D, g_A)]
-            H = average(hvp(objective, A_k, B, g_A, ehs, batch))
+            if cfg.hvp == "forward-diff":
+                at_k = base if j == 0 else average(gradient_B(objective, A_k, B, ehs, batch))
+                H = average(cross_hessian_forward_diff(objective, A_k, B, g_A, ehs, batch, at_k))
+            else:
+                hvp = cross_hessian_autograd if cfg.hvp == "autograd" else cross_hessian_finite_diff
+                H = average(hvp(objective, A_k, B, g_A, ehs, batch))
             g_B = [gb - alpha * h for gb, h in zip(g_B, H)]  # ∇Φ = g_B − α H[g_A]
         B = [b - beta * g for b, g in zip(B, direction(g_B, opt and opt.B, cfg))]
         if method.projects:

@@ -11,7 +11,15 @@ from seqlib.api import Library
 from seqlib.config import TrainConfig
 from seqlib.data import find_images, load_images
 from seqlib.lora import LiveResiduals, WeightPatch, adapted_layers, summed_deltas
-from seqlib.steps import Adam, Objective, cross_hessian_autograd, cross_hessian_finite_diff, leaves
+from seqlib.steps import (
+    Adam,
+    Objective,
+    cross_hessian_autograd,
+    cross_hessian_finite_diff,
+    cross_hessian_forward_diff,
+    gradient_B,
+    leaves,
+)
 from seqlib.subspace import max_cosine
 
 from .conftest import NAMES
@@ -177,3 +185,45 @@ def test_alternating_and_lora_share_the_schedule_and_differ_only_by_their_flags(
     assert TrainConfig(method="alternating").record() | {"method": "seqlora"} == TrainConfig().record()
     with pytest.raises(ValueError, match="method"):
         TrainConfig(method="adam")
+
+
+def test_one_sided_cross_hessian_matches_double_backward(objective_inputs):
+    objective, A_k, B, g_A, ehs, batch = objective_inputs
+    with objective.live:
+        H_auto = torch.cat([h.flatten() for h in cross_hessian_autograd(objective, A_k, B, g_A, ehs, batch)])
+        base = gradient_B(objective, A_k, B, ehs, batch)
+        H_fwd = torch.cat([h.flatten() for h in cross_hessian_forward_diff(objective, A_k, B, g_A, ehs, batch, base)])
+    assert H_auto.norm() > 0
+    assert torch.nn.functional.cosine_similarity(H_auto, H_fwd, dim=0) > 0.999
+    assert (H_auto - H_fwd).norm() / H_auto.norm() < 2e-2
+
+
+@pytest.mark.parametrize(
+    ("method", "hvp", "S_B"),
+    [
+        ("seqlora", "finite-diff", 2),
+        ("seqlora", "forward-diff", 2),
+        ("seqlora", "forward-diff", 1),
+        ("alternating", "finite-diff", 2),
+        ("frozen-basis", "finite-diff", 2),
+    ],
+)
+def test_a_bilevel_iteration_runs_the_passes_its_method_declares(objective_inputs, method, hvp, S_B):
+    """Counted forward+backward passes of one iteration = ``Method.passes_per_iteration``
+    (the cost model the CPU estimate and the benchmarks rely on)."""
+    from seqlib.methods import get
+    from seqlib.steps import bilevel_iteration
+
+    objective, A_k, B, _, ehs, batch = objective_inputs
+    calls = {"n": 0}
+
+    def counted(*args):
+        calls["n"] += 1
+        return objective(*args)
+
+    counted.live = objective.live
+    cfg = TrainConfig(method=method, hvp=hvp, S_B=S_B, S_A=2, optimizer="sgd")
+    Qs = [torch.zeros(b.shape[0], 0) for b in B]
+    with objective.live:
+        bilevel_iteration(counted, lambda e: ehs + 0 * e.sum(), A_k, B, Qs, torch.zeros(4), lambda: batch, cfg)
+    assert calls["n"] == get(method).passes_per_iteration(S_B, 2, hvp)

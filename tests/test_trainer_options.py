@@ -62,13 +62,20 @@ def test_finite_difference_training_matches_autograd_training(tmp_path, empty_st
     assert diff < 1e-4
 
 
-@pytest.fixture
-def brim(tmp_path, photos):
+@pytest.fixture(scope="module")
+def brim_template(tmp_path_factory, photos):
     """Rank 24 on 64- and 128-wide layers: after two concepts the 64-wide ones have 16 left."""
-    lib = Library.init(tmp_path / ".seqlib", rank=24, layers="attention")
+    lib = Library.init(tmp_path_factory.mktemp("brim") / ".seqlib", rank=24, layers="attention")
     for name in ("mascot", "emblem"):
         lib.add(name, photos / name, config=TrainConfig(**FAST))
-    return lib
+    return lib.root
+
+
+@pytest.fixture
+def brim(brim_template, tmp_path):
+    """A copy of the template (trained once per module) to change freely."""
+    shutil.copytree(brim_template, tmp_path / ".seqlib")
+    return Library.open(tmp_path / ".seqlib")
 
 
 def test_status_counts_what_fits_under_each_policy(brim):

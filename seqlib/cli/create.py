@@ -153,9 +153,10 @@ _METHOD_HELP = " ".join(f"{m.name}: {m.summary}." for m in METHODS.values())
     "--hvp",
     "hvp",
     click.Choice(HVP_OPTIONS),
-    "Cross-Hessian by double backward (exact, math attention), or by a central difference of ∇_B L "
-    "(no double backward: fused attention, memory near a LoRA step). auto: finite-diff on a GPU or for "
-    "a UNet over 100M parameters, autograd otherwise.",
+    "Cross-Hessian by double backward (exact, math attention), by a central difference of ∇_B L "
+    "(no double backward: fused attention, memory near a LoRA step; 2 passes), or by a one-sided one "
+    "(forward-diff: the first B-step shares the tentative step's batch and backward, so its cross-Hessian "
+    "costs 1 pass). auto: finite-diff on a GPU or for a UNet over 100M parameters, autograd otherwise.",
 )
 @_hyper("--batch-size", "batch_size", click.IntRange(1), "Images per round.")
 @_hyper("--seed", "seed", SEED, "Seed of the basis init, the batches and the noise.")
