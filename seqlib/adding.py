@@ -72,7 +72,13 @@ def add(
     when_full: str = "shrink",
     resume: bool = False,
 ) -> ConceptRecord:
-    """``Library.add`` documents the arguments."""
+    """Learn concept ``name`` from a folder of images and commit it. All or nothing.
+
+    ``when_full`` decides what happens on a layer with fewer than r free dimensions:
+    ``refuse``, ``shrink`` (train that layer at the rank left) or ``skip`` (leave it out).
+    Training state is checkpointed every few rounds; ``resume`` continues an interrupted
+    add of the same name, images and settings on the same library version.
+    """
     from seqlib import checkpoint, distributed
     from seqlib.base import pick_device
     from seqlib.config import TrainConfig, resolve_hvp

@@ -30,7 +30,14 @@ def import_lora(
     force: bool = False,
     device: str = "cpu",
 ) -> tuple[ConceptRecord, dict[str, float]]:
-    """``Library.import_lora`` documents the arguments."""
+    """Adopt a foreign LoRA: project its basis onto the free space, refit its coefficients.
+
+    Per layer, with ΔW the LoRA's residual and P⊥ the projector onto what earlier concepts
+    left free, B = the top-r right singular vectors of ΔW P⊥ and A = ΔW B: the rank-r
+    residual A Bᵀ with B in the free space closest to ΔW (Eckart–Young). Returns the record
+    and the relative error ‖ΔW − A Bᵀ‖ / ‖ΔW‖ per layer (and "overall"); refuses (unless
+    ``force``) above ``max_error``.
+    """
     import hashlib
 
     from seqlib import payload

@@ -12,11 +12,9 @@ so ``status`` and ``log`` answer instantly; training and sampling import torch w
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING
 
-from seqlib import capacity
+from seqlib import adding, adopt, capacity, render
 from seqlib.backends import is_url
 from seqlib.capacity import Status, WidthGroup
 from seqlib.config import LAYER_SETS, default_layer_set
@@ -24,9 +22,6 @@ from seqlib.errors import ConceptNotFoundError, StoreDamagedError, UsageError
 from seqlib.format import Commit, ConceptRecord, LibraryConfig, check_concept_name, crosstalk_pairs, token_for
 from seqlib.render import CROSSTALK_WARN, parse_selection
 from seqlib.store import STORE_DIRNAME, Store, find_store
-
-if TYPE_CHECKING:
-    from seqlib.config import TrainConfig
 
 __all__ = ["CROSSTALK_WARN", "Library", "Status", "WidthGroup", "check_concept_name", "parse_selection", "token_for"]
 
@@ -223,30 +218,7 @@ class Library:
         local = self.store.local_base_dir() if commit.library.base.kind == "embedded" else None
         return load_base(commit.library, local, device, override=base)
 
-    def add(
-        self,
-        name: str,
-        images: str | Path,
-        config: TrainConfig | None = None,
-        rank: int | None = None,
-        message: str | None = None,
-        progress: Callable[[int, int, float], None] | None = None,
-        device: str = "cpu",
-        base: str | None = None,
-        warn: Callable[[str], None] | None = None,
-        when_full: str = "shrink",
-        resume: bool = False,
-    ) -> ConceptRecord:
-        """Learn concept ``name`` from a folder of images and commit it. All or nothing.
-
-        ``when_full`` decides what happens on a layer with fewer than r free dimensions:
-        ``refuse``, ``shrink`` (train that layer at the rank left) or ``skip`` (leave it out).
-        Training state is checkpointed every few rounds; ``resume`` continues an interrupted
-        add of the same name, images and settings on the same library version.
-        """
-        from seqlib.adding import add
-
-        return add(self, name, images, config, rank, message, progress, device, base, warn, when_full, resume)
+    add = adding.add
 
     def export(self, selection, out: str | Path, fmt: str = "kohya") -> list[Path]:
         """One LoRA file of rank Σr for the selected concepts (with weights), a sidecar, and
@@ -266,27 +238,7 @@ class Library:
         b = self.head().library.base
         return {"store_version": version, "commit": commit_id, "base": b.source, "base_fingerprint": b.fingerprint}
 
-    def import_lora(
-        self,
-        name: str,
-        path: str | Path,
-        rank: int | None = None,
-        init_word: str = "thing",
-        max_error: float = 0.5,
-        force: bool = False,
-        device: str = "cpu",
-    ) -> tuple[ConceptRecord, dict[str, float]]:
-        """Adopt a foreign LoRA: project its basis onto the free space, refit its coefficients.
-
-        Per layer, with ΔW the LoRA's residual and P⊥ the projector onto what earlier concepts
-        left free, B = the top-r right singular vectors of ΔW P⊥ and A = ΔW B: the rank-r
-        residual A Bᵀ with B in the free space closest to ΔW (Eckart–Young). Returns the record
-        and the relative error ‖ΔW − A Bᵀ‖ / ‖ΔW‖ per layer (and "overall"); refuses (unless
-        ``force``) above ``max_error``.
-        """
-        from seqlib.adopt import import_lora
-
-        return import_lora(self, name, path, rank, init_word, max_error, force, device)
+    import_lora = adopt.import_lora
 
     def rm(self, name: str, message: str | None = None) -> Commit:
         """Remove a concept from the current version; its subspace returns to free capacity.
@@ -333,63 +285,9 @@ class Library:
 
         return verify_library(self, check_base=check_base)
 
-    def pipeline(self, selection, device: str = "cpu", base: str | None = None):
-        """A standard diffusers StableDiffusionPipeline with the selected concepts applied.
+    pipeline = render.pipeline
 
-        Composition is a plain sum: W = W0 + Σ w_i A_i B_iᵀ, patched into the weights.
-        """
-        from seqlib import render
-
-        return render.pipeline(self, selection, device, base)
-
-    def compose(
-        self,
-        selection,
-        prompt: str,
-        out: str | Path = "out",
-        seed: int = 0,
-        num_images: int = 1,
-        steps: int = 20,
-        guidance: float = 7.5,
-        negative_prompt: str | None = None,
-        size: int | None = None,
-        device: str = "cpu",
-        base: str | None = None,
-        warn: Callable[[str], None] | None = None,
-        scheduler: str | None = None,
-        grid: bool = False,
-        layout: str = "sum",
-    ) -> list[Path]:
-        """Render the selected concepts together; returns the PNG paths written.
-
-        ``layout="sum"``: one image from one prompt with every residual summed into the weights.
-        ``layout="row"``: a row of square tiles, one per concept in selection order, tile i
-        denoised with only concept i's residual and the i-th of the ``" | "``-separated prompts
-        (``seqlib.compose``). Every PNG carries its generation parameters in text chunks
-        (``seqlib`` as JSON, and ``parameters`` in the AUTOMATIC1111 style). ``grid`` adds a
-        contact sheet. ``warn`` receives a message for each selected pair whose recorded
-        crosstalk is high (sum only: a row never adds two residuals).
-        """
-        from seqlib import render
-
-        return render.compose(
-            self,
-            selection,
-            prompt,
-            out,
-            seed,
-            num_images,
-            steps,
-            guidance,
-            negative_prompt,
-            size,
-            device,
-            base,
-            warn,
-            scheduler,
-            grid,
-            layout,
-        )
+    compose = render.compose
 
 
 def _colon(message: str | None) -> str:

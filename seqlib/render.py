@@ -69,7 +69,10 @@ def with_tokens(lib: Library, weights: dict[str, float], commit: Commit, device:
 
 
 def pipeline(lib: Library, selection, device: str = "cpu", base: str | None = None):
-    """A standard diffusers StableDiffusionPipeline with the selected concepts summed in."""
+    """A standard diffusers StableDiffusionPipeline with the selected concepts applied.
+
+    Composition is a plain sum: W = W0 + Σ w_i A_i B_iᵀ, patched into the weights.
+    """
     from seqlib.lora import WeightPatch, summed_deltas
 
     pipe, factors = with_tokens(lib, parse_selection(selection), lib.head(), device, base)
@@ -95,7 +98,16 @@ def compose(
     grid: bool = False,
     layout: str = "sum",
 ) -> list[Path]:
-    """Render the selected concepts together; ``Library.compose`` documents the arguments."""
+    """Render the selected concepts together; returns the PNG paths written.
+
+    ``layout="sum"``: one image from one prompt with every residual summed into the weights.
+    ``layout="row"``: a row of square tiles, one per concept in selection order, tile i
+    denoised with only concept i's residual and the i-th of the ``" | "``-separated prompts
+    (``seqlib.compose``). Every PNG carries its generation parameters in text chunks
+    (``seqlib`` as JSON, and ``parameters`` in the AUTOMATIC1111 style). ``grid`` adds a
+    contact sheet. ``warn`` receives a message for each selected pair whose recorded
+    crosstalk is high (sum only: a row never adds two residuals).
+    """
     import torch
 
     from seqlib.base import pick_device
