@@ -15,6 +15,12 @@ from pathlib import Path
 import pytest
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
+# Under pytest-xdist (-n N) the workers share the cores: give each its share of OpenMP threads
+# before torch is imported (a worker spinning every core's threads oversubscribes the machine).
+if "PYTEST_XDIST_WORKER_COUNT" in os.environ:
+    os.environ.setdefault(
+        "OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // int(os.environ["PYTEST_XDIST_WORKER_COUNT"])))
+    )
 
 from seqlib.api import Library  # noqa: E402
 from seqlib.concepts import examples, write_photos  # noqa: E402
