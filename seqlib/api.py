@@ -167,9 +167,17 @@ class Library:
         return {
             "concept": concept.model_dump(mode="json"),
             "size_bytes": self.store.payload_size(concept.payload),
+            "tensor_sha256": self.tensor_hash(concept, commit),
             "interfered_by": [{"source": a, "crosstalk": x} for a, b, x in pairs if b == name],
             "interferes_with": [{"target": b, "crosstalk": x} for a, b, x in pairs if a == name],
         }
+
+    def tensor_hash(self, concept: ConceptRecord, commit: Commit | None = None) -> str:
+        """sha256 of the tensors of the concept's own kohya export (``export.tensor_sha256``)."""
+        from seqlib.export import lora_hash, stack_factors
+
+        A, B, _ = self.factors(concept, commit or self.head())
+        return lora_hash(stack_factors([(A, B, 1.0)]))
 
     def log(self) -> list[tuple[int, str, Commit]]:
         """(version, commit id, commit), newest first."""

@@ -130,6 +130,23 @@ def from_lora_file(path: Path, shapes: dict[str, tuple[int, int]]) -> tuple[str,
     return fmt, deltas
 
 
+def tensor_sha256(data: bytes) -> str:
+    """sha256 of a safetensors file's tensor bytes, everything after its header: kohya's
+    ``sshs_model_hash`` and Civitai's AutoV3. Editing metadata never changes it."""
+    import hashlib
+
+    header_length = int.from_bytes(data[:8], "little")
+    return hashlib.sha256(data[8 + header_length :]).hexdigest()
+
+
+def lora_hash(factors: dict[str, tuple[Tensor, Tensor]]) -> str:
+    """The tensor hash of these factors' kohya file (a concept's identifier: the hash of what
+    ``seqlib export NAME`` writes)."""
+    from safetensors.torch import save
+
+    return tensor_sha256(save(to_kohya(factors)))
+
+
 def write_export(
     path: Path,
     fmt: str,
@@ -167,6 +184,10 @@ def write_export(
         # diffusers keys the adapter config by component prefix, as its save_lora_weights does
         config = {"r": rank, "lora_alpha": rank, "target_modules": sorted(factors), "use_dora": False}
         header["lora_adapter_metadata"] = json.dumps({f"unet.{k}": v for k, v in config.items()}, sort_keys=True)
+    from safetensors.torch import save
+
+    digest = tensor_sha256(save(tensors))  # the data section does not depend on the header
+    header |= {"sshs_model_hash": digest, "modelspec.hash_sha256": f"0x{digest}"}
     save_file(tensors, str(path), metadata=header)
     written = [path]
     sidecar = path.with_suffix(".json")

@@ -136,6 +136,7 @@ def compose(
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     provenance = lib.provenance()
+    hashes = {n: lib.tensor_hash(lib.concept(n, commit), commit) for n in weights}
     paths, images = [], []
     for k in range(num_images):
         image = render(torch.Generator(device="cpu").manual_seed(seed + k))
@@ -149,6 +150,7 @@ def compose(
             "size": size,
             "scheduler": type(pipe.scheduler).__name__,
             "concepts": weights,
+            "lora_hashes": hashes,
             **provenance,
         }
         path = out / f"{'+'.join(weights)}-seed{seed + k}.png"
@@ -219,13 +221,15 @@ def _png_text(params: dict):
 
 def _a1111_parameters(p: dict) -> str:
     concepts = ", ".join(f"{n}:{w:g}" for n, w in p["concepts"].items())
+    # A1111's form, which Civitai-style tools read to link the resources: name and 10 hex digits
+    lora_hashes = ", ".join(f"{n}: {h[:10]}" for n, h in p["lora_hashes"].items())
     lines = [p["prompt"]]
     if p["negative_prompt"]:
         lines.append(f"Negative prompt: {p['negative_prompt']}")
     lines.append(
         f"Steps: {p['steps']}, Sampler: {p['scheduler']}, CFG scale: {p['guidance']}, Seed: {p['seed']}, "
         f"Size: {p['size']}x{p['size']}, Model hash: {p['base_fingerprint'][:10]}, "
-        f"seqlib concepts: {concepts}, seqlib version: {p['store_version']}"
+        f'Lora hashes: "{lora_hashes}", seqlib concepts: {concepts}, seqlib version: {p["store_version"]}'
     )
     return "\n".join(lines)
 

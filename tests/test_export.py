@@ -113,3 +113,35 @@ def test_a_lora_for_other_layers_is_refused(store_copy, tmp_path):
     )
     code = main(["--store", str(store_copy), "import", "te", str(tmp_path / "te.safetensors")])
     assert code == 3
+
+
+def test_a_concepts_hash_is_the_sha256_of_its_exported_tensors(seqlora_store, tmp_path):
+    import hashlib
+    import json as _json
+
+    from safetensors import safe_open
+    from safetensors.torch import load_file, save_file
+
+    lib = Library.open(seqlora_store)
+    path = tmp_path / "emblem.safetensors"
+    lib.export(["emblem"], path, "kohya")
+    data = path.read_bytes()
+    n = int.from_bytes(data[:8], "little")  # safetensors: u64 header length, header, tensor bytes
+    reference = hashlib.sha256(data[8 + n :]).hexdigest()
+    with safe_open(path, "pt") as f:
+        meta = f.metadata()
+    assert meta["sshs_model_hash"] == reference and meta["modelspec.hash_sha256"] == "0x" + reference
+    assert lib.show("emblem")["tensor_sha256"] == reference
+    assert lib.show("robot")["tensor_sha256"] != reference
+    # editing the metadata keeps the hash: it covers the tensors only
+    edited = tmp_path / "edited.safetensors"
+    save_file(load_file(path), str(edited), metadata={"modelspec.title": "renamed"})
+    data = edited.read_bytes()
+    assert hashlib.sha256(data[8 + int.from_bytes(data[:8], "little") :]).hexdigest() == reference
+    # every rendered PNG names its LoRAs by hash, as A1111 writes them
+    from PIL import Image
+
+    [png] = lib.compose(["emblem"], "a photo of <emblem>", out=tmp_path / "out", steps=2)
+    text = Image.open(png).text
+    assert f'Lora hashes: "emblem: {reference[:10]}"' in text["parameters"]
+    assert _json.loads(text["seqlib"])["lora_hashes"] == {"emblem": reference}

@@ -83,8 +83,9 @@ def status_command(ctx, as_json: bool, at: str | None) -> None:
 @at_option
 @click.pass_context
 def show_command(ctx, name: str, as_json: bool, at: str | None) -> None:
-    """Token, method, rank, images with hashes, hyper-parameters, losses, size on disk, and
-    the concepts that interfere most with NAME.
+    """Token, method, rank, images with hashes, hyper-parameters, losses, size on disk, the
+    tensor hash of its export (as kohya and Civitai compute it), and the concepts that
+    interfere most with NAME.
 
     Crosstalk of A onto B: the energy of A's residual on B's recorded layer inputs, relative
     to B's own residual there (0 = A is invisible to B; 1 = as strong as B itself).
@@ -105,6 +106,7 @@ def show_command(ctx, name: str, as_json: bool, at: str | None) -> None:
         f"{loss}trained {c['train_seconds']:.0f}s   {info['size_bytes'] / 1024:.0f} KiB on disk   "
         f"payload {c['payload'][:12]}"
     )
+    console.print(f"tensor sha256 {info['tensor_sha256']} (of its kohya export: sshs_model_hash, Civitai AutoV3)")
     if t:
         console.print("hyper-parameters: " + ", ".join(f"{k}={v}" for k, v in sorted(t.items())))
     if any(c["reserved"]):
