@@ -36,8 +36,7 @@ def begin(lib: Library, name: str) -> tuple[int, str | None, Commit]:
 
 def append(lib: Library, seq: int, parent_id: str | None, commit: Commit, concept: ConceptRecord, message: str) -> None:
     """Commit ``commit`` plus ``concept``; fails if the library moved since ``begin``."""
-    new = Commit(parent=parent_id, message=message, library=commit.library, concepts=[*commit.concepts, concept])
-    lib.store.commit(new, expected_seq=seq)
+    lib.commit_state(seq, parent_id, message, commit.library, [*commit.concepts, concept])
 
 
 def earlier_concepts(lib: Library, commit: Commit) -> list:
@@ -95,12 +94,13 @@ def add(
     records, tensor, augmented = _images(Path(images), config, warn)
     pipe = lib.load_base(commit, device, base)
     distributed.init_from_env(pipe.unet.device.type)
+    unet_params = sum(p.numel() for p in pipe.unet.parameters())
+    # resolved first: the CPU cost estimate counts the passes of the hvp actually used
+    config = replace(config, hvp=resolve_hvp(config.hvp, pipe.unet.device.type, unet_params))
     _prepare_for_training(pipe, config, warn)
     token = token_for(name)
     if token in pipe.tokenizer.get_vocab():
         raise InvalidNameError(f"{token} is already a token of the base's tokenizer; pick another name")
-    unet_params = sum(p.numel() for p in pipe.unet.parameters())
-    config = replace(config, hvp=resolve_hvp(config.hvp, pipe.unet.device.type, unet_params))
     frozen = _frozen_columns(commit, r) if method.basis == "frozen" else None
     meta = {"parent": parent_id, "config": config.record(), "images": [i.sha256 for i in records], "ranks": ranks}
     state = _resume_state(lib, name, meta, warn) if resume else _fresh_start(lib, name, warn)

@@ -12,8 +12,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from seqlib.adding import append, begin, earlier_concepts
-from seqlib.capacity import free_dims
-from seqlib.errors import CapacityError, ImportRejectedError
+from seqlib.capacity import layer_ranks
+from seqlib.errors import ImportRejectedError
 from seqlib.format import ConceptRecord, ImportRecord, now_iso, token_for
 
 if TYPE_CHECKING:
@@ -47,10 +47,7 @@ def import_lora(
     seq, parent_id, commit = begin(lib, name)
     layers, r, path = commit.library.layers, rank or commit.library.rank, Path(path)
     fmt, factors = from_lora_file(path, {x.name: (x.out_features, x.in_features) for x in layers})
-    free = free_dims(commit)
-    full = [layer.name for layer in layers if free[layer.name] < r]
-    if full:
-        raise CapacityError(full, r, free)
+    layer_ranks(commit, r, "refuse")  # every layer needs r free dimensions, or CapacityError names them
     A, B, errors = _fit(layers, factors, earlier_concepts(lib, commit), r)
     if errors["overall"] > max_error and not force:
         raise ImportRejectedError(

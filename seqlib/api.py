@@ -238,12 +238,13 @@ class Library:
         loaded = [(self.factors(c, commit), w) for c, w in chosen]
         stacked = stack_factors([(A, B, w) for (A, B, _), w in loaded])
         tokens = {c.token: f[2] for (c, _), (f, _) in zip(chosen, loaded)}
-        return write_export(Path(out), fmt, stacked, tokens, {"concepts": weights, **self.provenance()})
+        return write_export(Path(out), fmt, stacked, tokens, {"concepts": weights, **self.provenance(commit)})
 
-    def provenance(self) -> dict:
-        """Which library state made a file: written into exports and every rendered PNG."""
+    def provenance(self, commit: Commit | None = None) -> dict:
+        """Which library state made a file: written into exports and every rendered PNG
+        (``commit``: the one already read, to spare a second read)."""
         version, commit_id = self.version()
-        b = self.head().library.base
+        b = (commit or self.head()).library.base
         return {"store_version": version, "commit": commit_id, "base": b.source, "base_fingerprint": b.fingerprint}
 
     import_lora = adopt.import_lora
@@ -257,7 +258,7 @@ class Library:
         seq, parent_id, commit = self.writable_tip()
         self.concept(name, commit)
         kept = [c for c in commit.concepts if c.name != name]
-        return self._record_state(seq, parent_id, f"rm {name}" + _colon(message), commit.library, kept)
+        return self.commit_state(seq, parent_id, f"rm {name}" + _colon(message), commit.library, kept)
 
     def revert(self, ref: str, message: str | None = None) -> Commit:
         """A new commit whose state is that of version ``ref`` (history is kept)."""
@@ -265,9 +266,9 @@ class Library:
         version, commit_id = self.store.resolve(ref)
         old = self.store.read_commit(commit_id)
         what = f"revert to version {version}" + _colon(message)
-        return self._record_state(seq, parent_id, what, old.library, old.concepts)
+        return self.commit_state(seq, parent_id, what, old.library, old.concepts)
 
-    def _record_state(self, seq: int, parent_id, message: str, library: LibraryConfig, concepts: list) -> Commit:
+    def commit_state(self, seq: int, parent_id, message: str, library: LibraryConfig, concepts: list) -> Commit:
         """Commit a state on top of the tip read as (seq, parent_id); fails if it moved since."""
         new = Commit(parent=parent_id, message=message, library=library, concepts=concepts)
         self.store.commit(new, expected_seq=seq)

@@ -94,15 +94,14 @@ def _draw_object(c: Concept, side: int = 128):
     from PIL import Image, ImageDraw
 
     im = Image.new("RGBA", (side, side), (0, 0, 0, 0))
-    _FAMILIES.get(c.family, _draw_totem)(_Pen(ImageDraw.Draw(im), side), c)
+    colours = PALETTE[c.body], PALETTE[c.accent], PALETTE[c.detail]
+    _FAMILIES.get(c.family, _draw_totem)(_Pen(ImageDraw.Draw(im), side), *colours, *c.variant)
     return im
 
 
-def _draw_mascot(pen: _Pen, c: Concept) -> None:
+def _draw_mascot(pen: _Pen, body, accent, detail, v0: int, v1: int, v2: int) -> None:
     """A round creature: ears or an antenna, belly, eyes looking by variant, feet."""
     d, s, box, poly = pen.d, pen.s, pen.box, pen.poly
-    body, accent, detail = PALETTE[c.body], PALETTE[c.accent], PALETTE[c.detail]
-    v0, v1, v2 = c.variant
     if v0 == 0:  # pointed ears
         d.polygon(poly([(30, 40), (44, 8), (58, 36)]), fill=body)
         d.polygon(poly([(70, 36), (84, 8), (98, 40)]), fill=body)
@@ -121,11 +120,9 @@ def _draw_mascot(pen: _Pen, c: Concept) -> None:
     d.ellipse(box(72, 104, 98, 124), fill=detail)
 
 
-def _draw_emblem(pen: _Pen, c: Concept) -> None:
+def _draw_emblem(pen: _Pen, body, accent, detail, v0: int, v1: int, v2: int) -> None:
     """A badge: an outline, an inner field and a charge."""
     d, box, poly = pen.d, pen.box, pen.poly
-    body, accent, detail = PALETTE[c.body], PALETTE[c.accent], PALETTE[c.detail]
-    v0, v1, v2 = c.variant
     outline = [
         [(16, 12), (112, 12), (112, 64), (64, 122), (16, 64)],  # shield
         [(64, 6), (118, 36), (118, 92), (64, 122), (10, 92), (10, 36)],  # hexagon
@@ -160,11 +157,9 @@ def _draw_emblem(pen: _Pen, c: Concept) -> None:
         d.ellipse(box(56, 54, 72, 70), fill=detail)
 
 
-def _draw_robot(pen: _Pen, c: Concept) -> None:
+def _draw_robot(pen: _Pen, body, accent, detail, v0: int, v1: int, v2: int) -> None:
     """A boxy robot: antenna, head with visor, torso with buttons, arms and legs."""
     d, s, box = pen.d, pen.s, pen.box
-    body, accent, detail = PALETTE[c.body], PALETTE[c.accent], PALETTE[c.detail]
-    v0, v1, v2 = c.variant
     d.rectangle(box(58, 4, 70, 22), fill=detail)  # antenna
     d.ellipse(box(54, 0, 74, 14), fill=accent if v2 else detail)
     head = box(28, 18, 100, 62) if v0 % 2 == 0 else box(36, 14, 92, 62)
@@ -179,11 +174,9 @@ def _draw_robot(pen: _Pen, c: Concept) -> None:
     d.rectangle(box(70, 114, 88, 128), fill=body)
 
 
-def _draw_totem(pen: _Pen, c: Concept) -> None:
+def _draw_totem(pen: _Pen, body, accent, detail, v0: int, v1: int, v2: int) -> None:
     """Three stacked parts in an order given by the variant, and a bar."""
     d, box, poly = pen.d, pen.box, pen.poly
-    body, accent, detail = PALETTE[c.body], PALETTE[c.accent], PALETTE[c.detail]
-    v0, v1, v2 = c.variant
     parts = [
         lambda y: d.ellipse(box(36, y, 92, y + 40), fill=body),
         lambda y: d.rectangle(box(30, y + 2, 98, y + 38), fill=accent),

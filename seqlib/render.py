@@ -135,7 +135,7 @@ def compose(
         pipe.scheduler = make_scheduler(scheduler, pipe.scheduler.config)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    provenance = lib.provenance()
+    provenance = lib.provenance(commit)
     hashes = {n: lib.tensor_hash(lib.concept(n, commit), commit) for n in weights}
     paths, images = [], []
     for k in range(num_images):

@@ -92,24 +92,14 @@ def cross_hessian_autograd(objective, A_k, B, g_A, ehs, batch) -> list[Tensor]:
         return list(torch.autograd.grad(dot, B))
 
 
-def cross_hessian_finite_diff(objective, A_k, B, g_A, ehs, batch, rel_step: float = 1e-2) -> list[Tensor]:
-    """The same H[g_A] as a central difference of ∇_B L along A_k ± h·g_A.
-
-    No double backward, so fast attention kernels work and memory stays near a plain
-    LoRA step. h makes the perturbation ``rel_step`` of max(‖A_k‖, ‖g_A‖): far smaller
-    loses the difference to float32 round-off.
-    """
+def _difference_step(A_k, g_A, rel_step: float) -> float:
+    """h for a difference along A_k + h·g_A: ``rel_step`` of max(‖A_k‖, ‖g_A‖) (far smaller
+    loses the difference to float32 round-off); 0 when g_A is zero."""
     v_norm = math.sqrt(sum(float(v.square().sum()) for v in g_A))
     if v_norm == 0.0:
-        return [torch.zeros_like(b) for b in B]
+        return 0.0
     a_norm = math.sqrt(sum(float(a.square().sum()) for a in A_k))
-    h = rel_step * max(a_norm, v_norm) / v_norm
-    grads = []
-    for sign in (1.0, -1.0):
-        A_pert = [a.detach() + sign * h * v for a, v in zip(A_k, g_A)]
-        B_l = leaves(B)
-        grads.append(torch.autograd.grad(objective(A_pert, B_l, ehs, batch), B_l))
-    return [(gp - gm) / (2 * h) for gp, gm in zip(*grads)]
+    return rel_step * max(a_norm, v_norm) / v_norm
 
 
 def gradient_B(objective, A, B, ehs, batch) -> list[Tensor]:
@@ -118,17 +108,31 @@ def gradient_B(objective, A, B, ehs, batch) -> list[Tensor]:
     return list(torch.autograd.grad(objective([a.detach() for a in A], B_l, ehs, batch), B_l))
 
 
+def cross_hessian_finite_diff(objective, A_k, B, g_A, ehs, batch, rel_step: float = 1e-2) -> list[Tensor]:
+    """The same H[g_A] as a central difference of ∇_B L along A_k ± h·g_A.
+
+    No double backward, so fast attention kernels work and memory stays near a plain
+    LoRA step.
+    """
+    h = _difference_step(A_k, g_A, rel_step)
+    if h == 0.0:
+        return [torch.zeros_like(b) for b in B]
+    plus, minus = (
+        gradient_B(objective, [a.detach() + sign * h * v for a, v in zip(A_k, g_A)], B, ehs, batch)
+        for sign in (1.0, -1.0)
+    )
+    return [(gp - gm) / (2 * h) for gp, gm in zip(plus, minus)]
+
+
 def cross_hessian_forward_diff(objective, A_k, B, g_A, ehs, batch, base: list[Tensor], rel_step: float = 3e-3):
     """H[g_A] as a one-sided difference (∇_B L(A_k + h·g_A, B) − ∇_B L(A_k, B)) / h, where
     ``base`` is ∇_B L(A_k, B) on the same batch: one pass instead of the central difference's
     two, and none more when ``base`` comes free from an earlier backward (the tentative step's,
     at B = B_k). Its error is O(h) instead of O(h²), hence a smaller step than the central one.
     """
-    v_norm = math.sqrt(sum(float(v.square().sum()) for v in g_A))
-    if v_norm == 0.0:
+    h = _difference_step(A_k, g_A, rel_step)
+    if h == 0.0:
         return [torch.zeros_like(b) for b in B]
-    a_norm = math.sqrt(sum(float(a.square().sum()) for a in A_k))
-    h = rel_step * max(a_norm, v_norm) / v_norm
     moved = gradient_B(objective, [a.detach() + h * v for a, v in zip(A_k, g_A)], B, ehs, batch)
     return [(gp - g0) / h for gp, g0 in zip(moved, base)]
 

@@ -215,7 +215,7 @@ class _Run:
         """The training rounds still to run, each K bilevel iterations on fresh batches."""
         cfg = self.cfg
         As, Bs = [a.to(self.device) for a in state["As"]], [b.to(self.device) for b in state["Bs"]]
-        emb, losses = state["embedding"].to(self.device), list(state["losses"])
+        emb, losses, initial = state["embedding"].to(self.device), list(state["losses"]), state["initial"]
         opt = Optimizers(Adam(As), Adam(Bs), Adam([emb])) if cfg.optimizer == "adam" else None
         if opt is not None and state.get("optimizer"):
             opt.load(state["optimizer"])
@@ -230,11 +230,13 @@ class _Run:
                 losses.append(check_finite(loss, f"round {step + 1}", cfg))
                 if progress:
                     progress(step + 1, cfg.steps, losses[-1])
-                state = {"As": As, "Bs": Bs, "embedding": emb, "initial": state["initial"], "losses": losses}
                 if checkpoint and (step + 1) % every == 0 and step + 1 < cfg.steps:
                     optimizer = opt.state() if opt is not None else {}
-                    checkpoint(state | {"rng": self.batches.get_state(), "optimizer": optimizer})
-        return {"As": As, "Bs": Bs, "embedding": emb, "initial": state["initial"], "losses": losses}
+                    checkpoint(
+                        {"As": As, "Bs": Bs, "embedding": emb, "initial": initial, "losses": losses}
+                        | {"rng": self.batches.get_state(), "optimizer": optimizer}
+                    )
+        return {"As": As, "Bs": Bs, "embedding": emb, "initial": initial, "losses": losses}
 
     def finish(self, state: dict) -> tuple[float, dict]:
         """(final loss, per layer the top input directions and energies) on the evaluation batch."""
