@@ -50,7 +50,7 @@ def compose_check(config: dict, concepts: int, peft_concepts: int, dtype) -> dic
     from peft import LoraConfig, inject_adapter_in_model, set_peft_model_state_dict
     from peft.tuners.lora import LoraLayer
 
-    from seqlib.lora import WeightPatch, adapted_layers, summed_deltas
+    from seqlib.lora import WeightPatch, adapted_layers, summed_factors
 
     device = "cuda" if torch.cuda.is_available() else "cpu"
     unet = None
@@ -75,7 +75,7 @@ def compose_check(config: dict, concepts: int, peft_concepts: int, dtype) -> dic
     seqlib_seconds = {}
     for n in sorted({1, min(10, concepts), min(peft_concepts, concepts), concepts}):
         patch = WeightPatch(unet)
-        seqlib_seconds[n] = _timed(lambda n=n, patch=patch: patch.apply(summed_deltas(gpu[:n])))
+        seqlib_seconds[n] = _timed(lambda n=n, patch=patch: patch.apply(summed_factors(gpu[:n])))
         patch.revert()
 
     load()  # a fresh base for PEFT

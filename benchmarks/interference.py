@@ -37,7 +37,7 @@ def run_setting(work: Path, photos: Path, names: list[str], overrides: dict, ste
     from seqlib.config import TrainConfig
     from seqlib.data import find_images, load_images
     from seqlib.format import crosstalk_pairs
-    from seqlib.lora import summed_deltas
+    from seqlib.lora import summed_factors
     from seqlib.train import concept_loss, evaluation_inputs
 
     lib = Library.init(work / ".seqlib")
@@ -48,14 +48,14 @@ def run_setting(work: Path, photos: Path, names: list[str], overrides: dict, ste
 
     head = lib.head()
     factors = {c.name: lib.factors(c, head) for c in head.concepts}
-    everything = summed_deltas([(A, B, 1.0) for A, B, _ in factors.values()])
+    everything = summed_factors([(A, B, 1.0) for A, B, _ in factors.values()])
     pipe = lib.load_base(head, "cpu", None)
     shares, gains = [], []
     for c in head.concepts:
         A, B, emb = factors[c.name]
         cfg = TrainConfig(steps=steps, seed=c.training.seed, **overrides)
         inputs = evaluation_inputs(pipe, c.token, emb, load_images(find_images(photos / c.name), 64), cfg)
-        none, alone = concept_loss(pipe, {}, inputs), concept_loss(pipe, summed_deltas([(A, B, 1.0)]), inputs)
+        none, alone = concept_loss(pipe, {}, inputs), concept_loss(pipe, summed_factors([(A, B, 1.0)]), inputs)
         composed = concept_loss(pipe, everything, inputs)
         gains.append(none - alone)
         if none - alone > 0:

@@ -152,7 +152,7 @@ def quality(concepts: int, steps: int) -> list[tuple[str, dict]]:
     from seqlib.concepts import held_out, write_photos
     from seqlib.config import TrainConfig
     from seqlib.data import find_images, load_images
-    from seqlib.lora import summed_deltas
+    from seqlib.lora import summed_factors
     from seqlib.train import concept_loss, evaluation_inputs
 
     rows = []
@@ -175,9 +175,9 @@ def quality(concepts: int, steps: int) -> list[tuple[str, dict]]:
                 inputs = evaluation_inputs(
                     pipe, c.token, factors[j][2], load_images(find_images(photos / c.name), 64), cfg
                 )
-                upto = concept_loss(pipe, summed_deltas([(A, B, 1.0) for A, B, _ in factors[: j + 1]]), inputs)
-                before = concept_loss(pipe, summed_deltas([(A, B, 1.0) for A, B, _ in factors[:j]]), inputs)
-                end = concept_loss(pipe, summed_deltas([(A, B, 1.0) for A, B, _ in factors]), inputs)
+                upto = concept_loss(pipe, summed_factors([(A, B, 1.0) for A, B, _ in factors[: j + 1]]), inputs)
+                before = concept_loss(pipe, summed_factors([(A, B, 1.0) for A, B, _ in factors[:j]]), inputs)
+                end = concept_loss(pipe, summed_factors([(A, B, 1.0) for A, B, _ in factors]), inputs)
                 fits.append(before - upto)
                 forgetting.append(end - upto)
             rows.append(

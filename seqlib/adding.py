@@ -36,21 +36,26 @@ def begin(lib: Library, name: str) -> tuple[int, str | None, Commit]:
 
 def append(lib: Library, seq: int, parent_id: str | None, commit: Commit, concept: ConceptRecord, message: str) -> None:
     """Commit ``commit`` plus ``concept``; fails if the library moved since ``begin``."""
-    lib.commit_state(seq, parent_id, message, commit.library, [*commit.concepts, concept])
+    lib.commit_state(seq, parent_id, message, commit, concepts=[*commit.concepts, concept])
 
 
-def earlier_concepts(lib: Library, commit: Commit) -> list:
+def earlier_concepts(lib: Library, commit: Commit, bases_only: bool = False) -> list:
     """Every concept of ``commit`` as the trainer sees it (``seqlib.train.Earlier``: factors,
-    input directions, its --protect)."""
+    input directions, its --protect). ``bases_only``: what a projection needs (B, and the input
+    directions only if some concept reserved them with --protect), reading nothing else."""
     import torch
 
+    from seqlib import payload
     from seqlib.train import Earlier
 
+    inputs = not bases_only or any(c.protect for c in commit.concepts)
+    lib.prefetch(commit.concepts, payload.basis_arrays(commit.library.layers) if bases_only and not inputs else None)
     return [
         Earlier(
-            *lib.factors(c, commit)[:2],
+            {} if bases_only else lib.factors(c, commit)[0],
+            lib.bases(c, commit) if bases_only else lib.factors(c, commit)[1],
             orthogonal=c.orthogonal,
-            U={k: torch.from_numpy(u) for k, (u, _) in lib.input_summary(c, commit).items()},
+            U={k: torch.from_numpy(u) for k, (u, _) in lib.input_summary(c, commit).items()} if inputs else None,
             protect=c.protect,
         )
         for c in commit.concepts
@@ -90,7 +95,7 @@ def add(
     r = rank or commit.library.rank
     config = config or TrainConfig(resolution=commit.library.base.resolution)
     method = methods.get(config.method)
-    ranks = _plan_ranks(commit, r, method, when_full, warn)
+    ranks = plan_ranks(commit, r, when_full, warn, method.projects)
     records, tensor, augmented = _images(Path(images), config, warn)
     pipe = lib.load_base(commit, device, base)
     distributed.init_from_env(pipe.unet.device.type)
@@ -123,10 +128,10 @@ def add(
     return concept
 
 
-def _plan_ranks(commit: Commit, r: int, method: methods.Method, when_full: str, warn: Warn) -> list[int]:
-    """Each layer's rank; a method without projection (plain LoRA) takes no capacity."""
+def plan_ranks(commit: Commit, r: int, when_full: str, warn: Warn, projects: bool = True) -> list[int]:
+    """Each layer's rank; a concept without projection (plain LoRA) takes no capacity."""
     ranks = [r] * len(commit.library.layers)
-    if method.projects:
+    if projects:
         ranks, short = layer_ranks(commit, r, when_full)
         if short and warn:
             kept = {layer.name: k for layer, k in zip(commit.library.layers, ranks)}
@@ -191,6 +196,7 @@ def _resume_state(lib: Library, name: str, meta: dict, warn: Warn) -> dict:
 def _record(lib: Library, commit: Commit, name, r, ranks, method, frozen, records, config, result) -> ConceptRecord:
     """Write the payload (main process only) and describe the concept for its commit."""
     from seqlib import distributed, payload
+    from seqlib.export import concept_hash
 
     arrays = payload.pack(commit.library.layers, result.A, result.B, result.embedding, result.U, result.energies)
     # every process must hold the same factors: the gradients were averaged before each step
@@ -219,6 +225,7 @@ def _record(lib: Library, commit: Commit, name, r, ranks, method, frozen, record
         final_loss=result.final_loss,
         train_seconds=round(result.seconds, 3),
         created=now_iso(),
+        tensor_sha256=concept_hash(commit.library.layers, arrays),
     )
 
 

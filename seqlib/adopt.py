@@ -11,8 +11,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from seqlib.adding import append, begin, earlier_concepts
-from seqlib.capacity import layer_ranks
+from seqlib.adding import Warn, append, begin, earlier_concepts, plan_ranks
 from seqlib.errors import ImportRejectedError
 from seqlib.format import ConceptRecord, ImportRecord, now_iso, token_for
 
@@ -29,6 +28,8 @@ def import_lora(
     max_error: float = 0.5,
     force: bool = False,
     device: str = "cpu",
+    when_full: str = "refuse",
+    warn: Warn = None,
 ) -> tuple[ConceptRecord, dict[str, float]]:
     """Adopt a foreign LoRA: project its basis onto the free space, refit its coefficients.
 
@@ -36,33 +37,37 @@ def import_lora(
     left free, B = the top-r right singular vectors of ΔW P⊥ and A = ΔW B: the rank-r
     residual A Bᵀ with B in the free space closest to ΔW (Eckart–Young). Returns the record
     and the relative error ‖ΔW − A Bᵀ‖ / ‖ΔW‖ per layer (and "overall"); refuses (unless
-    ``force``) above ``max_error``.
+    ``force``) above ``max_error``. ``when_full`` as for ``add``: a layer with fewer than r free
+    dimensions refuses the import, keeps what is left (``shrink``) or is left out (``skip``),
+    and what such a layer loses counts in the error.
     """
     import hashlib
 
     from seqlib import payload
-    from seqlib.export import from_lora_file
-    from seqlib.tokens import init_token
+    from seqlib.export import concept_hash, from_lora_file, tensor_sha256
+    from seqlib.tokens import initial_embedding
 
     seq, parent_id, commit = begin(lib, name)
     layers, r, path = commit.library.layers, rank or commit.library.rank, Path(path)
+    data = path.read_bytes()
+    file_sha256, file_tensors = hashlib.sha256(data).hexdigest(), tensor_sha256(data)
     fmt, factors = from_lora_file(path, {x.name: (x.out_features, x.in_features) for x in layers})
-    layer_ranks(commit, r, "refuse")  # every layer needs r free dimensions, or CapacityError names them
-    A, B, errors = _fit(layers, factors, earlier_concepts(lib, commit), r)
+    _refuse_duplicate(lib, commit, path, (file_sha256, file_tensors), factors)
+    ranks = plan_ranks(commit, r, when_full, warn)
+    A, B, errors = _fit(layers, factors, earlier_concepts(lib, commit, bases_only=True), ranks)
     if errors["overall"] > max_error and not force:
         raise ImportRejectedError(
             f"{path.name} fits the free space only with relative error {errors['overall']:.2f} "
             f"(> {max_error}); use a larger --rank, or --force to import anyway"
         )
-    pipe = lib.load_base(commit, device, None)
-    embedding, hook = init_token(pipe, token_for(name), init_word)
-    hook.remove()
+    embedding = initial_embedding(*lib.load_text_side(commit, device), init_word)
     arrays = payload.pack(layers, A, B, embedding.cpu().numpy(), *payload.empty_summary(layers))
     payload_id, array_records = lib.store.write_payload(arrays, {"concept": name, "rank": r})
     concept = ConceptRecord(
         name=name,
         token=token_for(name),
         rank=r,
+        ranks=None if all(k == r for k in ranks) else ranks,
         orthogonal=True,
         payload=payload_id,
         arrays=array_records,
@@ -70,9 +75,10 @@ def import_lora(
         training=None,
         imported=ImportRecord(
             file=path.name,
-            sha256=hashlib.sha256(path.read_bytes()).hexdigest(),
+            sha256=file_sha256,
             format=fmt,
             relative_error=round(errors["overall"], 6),
+            tensor_sha256=file_tensors,
         ),
         reserved=[0] * len(layers),
         crosstalk_from={},
@@ -81,13 +87,46 @@ def import_lora(
         final_loss=None,
         train_seconds=0.0,
         created=now_iso(),
+        tensor_sha256=concept_hash(layers, arrays),
     )
     append(lib, seq, parent_id, commit, concept, f"import {name} from {path.name}")
     return concept, errors
 
 
-def _fit(layers, factors: dict, earlier: list, r: int):
-    """(A, B, relative error per layer and "overall") of the rank-r fit in each free space."""
+def _refuse_duplicate(lib: Library, commit, path: Path, hashes: tuple[str, str], factors: dict) -> None:
+    """Refuse a file whose tensors the library already holds: one imported before (same tensor
+    bytes; a version-1 record: same file bytes) or a concept's own export (its identifier).
+    Identical tensors only: a re-saved file with new metadata matches, a retrained one never."""
+    import torch
+
+    from seqlib.payload import basis_arrays
+
+    file_sha256, file_tensors = hashes
+    first = commit.library.layers[0].name
+    lib.prefetch([c for c in commit.concepts if c.tensor_sha256 is None], basis_arrays(commit.library.layers))
+    for concept in commit.concepts:
+        imported = concept.imported
+        if imported is not None and imported.tensor_sha256:
+            same = imported.tensor_sha256 == file_tensors
+        else:
+            same = imported is not None and imported.sha256 == file_sha256
+        if not same and concept.tensor_sha256 is None and first in factors:
+            # a version-1 record has no identifier stored; hash only a concept whose first basis is the file's
+            down = factors[first][1]
+            B = lib.bases(concept, commit)[first]
+            same = down.shape == B.T.shape and torch.equal(down, B.T)
+            same = same and lib.tensor_hash(concept, commit) == file_tensors
+        same = same or concept.tensor_sha256 == file_tensors
+        if same:
+            raise ImportRejectedError(
+                f"{path.name}: its tensors are already in the library as concept {concept.name!r} "
+                f"(tensor sha256 {file_tensors[:10]}); nothing imported"
+            )
+
+
+def _fit(layers, factors: dict, earlier: list, ranks: list[int]):
+    """(A, B, relative error per layer and "overall") of the rank-r fit in each free space,
+    r per layer from ``ranks`` (0: the layer is left out)."""
     import numpy as np
     import torch
 
@@ -96,7 +135,7 @@ def _fit(layers, factors: dict, earlier: list, r: int):
 
     gen = torch.Generator().manual_seed(0)
     A, B, errors, num, den = {}, {}, {}, 0.0, 0.0
-    for layer in layers:
+    for layer, r in zip(layers, ranks):
         Q, _ = taken_space(layer.name, layer.in_features, earlier, 0)
         up, down = factors.get(layer.name, (None, None))
         if up is None or not torch.any(up) or not torch.any(down):  # untouched: zero residual, free basis

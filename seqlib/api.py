@@ -6,21 +6,22 @@
 
 ``Library`` reads the store and owns the history verbs; the heavy verbs live in their own
 modules and receive the library: ``seqlib.adding`` (add), ``seqlib.adopt`` (import),
-``seqlib.render`` (compose), ``seqlib.verify`` (fsck). Module level imports stay torch-free
-so ``status`` and ``log`` answer instantly; training and sampling import torch when they run.
+``seqlib.render`` (compose), ``seqlib.notes`` (annotate, recipes), ``seqlib.verify`` (fsck).
+Module level imports stay torch-free so ``status`` and ``log`` answer instantly; training and
+sampling import torch when they run.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
 
-from seqlib import adding, adopt, capacity, render
+from seqlib import adding, adopt, capacity, notes, render
 from seqlib.backends import is_url
 from seqlib.capacity import Status, WidthGroup
 from seqlib.config import LAYER_SETS, default_layer_set
 from seqlib.errors import ConceptNotFoundError, StoreDamagedError, UsageError
-from seqlib.format import Commit, ConceptRecord, LibraryConfig, check_concept_name, crosstalk_pairs, token_for
-from seqlib.render import CROSSTALK_WARN, parse_selection
+from seqlib.format import Commit, ConceptRecord, LibraryConfig, Recipe, check_concept_name, crosstalk_pairs, token_for
+from seqlib.render import CROSSTALK_WARN, parse_selection, weights_for
 from seqlib.store import STORE_DIRNAME, Store, find_store
 
 __all__ = ["CROSSTALK_WARN", "Library", "Status", "WidthGroup", "check_concept_name", "parse_selection", "token_for"]
@@ -173,11 +174,21 @@ class Library:
         }
 
     def tensor_hash(self, concept: ConceptRecord, commit: Commit | None = None) -> str:
-        """sha256 of the tensors of the concept's own kohya export (``export.tensor_sha256``)."""
-        from seqlib.export import lora_hash, stack_factors
+        """The concept's identifier: sha256 of the tensors of its own kohya export at weight 1
+        (recorded since format version 2; computed from the payload for older records)."""
+        if concept.tensor_sha256:
+            return concept.tensor_sha256
+        from seqlib.export import concept_hash
 
-        A, B, _ = self.factors(concept, commit or self.head())
-        return lora_hash(stack_factors([(A, B, 1.0)]))
+        return concept_hash((commit or self.head()).library.layers, self.payload_arrays(concept))
+
+    def load_text_side(self, commit: Commit, device: str = "cpu"):
+        """(tokenizer, text encoder) of the base, without loading its UNet where the base is a
+        folder: all that `import` needs."""
+        from seqlib.base import load_text_side
+
+        local = self.store.local_base_dir() if commit.library.base.kind == "embedded" else None
+        return load_text_side(commit.library, local, device)
 
     def log(self) -> list[tuple[int, str, Commit]]:
         """(version, commit id, commit), newest first."""
@@ -195,23 +206,46 @@ class Library:
         B = {k: torch.from_numpy(v) for k, v in payload.unpack_bases(layers, arrays).items()}
         return A, B, torch.from_numpy(arrays[payload.EMBEDDING_ARRAY])
 
-    def payload_arrays(self, concept: ConceptRecord) -> dict:
-        """A concept's arrays, each checked against the checksum its commit records."""
+    def payload_arrays(self, concept: ConceptRecord, names: list[str] | None = None) -> dict:
+        """A concept's arrays (``names``: only these), each checked against the checksum its
+        commit records; read once per library object (payloads are immutable)."""
         from seqlib.errors import ChecksumMismatch
         from seqlib.store import array_sha256
 
-        if concept.payload not in self._arrays:
+        cached = self._arrays.setdefault(concept.payload, {})
+        wanted = [r.name for r in concept.arrays] if names is None else names
+        missing = [n for n in wanted if n not in cached]
+        if missing:
             try:
-                arrays = self.store.read_payload(concept.payload)
+                arrays = self.store.read_payload(concept.payload, None if names is None else missing)
             except Exception as e:  # missing or unreadable files: zarr raises many kinds
                 where = f"{self.store.root}/objects/payloads/{concept.payload}"
                 raise StoreDamagedError(where, f"payload of concept {concept.name!r} unreadable: {e}") from None
             for record in concept.arrays:
-                got = array_sha256(arrays[record.name]) if record.name in arrays else "missing"
-                if got != record.sha256:
-                    raise ChecksumMismatch(f"array {record.name} of concept {concept.name!r}", record.sha256, got)
-            self._arrays[concept.payload] = arrays
-        return self._arrays[concept.payload]
+                if record.name in missing:
+                    got = array_sha256(arrays[record.name]) if record.name in arrays else "missing"
+                    if got != record.sha256:
+                        raise ChecksumMismatch(f"array {record.name} of concept {concept.name!r}", record.sha256, got)
+            cached.update({n: arrays[n] for n in missing})
+        return {n: cached[n] for n in wanted}
+
+    def prefetch(self, concepts: list[ConceptRecord], names: list[str] | None = None) -> None:
+        """Read these concepts' payloads (``names``: only these arrays) in parallel: a payload is
+        a few small files, so reading 100 one by one is mostly waiting (2x faster on 2 cores)."""
+        from concurrent.futures import ThreadPoolExecutor
+
+        with ThreadPoolExecutor(8) as pool:
+            list(pool.map(lambda c: self.payload_arrays(c, names), concepts))
+
+    def bases(self, concept: ConceptRecord, commit: Commit) -> dict:
+        """B by layer (float32 torch tensors), reading only the payload's basis arrays."""
+        import torch
+
+        from seqlib import payload
+
+        layers = commit.library.layers
+        arrays = self.payload_arrays(concept, payload.basis_arrays(layers))
+        return {k: torch.from_numpy(v) for k, v in payload.unpack_bases(layers, arrays).items()}
 
     def input_summary(self, concept: ConceptRecord, commit: Commit) -> dict:
         """Per layer: (principal input directions (m, k), energies (k,)) as numpy arrays."""
@@ -230,15 +264,28 @@ class Library:
 
     def export(self, selection, out: str | Path, fmt: str = "kohya") -> list[Path]:
         """One LoRA file of rank Σr for the selected concepts (with weights), a sidecar, and
-        their token embeddings as textual-inversion files. Returns the paths written."""
+        their token embeddings as textual-inversion files. Returns the paths written.
+
+        One concept is written at weight 1 unless a weight is given (its tensors then hash to
+        its identifier; its preferred weight goes into the metadata, for loading it at), a
+        composition with each concept's preferred weight unless given."""
         from seqlib.export import stack_factors, write_export
 
-        weights, commit = parse_selection(selection), self.head()
+        commit = self.head()
+        weights = parse_selection(selection)
+        if len(weights) > 1:
+            weights = weights_for(selection, commit)
         chosen = [(self.concept(n, commit), w) for n, w in weights.items()]
+        self.prefetch([c for c, _ in chosen])
         loaded = [(self.factors(c, commit), w) for c, w in chosen]
         stacked = stack_factors([(A, B, w) for (A, B, _), w in loaded])
         tokens = {c.token: f[2] for (c, _), (f, _) in zip(chosen, loaded)}
-        return write_export(Path(out), fmt, stacked, tokens, {"concepts": weights, **self.provenance(commit)})
+        meta = {"concepts": weights, **self.provenance(commit)}
+        notes = {}
+        if len(chosen) == 1 and chosen[0][0].notes:
+            n = chosen[0][0].notes
+            notes = {"description": n.description, "trigger": n.trigger, "weight": n.weight}
+        return write_export(Path(out), fmt, stacked, tokens, meta, **notes)
 
     def provenance(self, commit: Commit | None = None) -> dict:
         """Which library state made a file: written into exports and every rendered PNG
@@ -249,6 +296,16 @@ class Library:
 
     import_lora = adopt.import_lora
 
+    annotate = notes.annotate
+
+    save_recipe = notes.save_recipe
+
+    remove_recipe = notes.remove_recipe
+
+    def recipe(self, name: str) -> Recipe:
+        """The recipe ``name`` (UsageError if unknown, or if one of its concepts was removed)."""
+        return notes.recipe(self.head(), name)
+
     def rm(self, name: str, message: str | None = None) -> Commit:
         """Remove a concept from the current version; its subspace returns to free capacity.
 
@@ -258,7 +315,7 @@ class Library:
         seq, parent_id, commit = self.writable_tip()
         self.concept(name, commit)
         kept = [c for c in commit.concepts if c.name != name]
-        return self.commit_state(seq, parent_id, f"rm {name}" + _colon(message), commit.library, kept)
+        return self.commit_state(seq, parent_id, f"rm {name}" + _colon(message), commit, concepts=kept)
 
     def revert(self, ref: str, message: str | None = None) -> Commit:
         """A new commit whose state is that of version ``ref`` (history is kept)."""
@@ -266,11 +323,13 @@ class Library:
         version, commit_id = self.store.resolve(ref)
         old = self.store.read_commit(commit_id)
         what = f"revert to version {version}" + _colon(message)
-        return self.commit_state(seq, parent_id, what, old.library, old.concepts)
+        return self.commit_state(seq, parent_id, what, old)
 
-    def commit_state(self, seq: int, parent_id, message: str, library: LibraryConfig, concepts: list) -> Commit:
-        """Commit a state on top of the tip read as (seq, parent_id); fails if it moved since."""
-        new = Commit(parent=parent_id, message=message, library=library, concepts=concepts)
+    def commit_state(self, seq: int, parent_id, message: str, state: Commit, **changes) -> Commit:
+        """Commit ``state`` (library, concepts, recipes) with ``changes`` on top of the tip read
+        as (seq, parent_id); fails if it moved since."""
+        fields = {"library": state.library, "concepts": state.concepts, "recipes": state.recipes} | changes
+        new = Commit(parent=parent_id, message=message, **fields)
         self.store.commit(new, expected_seq=seq)
         return new
 

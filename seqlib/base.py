@@ -166,6 +166,25 @@ def load_base(library: LibraryConfig, embedded_dir: Path | None, device: str = "
     return pipe
 
 
+def load_text_side(library: LibraryConfig, embedded_dir: Path | None, device: str = "cpu"):
+    """(tokenizer, text encoder) of the library's base. From a folder (embedded, diffusers) only
+    those two load, not the UNet's gigabytes; other kinds load the whole pipeline."""
+    kind, source = library.base.kind, library.base.source
+    folder = embedded_dir if kind == "embedded" else Path(source) if kind == "diffusers" else None
+    if folder is None:
+        pipe = load_base(library, embedded_dir, device)
+        return pipe.tokenizer, pipe.text_encoder
+    _quiet()
+    from transformers import CLIPTextModel, CLIPTokenizer
+
+    try:
+        tokenizer = CLIPTokenizer.from_pretrained(folder / "tokenizer")
+        text_encoder = CLIPTextModel.from_pretrained(folder / "text_encoder")
+    except (OSError, ValueError) as e:
+        raise BaseLoadError(f"could not load the text encoder of base {source}: {str(e).splitlines()[0]}") from None
+    return tokenizer, text_encoder.to(pick_device(device))
+
+
 def place_embedded(store, source: str) -> None:
     """Put the shipped embedded base ``source`` into a new store's ``base/`` (uploaded once for
     an object store, whose copies every machine downloads on first use)."""

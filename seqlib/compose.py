@@ -1,6 +1,6 @@
 """Composition beyond one prompt: a row of tiles, each with its own concept and prompt.
 
-The method's composition is the plain sum W0 + Σ w_i A_i B_iᵀ (``lora.summed_deltas``), one
+The method's composition is the plain sum W0 + Σ w_i A_i B_iᵀ (``lora.summed_factors``), one
 prompt for the whole image. A base must then lay the concepts out from that prompt alone;
 the embedded 64-px base cannot ("<a> on the left and <b> on the right" gives one blended
 object). A *row* instead denoises one wide latent as overlapping square tiles, tile i with

@@ -60,10 +60,11 @@ class StoreDamagedError(StoreError):
 
 
 class FormatVersionError(StoreError):
-    def __init__(self, path: str, found: int, supported: int) -> None:
+    def __init__(self, path: str, found: int, supported: tuple[int, ...]) -> None:
         self.found, self.supported = found, supported
-        newer = "a newer seqlib; upgrade with `pip install -U seqlib`" if found > supported else "an older seqlib"
-        super().__init__(f"{path} has format version {found}; this seqlib reads version {supported} ({newer})")
+        newer = "a newer seqlib; upgrade with `pip install -U seqlib`" if found > max(supported) else "an older seqlib"
+        versions = " and ".join(map(str, supported))
+        super().__init__(f"{path} has format version {found}; this seqlib reads versions {versions} ({newer})")
 
 
 class ConceptNotFoundError(UsageError, KeyError):

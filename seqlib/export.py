@@ -147,14 +147,30 @@ def lora_hash(factors: dict[str, tuple[Tensor, Tensor]]) -> str:
     return tensor_sha256(save(to_kohya(factors)))
 
 
+def concept_hash(layers, arrays: dict) -> str:
+    """A concept's identifier from its payload arrays: the tensor hash of its own kohya export
+    at weight 1 (``ConceptRecord.tensor_sha256``)."""
+    from seqlib import payload
+
+    A = {k: torch.from_numpy(v) for k, v in payload.unpack_coeffs(layers, arrays).items()}
+    B = {k: torch.from_numpy(v) for k, v in payload.unpack_bases(layers, arrays).items()}
+    return lora_hash(stack_factors([(A, B, 1.0)]))
+
+
 def write_export(
     path: Path,
     fmt: str,
     factors: dict[str, tuple[Tensor, Tensor]],
     tokens: dict[str, Tensor],
     meta: dict,
+    description: str = "",
+    trigger: str = "",
+    weight: float = 1.0,
 ) -> list[Path]:
-    """Write the LoRA, its A1111 sidecar and one textual-inversion file per token."""
+    """Write the LoRA, its A1111 sidecar and one textual-inversion file per token.
+
+    ``description``, ``trigger`` (words beside the tokens) and the preferred ``weight`` to load
+    it at go into the metadata (``modelspec.*``) and the sidecar."""
     from safetensors.torch import save_file
 
     if fmt not in FORMATS:
@@ -162,7 +178,8 @@ def write_export(
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     rank = next(iter(factors.values()))[1].shape[0]
-    trigger = " ".join(tokens)
+    description = description or f"seqlib export of {', '.join(tokens)}"
+    trigger = ", ".join(x for x in (" ".join(tokens), trigger) if x)
     header = {
         "format": "pt",
         "seqlib": json.dumps(meta, sort_keys=True),
@@ -176,6 +193,8 @@ def write_export(
         "modelspec.implementation": "https://github.com/huggingface/diffusers",
         "modelspec.title": path.stem,
         "modelspec.trigger_phrase": trigger,
+        "modelspec.description": description,
+        "modelspec.usage_hint": f"<lora:{path.stem}:{weight:g}> {trigger}",
     }
     if fmt == "kohya":
         tensors = to_kohya(factors)
@@ -194,10 +213,10 @@ def write_export(
     sidecar.write_text(
         json.dumps(
             {
-                "description": f"seqlib export of {', '.join(tokens)}",
+                "description": description,
                 "sd version": "SD1",
                 "activation text": trigger,
-                "preferred weight": 1,
+                "preferred weight": weight,
                 "notes": "Load the textual-inversion files beside it for the concept tokens.",
             },
             indent=2,

@@ -12,14 +12,28 @@ import re
 from datetime import UTC, datetime
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from seqlib._version import __version__
-from seqlib.choices import BASE_KINDS, BASIS_INITS, CONTEXTS, CROPS, HVPS, LORA_FORMATS, OPTIMIZERS, PRECISIONS
+from seqlib.choices import (
+    BASE_KINDS,
+    BASIS_INITS,
+    CONTEXTS,
+    CROPS,
+    HVPS,
+    LAYOUTS,
+    LORA_FORMATS,
+    OPTIMIZERS,
+    PRECISIONS,
+    SCHEDULERS,
+)
 from seqlib.errors import FormatVersionError, InvalidNameError, StoreDamagedError
 from seqlib.methods import METHODS
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # what this seqlib writes
+READABLE_VERSIONS = (1, 2)  # what it reads: version 1 is version 2 without the fields marked "v2"
+# Fields version 2 added, per model: absent from version-1 objects, dropped when one is re-encoded.
+V2_FIELDS = {"Commit": ("recipes",), "ConceptRecord": ("tensor_sha256", "notes"), "ImportRecord": ("tensor_sha256",)}
 # The LoRA file layouts seqlib writes (`export`) and reads (`import`): one definition for both.
 LoraFormat = Literal[LORA_FORMATS]
 
@@ -143,6 +157,41 @@ class ImportRecord(_Model):
     sha256: str
     format: LoraFormat
     relative_error: float = Field(description="‖ΔW − A Bᵀ‖ / ‖ΔW‖ over all layers after projection and refit.")
+    tensor_sha256: str | None = Field(
+        None, description="v2: sha256 of the file's tensor bytes (AutoV3): `import` refuses the same file twice."
+    )
+
+
+class Notes(_Model):
+    """What a user says about a concept (``seqlib annotate``); changing it never touches tensors."""
+
+    description: str = ""
+    trigger: str = Field("", description="Words to use with the token, e.g. `photo of <mydog>, corgi`.")
+    weight: float = Field(1.0, description="Preferred weight: the default in compose and in composed exports.")
+    tags: list[str] = Field(default_factory=list)
+
+
+class Recipe(_Model):
+    """A named composition (``seqlib recipe save``): replayed exactly by ``compose @name``."""
+
+    concepts: list[tuple[str, float]] = Field(
+        description="(name, weight) pairs in the order given: the order of the sum, so a list (JSON objects are "
+        "stored with sorted keys, and a different order changes the last bits of the pixels)."
+    )
+    prompt: str
+    negative_prompt: str | None = None
+    seed: int
+    num_images: int = Field(gt=0)
+    steps: int = Field(gt=0)
+    guidance: float
+    size: int | None = Field(None, description="Pixels; None: the base's resolution.")
+    scheduler: Literal[tuple(SCHEDULERS)] | None = Field(None, description="None: the base's own.")
+    layout: Literal[LAYOUTS] = "sum"
+    created: str
+
+    @property
+    def weights(self) -> dict[str, float]:
+        return dict(self.concepts)
 
 
 class ConceptRecord(_Model):
@@ -174,6 +223,17 @@ class ConceptRecord(_Model):
     final_loss: float | None = Field(description="The same loss after training (None when imported).")
     train_seconds: float
     created: str
+    tensor_sha256: str | None = Field(
+        None,
+        description="v2: sha256 of the tensor bytes of the concept's own kohya export at weight 1 "
+        "(kohya sshs_model_hash, Civitai AutoV3); null in version-1 commits (readers compute it).",
+    )
+    notes: Notes | None = Field(None, description="v2: description, trigger, preferred weight, tags.")
+
+    @property
+    def weight(self) -> float:
+        """The preferred weight (``annotate --weight``), 1 unless set."""
+        return self.notes.weight if self.notes else 1.0
 
     @property
     def method(self) -> str:
@@ -194,9 +254,29 @@ class Commit(_Model):
     timestamp: str = Field(default_factory=now_iso)
     library: LibraryConfig
     concepts: list[ConceptRecord] = Field(description="In training order: each is orthogonal to all before it.")
+    recipes: dict[str, Recipe] = Field(default_factory=dict, description="v2: named compositions.")
+
+    @model_validator(mode="after")
+    def _fields_of_its_version(self) -> Commit:
+        if self.format_version == 1:
+            records = [self, *self.concepts, *(c.imported for c in self.concepts if c.imported)]
+            for record in records:
+                for name in V2_FIELDS[type(record).__name__]:
+                    if getattr(record, name):
+                        raise ValueError(f"a version-1 commit cannot hold {name} (a version-2 field)")
+        return self
 
     def to_bytes(self) -> bytes:
-        return canonical_json(self.model_dump(mode="json"))
+        data = self.model_dump(mode="json")
+        if self.format_version == 1:  # re-encode exactly as written: without the version-2 fields
+            for name in V2_FIELDS["Commit"]:
+                data.pop(name)
+            for concept in data["concepts"]:
+                for name in V2_FIELDS["ConceptRecord"]:
+                    concept.pop(name)
+                for name in V2_FIELDS["ImportRecord"] if concept["imported"] else ():
+                    concept["imported"].pop(name)
+        return canonical_json(data)
 
     @property
     def id(self) -> str:
@@ -210,8 +290,8 @@ def check_format_version(data: dict, path: str) -> None:
     found = data.get("format_version")
     if not isinstance(found, int) or isinstance(found, bool):
         raise StoreDamagedError(path, "no integer format_version")
-    if found != FORMAT_VERSION:
-        raise FormatVersionError(path, found, FORMAT_VERSION)
+    if found not in READABLE_VERSIONS:
+        raise FormatVersionError(path, found, READABLE_VERSIONS)
 
 
 def crosstalk_pairs(commit: Commit) -> list[tuple[str, str, float]]:
@@ -229,8 +309,8 @@ def crosstalk_pairs(commit: Commit) -> list[tuple[str, str, float]]:
 _NAME_RE = re.compile(r"[a-z][a-z0-9_-]*")
 
 
-def check_concept_name(name: str) -> None:
-    """A concept name:
+def check_concept_name(name: str, what: str = "concept") -> None:
+    """A concept (or recipe) name:
 
     - is 1 to 40 characters long,
     - starts with a lower-case letter,
@@ -238,11 +318,11 @@ def check_concept_name(name: str) -> None:
       and a file name in exports, so nothing a shell or tokenizer treats specially).
     """
     if not 1 <= len(name) <= 40:
-        raise InvalidNameError(f"concept name {name!r} must be 1 to 40 characters")
+        raise InvalidNameError(f"{what} name {name!r} must be 1 to 40 characters")
     if not name[0].isascii() or not name[0].islower():
-        raise InvalidNameError(f"concept name {name!r} must start with a lower-case letter")
+        raise InvalidNameError(f"{what} name {name!r} must start with a lower-case letter")
     if not _NAME_RE.fullmatch(name):
-        raise InvalidNameError(f"concept name {name!r} may contain only a-z, 0-9, '-' and '_'")
+        raise InvalidNameError(f"{what} name {name!r} may contain only a-z, 0-9, '-' and '_'")
 
 
 def token_for(name: str) -> str:

@@ -10,7 +10,6 @@ from torch import Tensor, nn
 
 from seqlib.config import LAYER_SETS
 from seqlib.errors import BaseMismatchError, DataError
-from seqlib.subspace import delta_weight
 
 
 def adapted_layers(unet: nn.Module, layer_set: str = "attention") -> list[tuple[str, nn.Linear]]:
@@ -87,46 +86,51 @@ class LiveResiduals:
 class WeightPatch:
     """Adds residuals into the adapted weights in place; ``revert`` pops them off again.
 
-    A direct in-place sum is the whole of composition (no fusion step): adding 100
-    concepts to SD1.5's attention weights takes well under a second.
+    A residual arrives as factors (A, B) per layer and goes in as ``W += A Bᵀ`` (one
+    ``addmm_``: no n x m temporary, nothing but the factors moved to the weights' device). A
+    direct in-place sum is the whole of composition (no fusion step): adding 100 concepts to
+    SD1.5's attention weights takes about a second on a CPU (``benchmarks/scale.py``).
     """
 
     def __init__(self, unet: nn.Module) -> None:
         self.modules = dict(unet.named_modules())  # residuals name their layers
-        self._stack: list[dict[str, Tensor]] = []
+        self._stack: list[dict[str, tuple[Tensor, Tensor]]] = []
 
     @torch.no_grad()
-    def apply(self, deltas: dict[str, Tensor], safe: bool = True) -> None:
-        if safe:
-            for name, d in deltas.items():
-                if not torch.isfinite(d).all():
+    def apply(self, factors: dict[str, tuple[Tensor, Tensor]], safe: bool = True) -> None:
+        if safe:  # finite factors give a finite residual; checking them is O((n + m) r), not O(n m)
+            for name, (A, B) in factors.items():
+                if not (torch.isfinite(A).all() and torch.isfinite(B).all()):
                     raise DataError(f"non-finite values in the residual for {name}; a selected concept is broken")
-        for name, d in deltas.items():
-            w = self.modules[name].weight
-            w.add_(d.to(w.device, w.dtype))
-        self._stack.append(deltas)
+        self._add(factors, 1.0)
+        self._stack.append(factors)
 
     @torch.no_grad()
     def revert(self) -> None:
-        deltas = self._stack.pop()
-        for name, d in deltas.items():
+        self._add(self._stack.pop(), -1.0)
+
+    def _add(self, factors: dict[str, tuple[Tensor, Tensor]], sign: float) -> None:
+        for name, (A, B) in factors.items():
             w = self.modules[name].weight
-            w.sub_(d.to(w.device, w.dtype))
+            A, B = A.to(w.device, torch.float32), B.to(w.device, torch.float32)
+            if w.dtype == torch.float32:
+                w.addmm_(A, B.T, alpha=sign)
+            else:  # half precision: add in float32, round once
+                w.copy_(w.float().addmm_(A, B.T, alpha=sign))
 
 
-def summed_deltas(
+def summed_factors(
     concepts: list[tuple[dict[str, Tensor], dict[str, Tensor], float]],
-) -> dict[str, Tensor]:
-    """Σ_i w_i A_i B_iᵀ per layer, for (A by layer, B by layer, weight) triples.
+) -> dict[str, tuple[Tensor, Tensor]]:
+    """Σ_i w_i A_i B_iᵀ per layer as factors ``([w_1 A_1 … w_N A_N], [B_1 … B_N])`` (n x Σr and
+    m x Σr), for (A by layer, B by layer, weight) triples.
 
-    One matmul per layer, ``[w_1 A_1 … w_N A_N] @ [B_1 … B_N]ᵀ`` (n × Σr by Σr × m): the cost of
-    composing N concepts grows with Σr, not with N full n × m products and additions.
+    Applied as one matmul per layer (``WeightPatch``): composing N concepts costs one
+    n x Σr by Σr x m product, not N full n x m products and additions.
     """
     names = list(dict.fromkeys(name for As, _, _ in concepts for name in As))
-    out: dict[str, Tensor] = {}
+    out: dict[str, tuple[Tensor, Tensor]] = {}
     for name in names:
         pairs = [(weight * As[name].float(), Bs[name].float()) for As, Bs, weight in concepts if name in As]
-        A = torch.cat([a for a, _ in pairs], dim=1)
-        B = torch.cat([b for _, b in pairs], dim=1)
-        out[name] = delta_weight(A, B)
+        out[name] = (torch.cat([a for a, _ in pairs], dim=1), torch.cat([b for _, b in pairs], dim=1))
     return out

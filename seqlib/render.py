@@ -1,7 +1,7 @@
 """Composition: the selected concepts summed into the base's weights, and rendered.
 
 The sum is the method's promise: W = W0 + Σ w_i A_i B_iᵀ, one matmul per layer
-(``seqlib.lora.summed_deltas``), patched into a standard diffusers pipeline. ``layout="row"``
+(``seqlib.lora.summed_factors``), patched into a standard diffusers pipeline. ``layout="row"``
 instead gives each concept its own tile (``seqlib.compose``). Torch-free at import time.
 """
 
@@ -27,26 +27,41 @@ if TYPE_CHECKING:
 CROSSTALK_WARN = 0.5
 
 
-def parse_selection(spec: str | list[str] | dict[str, float]) -> dict[str, float]:
-    """``"mydog=0.8,cat"`` or ``["mydog", "cat"]`` -> {name: weight}."""
+def _parse(spec: str | list[str] | dict[str, float]) -> dict[str, float | None]:
+    """``"mydog=0.8,cat"`` or ``["mydog", "cat"]`` -> {name: weight, or None where none is given}."""
     if isinstance(spec, dict):
         return dict(spec)
     items = spec.split(",") if isinstance(spec, str) else list(spec)
-    out: dict[str, float] = {}
+    out: dict[str, float | None] = {}
     for item in (i.strip() for i in items):
         if not item:
             continue
         name, _, weight = item.partition("=")
         try:
-            value = float(weight) if weight else 1.0
+            value = float(weight) if weight else None
         except ValueError:
             raise UsageError(f"weight of {name!r} must be a number, not {weight!r}") from None
-        if not math.isfinite(value):
+        if value is not None and not math.isfinite(value):
             raise UsageError(f"weight of {name!r} must be a finite number, not {weight!r}")
         out[name.strip()] = value
     if not out:
         raise UsageError("no concepts selected; name one or more, e.g. `mydog,cat`")
     return out
+
+
+def parse_selection(spec: str | list[str] | dict[str, float]) -> dict[str, float]:
+    """``"mydog=0.8,cat"`` or ``["mydog", "cat"]`` -> {name: weight} (1 where none is given)."""
+    return {name: 1.0 if w is None else w for name, w in _parse(spec).items()}
+
+
+def weights_for(spec: str | list[str] | dict[str, float], commit: Commit) -> dict[str, float]:
+    """Like ``parse_selection``, but a concept without a weight gets its preferred weight
+    (``seqlib annotate --weight``)."""
+    weights = {}
+    for name, w in _parse(spec).items():
+        concept = commit.concept(name)
+        weights[name] = w if w is not None else concept.weight if concept else 1.0
+    return weights
 
 
 def make_scheduler(name: str, config):
@@ -62,6 +77,7 @@ def with_tokens(lib: Library, weights: dict[str, float], commit: Commit, device:
     from seqlib.tokens import add_tokens
 
     chosen = [(lib.concept(n, commit), w) for n, w in weights.items()]
+    lib.prefetch([c for c, _ in chosen])
     pipe = lib.load_base(commit, device, base)
     loaded = [(c, lib.factors(c, commit), w) for c, w in chosen]
     add_tokens(pipe, {c.token: embedding for c, (_, _, embedding), _ in loaded})
@@ -73,17 +89,18 @@ def pipeline(lib: Library, selection, device: str = "cpu", base: str | None = No
 
     Composition is a plain sum: W = W0 + Σ w_i A_i B_iᵀ, patched into the weights.
     """
-    from seqlib.lora import WeightPatch, summed_deltas
+    from seqlib.lora import WeightPatch, summed_factors
 
-    pipe, factors = with_tokens(lib, parse_selection(selection), lib.head(), device, base)
-    WeightPatch(pipe.unet).apply(summed_deltas(factors))
+    commit = lib.head()
+    pipe, factors = with_tokens(lib, weights_for(selection, commit), commit, device, base)
+    WeightPatch(pipe.unet).apply(summed_factors(factors))
     return pipe
 
 
 def compose(
     lib: Library,
     selection,
-    prompt: str,
+    prompt: str | None = None,
     out: str | Path = "out",
     seed: int = 0,
     num_images: int = 1,
@@ -100,6 +117,10 @@ def compose(
 ) -> list[Path]:
     """Render the selected concepts together; returns the PNG paths written.
 
+    ``selection``: ``"mydog=0.8,cat"`` (a concept without a weight gets its preferred one), or
+    ``"@name"``: the recipe ``name``, replayed exactly (its concepts, weights, prompt and
+    sampling settings; the arguments after ``prompt`` other than ``out``, ``device``, ``base``,
+    ``warn`` and ``grid`` are then ignored).
     ``layout="sum"``: one image from one prompt with every residual summed into the weights.
     ``layout="row"``: a row of square tiles, one per concept in selection order, tile i
     denoised with only concept i's residual and the i-th of the ``" | "``-separated prompts
@@ -108,26 +129,26 @@ def compose(
     contact sheet. ``warn`` receives a message for each selected pair whose recorded
     crosstalk is high (sum only: a row never adds two residuals).
     """
-    import torch
-
     from seqlib.base import pick_device
 
-    weights = parse_selection(selection)
-    commit = lib.head()
+    commit, recipe = lib.head(), None
+    if isinstance(selection, str) and selection.startswith("@"):
+        from seqlib.notes import recipe as find_recipe
+
+        recipe = selection[1:]
+        r = find_recipe(commit, recipe)
+        selection, prompt, seed, num_images, steps = r.weights, r.prompt, r.seed, r.num_images, r.steps
+        guidance, negative_prompt, size = r.guidance, r.negative_prompt, r.size
+        scheduler, layout = r.scheduler, r.layout
+    if prompt is None:
+        raise UsageError("a prompt is needed (or a recipe: `compose @name`)")
+    weights = weights_for(selection, commit)
     for name in weights:
         lib.concept(name, commit)
-    if layout not in LAYOUTS:
-        raise UsageError(f"unknown layout {layout!r}; use {' or '.join(LAYOUTS)}")
-    tile_prompts = _row_prompts(prompt, weights, commit) if layout == "row" else None
-    if tile_prompts is None:
-        _check_prompt(prompt, weights, commit)
-        for message in _bleed_warnings(weights, commit) if warn else []:
-            warn(message)
     size = size or commit.library.base.resolution
-    if size % 8:  # diffusers' pipelines need it; every SD VAE's factor divides 8
-        raise UsageError(f"--size {size}: must be a multiple of 8, e.g. {max(8, size // 8 * 8)}")
-    if not math.isfinite(guidance):
-        raise UsageError(f"--guidance must be a finite number, not {guidance}")
+    tile_prompts = check_request(prompt, weights, commit, layout, size, guidance)
+    for message in _bleed_warnings(weights, commit) if warn and tile_prompts is None else []:
+        warn(message)
     pick_device(device)
     sampling = (steps, guidance, size, negative_prompt)
     pipe, render = _renderer(lib, weights, commit, prompt, tile_prompts, sampling, device, base)
@@ -135,31 +156,50 @@ def compose(
         pipe.scheduler = make_scheduler(scheduler, pipe.scheduler.config)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    provenance = lib.provenance(commit)
-    hashes = {n: lib.tensor_hash(lib.concept(n, commit), commit) for n in weights}
+    params = {
+        "prompt": prompt,
+        "layout": layout,
+        "negative_prompt": negative_prompt,
+        "steps": steps,
+        "guidance": guidance,
+        "size": size,
+        "scheduler": type(pipe.scheduler).__name__,
+        "concepts": weights,
+        "lora_hashes": {n: lib.tensor_hash(lib.concept(n, commit), commit) for n in weights},
+        "recipe": recipe,
+        **lib.provenance(commit),
+    }
+    return _render_all(render, params, seed, num_images, out, f"@{recipe}" if recipe else "+".join(weights), grid)
+
+
+def _render_all(render, params: dict, seed: int, num_images: int, out: Path, stem: str, grid: bool) -> list[Path]:
+    """Image k from seed + k, each PNG with its parameters; a contact sheet if ``grid``."""
+    import torch
+
     paths, images = [], []
     for k in range(num_images):
         image = render(torch.Generator(device="cpu").manual_seed(seed + k))
-        params = {
-            "prompt": prompt,
-            "layout": layout,
-            "negative_prompt": negative_prompt,
-            "seed": seed + k,
-            "steps": steps,
-            "guidance": guidance,
-            "size": size,
-            "scheduler": type(pipe.scheduler).__name__,
-            "concepts": weights,
-            "lora_hashes": hashes,
-            **provenance,
-        }
-        path = out / f"{'+'.join(weights)}-seed{seed + k}.png"
-        image.save(path, pnginfo=_png_text(params))
+        path = out / f"{stem}-seed{seed + k}.png"
+        image.save(path, pnginfo=_png_text(params | {"seed": seed + k}))
         paths.append(path)
         images.append(image)
     if grid:
-        paths.append(_contact_sheet(images, out / f"{'+'.join(weights)}-seed{seed}-grid.png"))
+        paths.append(_contact_sheet(images, out / f"{stem}-seed{seed}-grid.png"))
     return paths
+
+
+def check_request(prompt: str, weights: dict[str, float], commit: Commit, layout: str, size: int, guidance: float):
+    """Refuse what cannot be rendered; the row's prompts per tile (None for a summed image)."""
+    if layout not in LAYOUTS:
+        raise UsageError(f"unknown layout {layout!r}; use {' or '.join(LAYOUTS)}")
+    tile_prompts = _row_prompts(prompt, weights, commit) if layout == "row" else None
+    if tile_prompts is None:
+        _check_prompt(prompt, weights, commit)
+    if size % 8:  # diffusers' pipelines need it; every SD VAE's factor divides 8
+        raise UsageError(f"--size {size}: must be a multiple of 8, e.g. {max(8, size // 8 * 8)}")
+    if not math.isfinite(guidance):
+        raise UsageError(f"--guidance must be a finite number, not {guidance}")
+    return tile_prompts
 
 
 def _renderer(lib: Library, weights, commit: Commit, prompt: str, tile_prompts, sampling, device, base):
@@ -230,6 +270,7 @@ def _a1111_parameters(p: dict) -> str:
         f"Steps: {p['steps']}, Sampler: {p['scheduler']}, CFG scale: {p['guidance']}, Seed: {p['seed']}, "
         f"Size: {p['size']}x{p['size']}, Model hash: {p['base_fingerprint'][:10]}, "
         f'Lora hashes: "{lora_hashes}", seqlib concepts: {concepts}, seqlib version: {p["store_version"]}'
+        + (f", seqlib recipe: {p['recipe']}" if p.get("recipe") else "")
     )
     return "\n".join(lines)
 

@@ -30,7 +30,8 @@ class EmbeddingHook:
 
 
 def add_tokens(pipe, tokens: dict[str, Tensor]) -> None:
-    """Register concept tokens in the tokenizer and give them their learned embeddings."""
+    """Register concept tokens in the tokenizer and give them their learned embeddings
+    (``pipe``: anything with ``tokenizer`` and ``text_encoder``)."""
     tokenizer, text_encoder = pipe.tokenizer, pipe.text_encoder
     new = [t for t in tokens if t not in tokenizer.get_vocab()]
     if new:
@@ -42,13 +43,18 @@ def add_tokens(pipe, tokens: dict[str, Tensor]) -> None:
             weight[tokenizer.convert_tokens_to_ids(token)] = vector.to(weight.device, weight.dtype)
 
 
-def init_token(pipe, token: str, init_word: str) -> tuple[Tensor, EmbeddingHook]:
-    tokenizer, text_encoder = pipe.tokenizer, pipe.text_encoder
+def initial_embedding(tokenizer, text_encoder, init_word: str) -> Tensor:
+    """A new token's starting embedding: the mean of ``init_word``'s token rows, (d,) float32."""
     table = text_encoder.get_input_embeddings().weight
     init_ids = tokenizer(init_word, add_special_tokens=False).input_ids
     if not init_ids:
         raise DataError(f"--init-word {init_word!r} is empty after tokenisation")
-    start = table[init_ids].mean(0).detach().float().clone()  # (d,) fp32 whatever the base's dtype
+    return table[init_ids].mean(0).detach().float().clone()  # fp32 whatever the base's dtype
+
+
+def init_token(pipe, token: str, init_word: str) -> tuple[Tensor, EmbeddingHook]:
+    tokenizer, text_encoder = pipe.tokenizer, pipe.text_encoder
+    start = initial_embedding(tokenizer, text_encoder, init_word)
     add_tokens(pipe, {token: start})
     hook = EmbeddingHook(text_encoder.get_input_embeddings(), tokenizer.convert_tokens_to_ids(token))
     return start, hook

@@ -22,7 +22,7 @@ from seqlib import distributed
 from seqlib.activations import SecondMoments, activation_basis, top_directions
 from seqlib.config import TrainConfig
 from seqlib.errors import CapacityError, DataError
-from seqlib.lora import LiveResiduals, WeightPatch, named_layers, summed_deltas
+from seqlib.lora import LiveResiduals, WeightPatch, named_layers, summed_factors
 from seqlib.methods import METHODS, Method
 from seqlib.steps import Adam, Objective, Optimizers, bilevel_iteration, check_finite
 from seqlib.subspace import frozen_basis, orthonormal_basis, random_basis
@@ -110,7 +110,7 @@ def train_concept(
     ranks = dict(zip([n for n, _ in layers], rank if isinstance(rank, list) else [rank] * len(layers)))
     # Earlier concepts are frozen: patch them into W once instead of running them live.
     context = earlier if cfg.context == "library" else []
-    with patched(pipe, summed_deltas([(c.A, c.B, 1.0) for c in context])):
+    with patched(pipe, summed_factors([(c.A, c.B, 1.0) for c in context])):
         Q, reserved = _space_to_avoid(layers, earlier, method, cfg.protect, ranks)
         emb, embed_hook = init_token(pipe, token, cfg.init_word)
         try:
@@ -267,28 +267,29 @@ def evaluation_inputs(pipe, token: str, embedding: Tensor, image_tensor: Tensor,
 
 
 @contextmanager
-def patched(pipe, deltas: dict[str, Tensor]):
-    """The pipeline with ``deltas`` added to its adapted weights for the duration of the block."""
+def patched(pipe, residuals: dict[str, tuple[Tensor, Tensor]]):
+    """The pipeline with ``residuals`` (factors per layer) added to its adapted weights for the
+    duration of the block."""
     patch = WeightPatch(pipe.unet)
-    patch.apply(deltas)
+    patch.apply(residuals)
     try:
         yield pipe
     finally:
         patch.revert()
 
 
-def concept_loss(pipe, deltas: dict[str, Tensor], inputs) -> float:
-    """A concept's evaluation loss with exactly ``deltas`` applied (e.g. alone, or composed)."""
+def concept_loss(pipe, residuals: dict[str, tuple[Tensor, Tensor]], inputs) -> float:
+    """A concept's evaluation loss with exactly ``residuals`` applied (e.g. alone, or composed)."""
     ehs, batch = inputs
-    with patched(pipe, deltas), torch.no_grad():
+    with patched(pipe, residuals), torch.no_grad():
         return float(Objective(pipe, LiveResiduals([]))([], [], ehs, batch))
 
 
-def input_moments(pipe, layer_names: list[str], deltas: dict[str, Tensor], inputs) -> SecondMoments:
+def input_moments(pipe, layer_names: list[str], residuals: dict[str, tuple[Tensor, Tensor]], inputs) -> SecondMoments:
     """Second moments of every adapted layer's inputs on a concept's evaluation batch with
-    ``deltas`` applied: the direct measurement that the stored summaries estimate."""
+    ``residuals`` applied: the direct measurement that the stored summaries estimate."""
     ehs, batch = inputs
     recorder = SecondMoments(named_layers(pipe.unet, layer_names))
-    with patched(pipe, deltas), recorder.recording(), torch.no_grad():
+    with patched(pipe, residuals), recorder.recording(), torch.no_grad():
         Objective(pipe, LiveResiduals([]))([], [], ehs, batch)
     return recorder

@@ -22,24 +22,40 @@ if TYPE_CHECKING:
 ORTHOGONALITY_TOL = 1e-5
 
 
-def worst_overlap(bases: list[tuple[str, dict[str, np.ndarray]]]) -> tuple[float, str, str, str]:
-    """(max |cos| between columns of two different concepts' bases, concept, concept, layer)."""
-    worst = (0.0, "", "", "")
-    if len(bases) < 2:
-        return worst
-    for layer in bases[0][1]:
-        cols, owner = [], []
-        for name, B in bases:
-            b = B[layer].astype(np.float64)
-            cols.append(b / np.maximum(np.linalg.norm(b, axis=0, keepdims=True), 1e-30))
-            owner += [name] * b.shape[1]
-        G = np.abs(np.concatenate(cols, axis=1).T @ np.concatenate(cols, axis=1))  # (N r, N r)
-        owner_arr = np.array(owner)
-        G[owner_arr[:, None] == owner_arr[None, :]] = 0.0  # a concept's own columns don't count
-        i, j = np.unravel_index(np.argmax(G), G.shape)
-        if G[i, j] > worst[0]:
-            worst = (float(G[i, j]), owner[i], owner[j], layer)
-    return worst
+class Overlaps:
+    """Max |cos| between the basis columns of every pair of payloads in the history, per layer,
+    from one Gram matrix per layer over all of them (each payload once): checking a version is
+    then a lookup. Per version Gram matrices would cost O(versions x N^2) products; a library
+    that grew to 100 concepts has 100 versions."""
+
+    def __init__(self, layers: list[str], bases: dict[str, dict[str, np.ndarray]]) -> None:
+        self.index = {pid: i for i, pid in enumerate(bases)}
+        n = len(bases)
+        self.worst = np.zeros((n, n))
+        self.layer = np.zeros((n, n), dtype=int)
+        self.layers = layers
+        for k, layer in enumerate(layers):
+            cols = [bases[pid][layer].astype(np.float64) for pid in bases]
+            if not cols:
+                break
+            starts = np.cumsum([0] + [c.shape[1] for c in cols[:-1]])
+            K = np.concatenate([c / np.maximum(np.linalg.norm(c, axis=0, keepdims=True), 1e-30) for c in cols], 1)
+            G = np.abs(K.T @ K)
+            blocks = np.maximum.reduceat(np.maximum.reduceat(G, starts, axis=0), starts, axis=1)
+            np.fill_diagonal(blocks, 0.0)  # a payload's own columns don't count
+            better = blocks > self.worst
+            self.worst[better], self.layer[better] = blocks[better], k
+
+    def worst_pair(self, payloads: list[tuple[str, str]]) -> tuple[float, str, str, str]:
+        """(max |cos|, concept, concept, layer) over the (name, payload id) pairs given."""
+        if len(payloads) < 2:
+            return 0.0, "", "", ""
+        idx = np.array([self.index[pid] for _, pid in payloads])
+        sub = self.worst[np.ix_(idx, idx)]
+        sub[idx[:, None] == idx[None, :]] = 1.0  # one payload under two names: the same columns twice
+        np.fill_diagonal(sub, 0.0)
+        i, j = np.unravel_index(np.argmax(sub), sub.shape)
+        return float(sub[i, j]), payloads[i][0], payloads[j][0], self.layers[self.layer[idx[i], idx[j]]]
 
 
 def _read_branch(store, problems: list[str]) -> tuple[list[tuple[int, str]], dict[str, Commit]]:
@@ -93,23 +109,17 @@ def _check_records(version: int, commit: Commit, problems: list[str]) -> None:
 
 
 def _check_version(
-    verified: dict[str, dict], version: int, commit: Commit, problems: list[str]
+    verified: dict[str, dict], overlaps: Overlaps, version: int, commit: Commit, problems: list[str]
 ) -> tuple[float, str, str, str]:
     """Invariants 1 (orthogonality, protect reservations) and 2 (capacity) of one version."""
     from seqlib import payload
 
     layers = commit.library.layers
-    bases, unchecked = [], []
-    for c in commit.concepts:
-        arrays = verified.get(c.payload)
-        if arrays is None:
-            unchecked.append(c.name)
-            continue
-        if c.orthogonal:
-            bases.append((c.name, payload.unpack_bases(layers, arrays)))
+    unchecked = [c.name for c in commit.concepts if c.payload not in verified]
     if unchecked:
         problems.append(f"version {version}: orthogonality not checked for {', '.join(unchecked)} (payload unreadable)")
-    value, a, b, layer = worst_overlap(bases)
+    pairs = [(c.name, c.payload) for c in commit.concepts if c.orthogonal and c.payload in verified]
+    value, a, b, layer = overlaps.worst_pair(pairs)
     if value > ORTHOGONALITY_TOL:
         problems.append(
             f"version {version}: concepts {a} and {b} are not orthogonal on {layer}: max |cos| = {value:.2e}"
@@ -178,23 +188,18 @@ def _check_crosstalk(verified: dict[str, dict], commit: Commit, problems: list[s
                     )
 
 
-def verify_library(lib: Library, check_base: bool = True) -> dict:
-    store = lib.store
-    problems: list[str] = []
-    entries, commits = _read_branch(store, problems)
-    try:
-        tags = store.tags()
-    except SeqlibError as e:
-        problems.append(str(e))
-        tags = {}
-    for tag, commit_id in tags.items():
-        if commit_id not in commits:
-            problems.append(f"tag {tag} points to {commit_id[:12]}, which is not on the branch")
+def _check_payloads(lib: Library, commits: dict[str, Commit], problems: list[str]) -> tuple[set, dict]:
+    """Invariants 3 and 6 for every payload of the history (each read once): (ids checked,
+    payload id -> arrays that match their checksums)."""
+    from seqlib.export import concept_hash
 
-    # invariant 3: every array of every concept of every version matches its checksum, and the
-    # payload's id is the hash of its array records (each payload read once)
     checked: set[str] = set()
     verified: dict[str, dict] = {}  # payload id -> arrays that match their checksums
+    every = {c.payload: c for commit in commits.values() for c in commit.concepts}
+    try:
+        lib.prefetch(list(every.values()))  # in parallel; any damage is reported one by one below
+    except SeqlibError:
+        pass
     for commit in commits.values():
         for concept in commit.concepts:
             if concept.payload in checked:
@@ -207,6 +212,32 @@ def verify_library(lib: Library, check_base: bool = True) -> dict:
                 verified[concept.payload] = lib.payload_arrays(concept)
             except SeqlibError as e:
                 problems.append(f"concept {concept.name} (payload {concept.payload[:12]}): {e}")
+                continue
+            # invariant 6: a recorded identifier is the tensor hash of the concept's own export
+            if concept.tensor_sha256 and concept_hash(commit.library.layers, verified[concept.payload]) != (
+                concept.tensor_sha256
+            ):
+                problems.append(f"concept {concept.name}: tensor_sha256 is not the hash of its tensors")
+
+    return checked, verified
+
+
+def verify_library(lib: Library, check_base: bool = True) -> dict:
+    from seqlib import payload
+
+    store = lib.store
+    problems: list[str] = []
+    entries, commits = _read_branch(store, problems)
+    try:
+        tags = store.tags()
+    except SeqlibError as e:
+        problems.append(str(e))
+        tags = {}
+    for tag, commit_id in tags.items():
+        if commit_id not in commits:
+            problems.append(f"tag {tag} points to {commit_id[:12]}, which is not on the branch")
+
+    checked, verified = _check_payloads(lib, commits, problems)
 
     for version, commit_id in entries:
         if commit_id in commits:
@@ -218,10 +249,12 @@ def verify_library(lib: Library, check_base: bool = True) -> dict:
     except SeqlibError as e:
         problems.append(str(e))
     seen: set = set()
+    layers = next(iter(commits.values())).library.layers if commits else []
+    overlaps = Overlaps([x.name for x in layers], {pid: payload.unpack_bases(layers, a) for pid, a in verified.items()})
     for version, commit_id in entries:
         if commit_id in commits:
             _check_crosstalk(verified, commits[commit_id], problems, seen)
-            result = _check_version(verified, version, commits[commit_id], problems)
+            result = _check_version(verified, overlaps, version, commits[commit_id], problems)
             if commit_id == read_id:
                 worst = result
 

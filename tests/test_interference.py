@@ -16,7 +16,7 @@ from seqlib.cli import main
 from seqlib.config import TrainConfig
 from seqlib.data import find_images, load_images
 from seqlib.format import crosstalk_pairs
-from seqlib.lora import summed_deltas
+from seqlib.lora import summed_factors
 from seqlib.subspace import max_cosine, orthonormal_basis
 from seqlib.train import evaluation_inputs, input_moments
 
@@ -43,7 +43,7 @@ def test_recorded_crosstalk_matches_a_direct_measurement_on_real_inputs(seqlora_
     pipe = lib.load_base(head, "cpu", None)
     images = load_images(find_images(photos / target.name), 64)
     inputs = evaluation_inputs(pipe, target.token, factors[1][2], images, cfg)
-    recorder = input_moments(pipe, names, summed_deltas([(A, B, 1.0) for A, B, _ in factors[:2]]), inputs)
+    recorder = input_moments(pipe, names, summed_factors([(A, B, 1.0) for A, B, _ in factors[:2]]), inputs)
     full, top = {}, {}
     for n in names:
         vals, vecs = torch.linalg.eigh(recorder.moment(n))

@@ -10,7 +10,7 @@ import torch
 from seqlib.api import Library
 from seqlib.config import TrainConfig
 from seqlib.data import find_images, load_images
-from seqlib.lora import LiveResiduals, WeightPatch, adapted_layers, summed_deltas
+from seqlib.lora import LiveResiduals, WeightPatch, adapted_layers, summed_factors
 from seqlib.steps import (
     Adam,
     Objective,
@@ -68,7 +68,7 @@ def test_print_concept_one_loss_alone_vs_composed(seqlora_store, lora_store, pho
         losses = {}
         for which in ([0], [0, 1, 2]):
             pipe = lib.load_base(head, "cpu", None)
-            WeightPatch(pipe.unet).apply(summed_deltas([(factors[i][0], factors[i][1], 1.0) for i in which]))
+            WeightPatch(pipe.unet).apply(summed_factors([(factors[i][0], factors[i][1], 1.0) for i in which]))
             losses[len(which)] = _eval_loss(pipe, head.concepts[0].token, factors[0][2], images)
         with capsys.disabled():
             print(f"\n[{label}] concept 1 loss alone {losses[1]:.5f}, composed with 2..3 {losses[3]:.5f}")

@@ -39,7 +39,8 @@ OPERATIONS = {
 @pytest.mark.parametrize("op", list(OPERATIONS))
 def test_sigkill_at_any_write_step_leaves_the_old_or_the_new_state(op, seqlora_store, photos, tmp_path, cli_processes):
     if op == "import":
-        Library.open(seqlora_store).export(["emblem"], tmp_path / "foreign.safetensors", "kohya")
+        # at weight 0.5: not emblem's own tensors, which import would refuse as a duplicate
+        Library.open(seqlora_store).export({"emblem": 0.5}, tmp_path / "foreign.safetensors", "kohya")
     args = OPERATIONS[op](photos, tmp_path)
     # a clean run on a copy counts the write steps and gives the "new" state
     clean = tmp_path / "clean" / ".seqlib"

@@ -49,6 +49,17 @@ def test_random_basis_is_orthonormal_and_orthogonal_to_earlier(earlier):
     assert max_cosine(B, earlier) < 1e-12
 
 
+def test_orthonormal_basis_of_nearly_orthonormal_bases_takes_the_fast_path_exactly():
+    g = torch.Generator().manual_seed(3)
+    exact, _ = torch.linalg.qr(torch.randn(50, 12, generator=g, dtype=torch.float64))
+    stored = torch.cat([exact.float().double(), torch.zeros(50, 4, dtype=torch.float64)], 1)  # float32 round-off
+    Q = orthonormal_basis(stored)
+    assert Q.shape == (50, 12)
+    torch.testing.assert_close(Q.T @ Q, torch.eye(12, dtype=torch.float64), atol=1e-13, rtol=0)
+    U, _, _ = torch.linalg.svd(stored[:, :12], full_matrices=False)
+    torch.testing.assert_close(Q @ Q.T, U @ U.T, atol=1e-12, rtol=0)  # the same span as the SVD's
+
+
 def test_orthonormal_basis_drops_degenerate_columns():
     b = torch.randn(10, 2, dtype=torch.float64)
     Q = orthonormal_basis(torch.cat([b, b, torch.zeros(10, 1, dtype=torch.float64)], dim=1))
@@ -109,8 +120,8 @@ def test_fit_in_free_space_is_exact_inside_it_and_optimal_outside(earlier):
     assert B.shape == (40, 4) and max_cosine(B, Q) < 1e-10 and error < 1e-7
 
 
-def test_summed_deltas_is_the_weighted_sum_of_each_residual():
-    from seqlib.lora import summed_deltas
+def test_summed_factors_is_the_weighted_sum_of_each_residual():
+    from seqlib.lora import summed_factors
 
     g = torch.Generator().manual_seed(0)
     concepts = [
@@ -124,7 +135,31 @@ def test_summed_deltas_is_the_weighted_sum_of_each_residual():
     concepts.append(
         ({"a": torch.randn(6, 1, generator=g)}, {"a": torch.randn(8, 1, generator=g)}, 1.0)
     )  # a skipped layer
-    got = summed_deltas(concepts)
+    got = summed_factors(concepts)
     for name in ("a", "b"):
         expected = sum(w * A[name] @ B[name].T for A, B, w in concepts if name in A)
-        torch.testing.assert_close(got[name], expected, atol=1e-5, rtol=1e-5)
+        A, B = got[name]
+        torch.testing.assert_close(A @ B.T, expected, atol=1e-5, rtol=1e-5)
+
+
+def test_a_weight_patch_adds_the_residual_and_reverts_it():
+    from seqlib.errors import DataError
+    from seqlib.lora import WeightPatch
+
+    g = torch.Generator().manual_seed(1)
+    net = torch.nn.Sequential(torch.nn.Linear(8, 6), torch.nn.Linear(6, 6).to(torch.bfloat16))
+    w0 = [m.weight.detach().clone() for m in net]
+    factors = {
+        "0": (torch.randn(6, 3, generator=g), torch.randn(8, 3, generator=g)),
+        "1": (torch.randn(6, 2, generator=g), torch.randn(6, 2, generator=g)),
+    }
+    patch = WeightPatch(net)
+    patch.apply(factors)
+    for (A, B), module, w in zip(factors.values(), net, w0):
+        expected = (w.float() + A @ B.T).to(w.dtype)
+        torch.testing.assert_close(module.weight.detach(), expected, atol=1e-5, rtol=1e-2)
+    patch.revert()
+    torch.testing.assert_close(net[0].weight.detach(), w0[0], atol=1e-6, rtol=0)
+    with pytest.raises(DataError, match="non-finite"):
+        patch.apply({"0": (torch.full((6, 1), float("nan")), torch.ones(8, 1))})
+    torch.testing.assert_close(net[0].weight.detach(), w0[0], atol=1e-6, rtol=0)  # refused before touching

@@ -71,6 +71,12 @@ CASES = {
     "frozen_columns on a seqlora concept": (4, _set("robot", "frozen_columns", [0, 1, 2, 3]), "frozen_columns on a"),
     "payload id not its arrays' hash": (4, _payload_id, "is not its arrays' hash"),
     "unknown key": (4, _set("robot", "surprise", 1), "Extra inputs are not permitted"),
+    "identifier not its tensors' hash": (4, _set("robot", "tensor_sha256", "ab" * 32), "not the hash of its tensors"),
+    "version-2 field in a version-1 commit": (
+        4,
+        lambda d: d.update(format_version=1),
+        "version-1 commit cannot hold tensor_sha256",
+    ),
 }
 
 

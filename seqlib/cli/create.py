@@ -33,6 +33,17 @@ from seqlib.config import LAYER_SETS, default
 from seqlib.methods import METHODS
 
 
+def when_full_option(default: str, shrink: str, verb: str):
+    return click.option(
+        "--when-full",
+        type=click.Choice(WHEN_FULL),
+        default=default,
+        show_default=True,
+        help=f"A layer with fewer than r free dimensions: {shrink} (shrink), leave it "
+        f"unadapted for this concept (skip), or refuse the {verb}.",
+    )
+
+
 @cli.command("init", short_help="Create a library on a base model.")
 @click.argument("location", required=False)
 @click.option(
@@ -196,14 +207,7 @@ _METHOD_HELP = " ".join(f"{m.name}: {m.summary}." for m in METHODS.values())
     default=None,
     help="Recompute UNet activations in backward: less memory, slower.",
 )
-@click.option(
-    "--when-full",
-    type=click.Choice(WHEN_FULL),
-    default="shrink",
-    show_default=True,
-    help="A layer with fewer than r free dimensions: train it at the rank left (shrink), leave it "
-    "unadapted for this concept (skip), or refuse the add.",
-)
+@when_full_option("shrink", "train it at the rank left", "add")
 @click.option("--resume", is_flag=True, help="Continue an interrupted add of NAME (same images and settings).")
 @click.option(
     "--num-processes",
@@ -330,17 +334,19 @@ class _TrainingProgress:
 )
 @click.option("--force", is_flag=True, help="Import even above --max-error.")
 @click.option("--per-layer", is_flag=True, help="Print the relative error of every layer.")
+@when_full_option("refuse", "fit it at the rank left", "import")
 @click.option("--device", default="auto", show_default=True, help=DEVICE_HELP)
 @click.pass_context
-def import_command(ctx, name, lora, rank, init_word, max_error, force, per_layer, device) -> None:
+def import_command(ctx, name, lora, rank, init_word, max_error, force, per_layer, when_full, device) -> None:
     """Adopt LORA (kohya or diffusers .safetensors) as concept NAME.
 
     Its basis is projected onto the space earlier concepts left free and its coefficients
     refit by least squares, so it composes with the library like any other concept. The
-    relative residual error per layer and overall says what the projection cost.
+    relative residual error per layer and overall says what the projection cost (a layer
+    skipped or shrunk by --when-full counts what it lost).
     """
     concept, errors = open_library(ctx).import_lora(
-        name, lora, rank=rank, init_word=init_word, max_error=max_error, force=force, device=device
+        name, lora, rank, init_word, max_error, force, device, when_full, warn
     )
     worst = max((k for k in errors if k != "overall"), key=errors.get, default=None)
     console.print(

@@ -19,63 +19,61 @@ from seqlib.cli._common import (
     open_library,
     warn,
 )
+from seqlib.errors import UsageError
+
+SAMPLING = [  # compose's settings; `recipe save` records the same ones
+    click.option("--prompt", "-p", default=None, help='Mention the concepts by token, e.g. "a photo of <mydog>".'),
+    click.option("--negative-prompt", default=None),
+    click.option("--seed", type=SEED, default=0, show_default=True, help="Image k uses seed + k."),
+    click.option("--num-images", "-n", type=click.IntRange(1, 256), default=1, show_default=True),
+    click.option("--steps", type=click.IntRange(1, 1000), default=20, show_default=True, help="Sampling steps."),
+    click.option("--guidance", type=Finite(0, 100), default=7.5, show_default=True, help="Classifier-free guidance."),
+    click.option(
+        "--size",
+        type=click.IntRange(8, 4096),
+        default=None,
+        help="Image (row: tile) side, px (default: the base's); a multiple of the base's latent grid (64 px: 16).",
+    ),
+    click.option(
+        "--scheduler",
+        type=click.Choice(list(SCHEDULERS)),
+        default=None,
+        help="Sampler (default: the base's own).",
+    ),
+    click.option(
+        "--layout",
+        type=click.Choice(LAYOUTS),
+        default="sum",
+        show_default=True,
+        help="sum: one image, one prompt, all residuals summed. row: one square tile per concept, left to right; "
+        "give one prompt per tile, separated by '|'.",
+    ),
+]
 
 
-@cli.command("compose", short_help="Render any subset of concepts together.")
+def sampling_options(command):
+    for option in reversed(SAMPLING):
+        command = option(command)
+    return command
+
+
+@cli.command("compose", short_help="Render any subset of concepts, or a recipe.")
 @click.argument("concepts")
-@click.option("--prompt", "-p", required=True, help='Mention the concepts by token, e.g. "a photo of <mydog>".')
-@click.option("--negative-prompt", default=None)
-@click.option("--seed", type=SEED, default=0, show_default=True, help="Image k uses seed + k.")
-@click.option("--num-images", "-n", type=click.IntRange(1, 256), default=1, show_default=True)
-@click.option("--steps", type=click.IntRange(1, 1000), default=20, show_default=True, help="Sampling steps.")
-@click.option("--guidance", type=Finite(0, 100), default=7.5, show_default=True, help="Classifier-free guidance scale.")
-@click.option(
-    "--size",
-    type=click.IntRange(8, 4096),
-    default=None,
-    help="Image (row: tile) side, px (default: the base's); a multiple of the base's latent grid (64 px: 16).",
-)
+@sampling_options
 @click.option("--out", "-o", default="out", show_default=True, type=click.Path(file_okay=False))
-@click.option(
-    "--scheduler",
-    type=click.Choice(list(SCHEDULERS)),
-    default=None,
-    help="Sampler (default: the base's own).",
-)
 @click.option("--grid", is_flag=True, help="Also write a contact sheet of all images.")
-@click.option(
-    "--layout",
-    type=click.Choice(LAYOUTS),
-    default="sum",
-    show_default=True,
-    help="sum: one image, one prompt, all residuals summed. row: one square tile per concept, left to right; "
-    "give one prompt per tile, separated by '|'.",
-)
 @click.option("--device", default="auto", show_default=True, help=DEVICE_HELP)
 @at_option
 @click.pass_context
-def compose_command(
-    ctx,
-    concepts,
-    prompt,
-    negative_prompt,
-    seed,
-    num_images,
-    steps,
-    guidance,
-    size,
-    out,
-    scheduler,
-    grid,
-    layout,
-    device,
-    at,
-) -> None:
-    """Render CONCEPTS (comma-separated, optional weights: mydog=0.8,cat) in one image.
+def compose_command(ctx, concepts, out, grid, device, at, **sampling) -> None:
+    """Render CONCEPTS (comma-separated, optional weights: mydog=0.8,cat) in one image, or
+    replay the recipe @NAME exactly (`seqlib recipe save`).
 
     The residuals are summed into the base weights (no fusion step) and the concept
-    tokens are registered; a fixed --seed gives identical images. Each PNG records its
-    prompt, seed, concepts with weights, library version and base in its text chunks.
+    tokens are registered; a fixed --seed gives identical images. A concept without a weight
+    gets its preferred weight (`seqlib annotate --weight`, else 1). Each PNG records its
+    prompt, seed, concepts with weights, their hashes, the recipe, library version and base
+    in its text chunks (A1111's `parameters` among them).
 
     --layout row is for bases that cannot place several concepts from one prompt (the
     embedded one): the image becomes a row of overlapping square tiles, tile i denoised
@@ -85,25 +83,17 @@ def compose_command(
     Examples:
       seqlib compose mydog,cat --prompt "a photo of <mydog> and <cat> on a beach" --seed 0 --out out/
       seqlib compose mascot,robot --layout row --prompt "a photo of <mascot> | a photo of <robot>"
+      seqlib compose @beach-day --out out/
     """
+    if concepts.startswith("@"):
+        given = [f"--{k.replace('_', '-')}" for k in sampling if ctx.get_parameter_source(k).name != "DEFAULT"]
+        if given:
+            raise UsageError(f"a recipe replays its own settings; drop {', '.join(given)} (or save a new recipe)")
+    elif sampling["prompt"] is None:
+        raise UsageError('--prompt is needed, e.g. --prompt "a photo of <mydog>" (or compose a recipe: @NAME)')
     lib = open_library(ctx, at)
     with console.status("rendering…"):
-        paths = lib.compose(
-            concepts,
-            prompt,
-            out=out,
-            seed=seed,
-            num_images=num_images,
-            steps=steps,
-            guidance=guidance,
-            negative_prompt=negative_prompt,
-            size=size,
-            device=device,
-            warn=warn,
-            scheduler=scheduler,
-            grid=grid,
-            layout=layout,
-        )
+        paths = lib.compose(concepts, out=out, device=device, warn=warn, grid=grid, **sampling)
     for p in paths:
         console.print(f"wrote {p}")
 

@@ -107,6 +107,16 @@ def show_command(ctx, name: str, as_json: bool, at: str | None) -> None:
         f"payload {c['payload'][:12]}"
     )
     console.print(f"tensor sha256 {info['tensor_sha256']} (of its kohya export: sshs_model_hash, Civitai AutoV3)")
+    notes = c.get("notes") or {}
+    if notes:
+        console.print(
+            f"preferred weight {notes['weight']:g}"
+            + (f"   trigger {notes['trigger']!r}" if notes["trigger"] else "")
+            + (f"   tags {', '.join(notes['tags'])}" if notes["tags"] else ""),
+            markup=False,
+        )
+        if notes["description"]:
+            console.print(notes["description"], highlight=False, markup=False)
     if t:
         console.print("hyper-parameters: " + ", ".join(f"{k}={v}" for k, v in sorted(t.items())))
     if any(c["reserved"]):
@@ -165,32 +175,39 @@ def log_command(ctx, as_json: bool) -> None:
 @at_option
 @click.pass_context
 def list_command(ctx, as_json: bool, at: str | None) -> None:
-    """The concepts of the current version (or --at), in training order."""
-    concepts = open_library(ctx, at).head().concepts
+    """The concepts of the current version (or --at), in training order, with the first 10 hex
+    digits of each one's tensor hash (as A1111 shows it), preferred weight and tags."""
+    lib = open_library(ctx, at)
+    commit = lib.head()
+    rows = [
+        {
+            "name": c.name,
+            "token": c.token,
+            "method": c.method,
+            "rank": c.rank,
+            "orthogonal": c.orthogonal,
+            "images": len(c.images),
+            "final_loss": c.final_loss,
+            "created": c.created,
+            "tensor_sha256": lib.tensor_hash(c, commit),  # stored since format 2: no tensor is read
+            "weight": c.weight,
+            "tags": c.notes.tags if c.notes else [],
+        }
+        for c in commit.concepts
+    ]
     if as_json:
-        click.echo(
-            json.dumps(
-                [
-                    {
-                        "name": c.name,
-                        "token": c.token,
-                        "method": c.method,
-                        "rank": c.rank,
-                        "orthogonal": c.orthogonal,
-                        "images": len(c.images),
-                        "final_loss": c.final_loss,
-                        "created": c.created,
-                    }
-                    for c in concepts
-                ],
-                indent=2,
-                sort_keys=True,
-            )
-        )
+        click.echo(json.dumps(rows, indent=2, sort_keys=True))
         return
-    for c in concepts:
-        console.print(f"{c.token:<20} {c.method:<12} rank {c.rank}  {len(c.images)} images  {c.created}")
-    if not concepts:
+    for r in rows:
+        tags = f"  [{', '.join(r['tags'])}]" if r["tags"] else ""
+        console.print(
+            f"{r['token']:<20} {r['method']:<12} rank {r['rank']}  {r['tensor_sha256'][:10]}  "
+            f"weight {r['weight']:g}  {r['images']} images  {r['created']}{tags}",
+            highlight=False,
+            markup=False,  # tags are the user's words: "[pets]" is not a style
+            soft_wrap=True,  # one line per concept, whatever the terminal's width: greppable
+        )
+    if not rows:
         console.print("no concepts yet; add one with `seqlib add NAME FOLDER`")
 
 

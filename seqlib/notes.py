@@ -1,0 +1,109 @@
+"""What users say about their library without retraining: concept notes and recipes.
+
+Both are history (a commit each) and neither touches a tensor: ``annotate`` replaces one
+concept record's ``notes`` (same payload, same identifier), a recipe is a named composition
+with its sampling settings, replayed exactly by ``compose @name``.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import TYPE_CHECKING
+
+from seqlib.errors import UsageError
+from seqlib.format import Notes, Recipe, check_concept_name, now_iso
+
+if TYPE_CHECKING:
+    from seqlib.api import Library
+    from seqlib.format import ConceptRecord
+
+
+def annotate(
+    lib: Library,
+    name: str,
+    description: str | None = None,
+    trigger: str | None = None,
+    weight: float | None = None,
+    tags: list[str] | None = None,
+    message: str | None = None,
+) -> ConceptRecord:
+    """Set a concept's description, trigger words, preferred weight or tags (None: keep) in a
+    new commit that changes nothing else."""
+    if weight is not None and not math.isfinite(weight):
+        raise UsageError(f"--weight must be a finite number, not {weight}")
+    seq, parent_id, commit = lib.writable_tip()
+    concept = lib.concept(name, commit)
+    old = concept.notes or Notes()
+    changes = {"description": description, "trigger": trigger, "weight": weight, "tags": tags}
+    notes = Notes(**(old.model_dump() | {k: v for k, v in changes.items() if v is not None}))
+    if notes == old:
+        raise UsageError(f"nothing to change on {name!r}: give --description, --trigger, --weight or --tags")
+    updated = concept.model_copy(update={"notes": notes})
+    concepts = [updated if c.name == name else c for c in commit.concepts]
+    what = f"annotate {name}" + (f": {message}" if message else "")
+    lib.commit_state(seq, parent_id, what, commit, concepts=concepts)
+    return updated
+
+
+def save_recipe(
+    lib: Library,
+    name: str,
+    selection,
+    prompt: str,
+    seed: int = 0,
+    num_images: int = 1,
+    steps: int = 20,
+    guidance: float = 7.5,
+    negative_prompt: str | None = None,
+    size: int | None = None,
+    scheduler: str | None = None,
+    layout: str = "sum",
+    replace: bool = False,
+) -> Recipe:
+    """Record a named composition: concepts with weights (a concept's preferred weight where
+    none is given, fixed now) and the sampling settings, checked as ``compose`` checks them."""
+    from seqlib.render import check_request, weights_for
+
+    check_concept_name(name, "recipe")
+    seq, parent_id, commit = lib.writable_tip()
+    if name in commit.recipes and not replace:
+        raise UsageError(f"recipe {name!r} already exists; `seqlib recipe rm {name}` first, or --replace")
+    weights = weights_for(selection, commit)
+    for concept in weights:
+        lib.concept(concept, commit)
+    check_request(prompt, weights, commit, layout, size or commit.library.base.resolution, guidance)
+    recipe = Recipe(
+        concepts=list(weights.items()),
+        prompt=prompt,
+        negative_prompt=negative_prompt,
+        seed=seed,
+        num_images=num_images,
+        steps=steps,
+        guidance=guidance,
+        size=size,
+        scheduler=scheduler,
+        layout=layout,
+        created=now_iso(),
+    )
+    recipes = {**commit.recipes, name: recipe}
+    lib.commit_state(seq, parent_id, f"recipe save {name}", commit, recipes=recipes)
+    return recipe
+
+
+def remove_recipe(lib: Library, name: str) -> None:
+    seq, parent_id, commit = lib.writable_tip()
+    recipe(commit, name)
+    recipes = {k: v for k, v in commit.recipes.items() if k != name}
+    lib.commit_state(seq, parent_id, f"recipe rm {name}", commit, recipes=recipes)
+
+
+def recipe(commit, name: str) -> Recipe:
+    """A recipe of ``commit`` whose concepts all still exist."""
+    found = commit.recipes.get(name)
+    if found is None:
+        known = ", ".join(commit.recipes) or "none yet"
+        raise UsageError(f"no recipe named {name!r} (recipes: {known})")
+    gone = [c for c in found.weights if commit.concept(c) is None]
+    if gone:
+        raise UsageError(f"recipe {name!r} uses concepts no longer in the library: {', '.join(gone)}")
+    return found
