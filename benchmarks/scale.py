@@ -6,8 +6,9 @@ The base is SD1.5's architecture with random weights and the real CLIP tokenizer
 bases are projected into the free space, so by concept 81 the 320-wide layers are full
 (floor(320 / 4) = 80) and the rest are adopted with ``--when-full skip``; one import with
 ``--when-full shrink`` and one with ``refuse`` are tried there too. At each checkpoint N it
-times status, list, show, verify, export, and compose (``Library.pipeline``: base load + reading
-factors + the sum), and diffusers + PEFT loading seqlib's own exports of the same N concepts
+times status, list, show, verify, export, and compose: reading the factors + the sum into the
+weights (``compose``), against loading the base alone, and ``Library.pipeline`` end to end (a
+fresh base, tokens registered, the sum), and diffusers + PEFT loading seqlib's own exports of the same N concepts
 (``load_lora_weights`` each, ``set_adapters``, ``fuse_lora``); the fused UNet weights are
 compared with seqlib's composed ones. Ratios in one run. One thread pool: run it alone.
 
@@ -171,9 +172,9 @@ def main() -> None:
         f"({torch.get_num_threads()} threads), {date.today()}",
         "",
         "| N | import (s) | status (s) | `seqlib list` (s) | `seqlib status` (s) | verify (s) | export all (s) "
-        "| base load (s) | compose (s) | compose / base load | PEFT load+fuse (s) | PEFT / seqlib "
-        "| max abs weight diff | history (MB) |",
-        "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "| base load (s) | compose (s) | compose / base load | `Library.pipeline` (s) | PEFT load+fuse (s) "
+        "| PEFT / seqlib | max abs weight diff | history (MB) |",
+        "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for r in rows:
         peft = "– | – | –"
@@ -182,7 +183,7 @@ def main() -> None:
         lines.append(
             f"| {r['n']} | {r['import_s']:.2f} | {r['status_s']:.3f} | {r['list_cli_s']:.1f} | {r['status_cli_s']:.1f} "
             f"| {r['verify_s']:.1f} | {r['export_all_s']:.2f} | {r['base_load_s']:.1f} | {r['compose_s']:.2f} "
-            f"| {r['compose_over_base_load']:.2f} | {peft} | {r['history_bytes'] / 1e6:.1f} |"
+            f"| {r['compose_over_base_load']:.2f} | {r['pipeline_s']:.1f} | {peft} | {r['history_bytes'] / 1e6:.1f} |"
         )
     refused = [x for x in imports if x.get("refused")]
     lines += ["", *(f"- concept {x['n']}, `--when-full {x['policy']}`: {x['refused']}" for x in refused)]

@@ -25,4 +25,7 @@ seqlib compose mascot,robot --prompt "a photo of <mascot> on the left and <robot
     --seed 0 -n 4 --grid --out out/mascot+robot
 seqlib compose mascot,robot --layout row --prompt "a photo of <mascot> | a photo of <robot>" \
     --seed 0 -n 4 --grid --out out/mascot+robot-row
+seqlib recipe save pair mascot,robot --layout row --prompt "a photo of <mascot> | a photo of <robot>" -n 4
+seqlib compose @pair --out out/pair   # the recipe, replayed: the same pixels as the row above
 seqlib log
+seqlib report -o out/report.html      # every concept, its preview and loss curve, capacity, crosstalk, history

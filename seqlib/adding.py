@@ -75,13 +75,15 @@ def add(
     warn: Warn = None,
     when_full: str = "shrink",
     resume: bool = False,
+    preview: bool = True,
 ) -> ConceptRecord:
     """Learn concept ``name`` from a folder of images and commit it. All or nothing.
 
     ``when_full`` decides what happens on a layer with fewer than r free dimensions:
     ``refuse``, ``shrink`` (train that layer at the rank left) or ``skip`` (leave it out).
     Training state is checkpointed every few rounds; ``resume`` continues an interrupted
-    add of the same name, images and settings on the same library version.
+    add of the same name, images and settings on the same library version. ``preview``
+    renders the concept alone (``render.preview_png``) into the store with it.
     """
     from seqlib import checkpoint, distributed
     from seqlib.base import pick_device
@@ -124,6 +126,8 @@ def add(
         checkpoint=lambda s: checkpoint.save(lib.store, name, s, meta),
     )
     concept = _record(lib, commit, name, r, ranks, method, frozen, records, config, result)
+    if preview and distributed.is_main():
+        concept = with_preview(lib, commit, concept, (result.A, result.B, result.embedding), device)
     _commit_everywhere(lib, seq, parent_id, commit, concept, f"add {name}" + (f": {message}" if message else ""))
     return concept
 
@@ -226,7 +230,28 @@ def _record(lib: Library, commit: Commit, name, r, ranks, method, frozen, record
         train_seconds=round(result.seconds, 3),
         created=now_iso(),
         tensor_sha256=concept_hash(commit.library.layers, arrays),
+        loss_curve=loss_curve(result.losses),
     )
+
+
+def with_preview(lib: Library, commit: Commit, concept: ConceptRecord, factors, device: str) -> ConceptRecord:
+    """The record with a freshly rendered preview stored and referenced."""
+    import torch
+
+    from seqlib.render import preview_png
+
+    A, B, embedding = factors
+    as_torch = [{k: torch.as_tensor(v) for k, v in f.items()} for f in (A, B)]
+    png = preview_png(lib, commit, concept.token, (*as_torch, embedding), device)
+    return concept.model_copy(update={"preview": lib.store.write_preview(png)})
+
+
+def loss_curve(losses: list[float], points: int = 100) -> list[float]:
+    """The per-round losses averaged into at most ``points`` consecutive buckets (5 digits)."""
+    if not losses:
+        return []
+    size = -(-len(losses) // points)  # ceil: every bucket but the last holds `size` rounds
+    return [float(f"{sum(b) / len(b):.5g}") for b in (losses[i : i + size] for i in range(0, len(losses), size))]
 
 
 def _commit_everywhere(lib: Library, seq, parent_id, commit: Commit, concept: ConceptRecord, message: str) -> None:

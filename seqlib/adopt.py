@@ -11,7 +11,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from seqlib.adding import Warn, append, begin, earlier_concepts, plan_ranks
+from seqlib.adding import Warn, append, begin, earlier_concepts, plan_ranks, with_preview
 from seqlib.errors import ImportRejectedError
 from seqlib.format import ConceptRecord, ImportRecord, now_iso, token_for
 
@@ -30,6 +30,7 @@ def import_lora(
     device: str = "cpu",
     when_full: str = "refuse",
     warn: Warn = None,
+    preview: bool = False,
 ) -> tuple[ConceptRecord, dict[str, float]]:
     """Adopt a foreign LoRA: project its basis onto the free space, refit its coefficients.
 
@@ -39,7 +40,8 @@ def import_lora(
     and the relative error ‖ΔW − A Bᵀ‖ / ‖ΔW‖ per layer (and "overall"); refuses (unless
     ``force``) above ``max_error``. ``when_full`` as for ``add``: a layer with fewer than r free
     dimensions refuses the import, keeps what is left (``shrink``) or is left out (``skip``),
-    and what such a layer loses counts in the error.
+    and what such a layer loses counts in the error. ``preview`` renders one (``add`` always
+    does; on a big base on a CPU that costs minutes, so here it is asked for).
     """
     import hashlib
 
@@ -89,6 +91,8 @@ def import_lora(
         created=now_iso(),
         tensor_sha256=concept_hash(layers, arrays),
     )
+    if preview:
+        concept = with_preview(lib, commit, concept, (A, B, embedding), device)
     append(lib, seq, parent_id, commit, concept, f"import {name} from {path.name}")
     return concept, errors
 

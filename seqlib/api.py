@@ -115,6 +115,11 @@ class Library:
         """Tag name -> commit id."""
         return self.store.tags()
 
+    @property
+    def read_only(self) -> bool:
+        """Whether this library object reads a pinned version (``at=``, or `seqlib checkout`)."""
+        return self._pinned() is not None
+
     def checked_out(self) -> bool:
         """Whether a read-only version is pinned (`seqlib checkout`)."""
         return self.store.checked_out() is not None
@@ -169,6 +174,7 @@ class Library:
             "concept": concept.model_dump(mode="json"),
             "size_bytes": self.store.payload_size(concept.payload),
             "tensor_sha256": self.tensor_hash(concept, commit),
+            "preview": self.store.preview_location(concept.preview) if concept.preview else None,
             "interfered_by": [{"source": a, "crosstalk": x} for a, b, x in pairs if b == name],
             "interferes_with": [{"target": b, "crosstalk": x} for a, b, x in pairs if a == name],
         }
@@ -200,8 +206,8 @@ class Library:
 
         from seqlib import payload
 
-        arrays = self.payload_arrays(concept)
         layers = commit.library.layers
+        arrays = self.payload_arrays(concept, payload.factor_arrays(layers))
         A = {k: torch.from_numpy(v) for k, v in payload.unpack_coeffs(layers, arrays).items()}
         B = {k: torch.from_numpy(v) for k, v in payload.unpack_bases(layers, arrays).items()}
         return A, B, torch.from_numpy(arrays[payload.EMBEDDING_ARRAY])
@@ -230,12 +236,25 @@ class Library:
         return {n: cached[n] for n in wanted}
 
     def prefetch(self, concepts: list[ConceptRecord], names: list[str] | None = None) -> None:
-        """Read these concepts' payloads (``names``: only these arrays) in parallel: a payload is
-        a few small files, so reading 100 one by one is mostly waiting (2x faster on 2 cores)."""
-        from concurrent.futures import ThreadPoolExecutor
+        """Read these concepts' payloads (``names``: only these arrays) all at once: a payload is
+        a few small files, so reading 100 one by one is mostly waiting. Damage is left for
+        ``payload_arrays`` to report, concept by concept."""
+        from seqlib.store import array_sha256
 
-        with ThreadPoolExecutor(8) as pool:
-            list(pool.map(lambda c: self.payload_arrays(c, names), concepts))
+        todo = {}
+        for c in concepts:
+            cached = self._arrays.get(c.payload, {})
+            missing = [r.name for r in c.arrays if (names is None or r.name in names) and r.name not in cached]
+            if missing:
+                todo[c.payload] = (c, missing)
+        try:
+            read = self.store.read_payloads({pid: missing for pid, (_, missing) in todo.items()})
+        except Exception:  # noqa: BLE001  (any damage: the one-by-one path names it)
+            return
+        for pid, arrays in read.items():
+            concept = todo[pid][0]
+            if all(array_sha256(arrays[r.name]) == r.sha256 for r in concept.arrays if r.name in arrays):
+                self._arrays.setdefault(pid, {}).update(arrays)
 
     def bases(self, concept: ConceptRecord, commit: Commit) -> dict:
         """B by layer (float32 torch tensors), reading only the payload's basis arrays."""
@@ -269,6 +288,7 @@ class Library:
         One concept is written at weight 1 unless a weight is given (its tensors then hash to
         its identifier; its preferred weight goes into the metadata, for loading it at), a
         composition with each concept's preferred weight unless given."""
+        from seqlib import payload
         from seqlib.export import stack_factors, write_export
 
         commit = self.head()
@@ -276,16 +296,20 @@ class Library:
         if len(weights) > 1:
             weights = weights_for(selection, commit)
         chosen = [(self.concept(n, commit), w) for n, w in weights.items()]
-        self.prefetch([c for c, _ in chosen])
+        self.prefetch([c for c, _ in chosen], payload.factor_arrays(commit.library.layers))
         loaded = [(self.factors(c, commit), w) for c, w in chosen]
         stacked = stack_factors([(A, B, w) for (A, B, _), w in loaded])
         tokens = {c.token: f[2] for (c, _), (f, _) in zip(chosen, loaded)}
         meta = {"concepts": weights, **self.provenance(commit)}
-        notes = {}
-        if len(chosen) == 1 and chosen[0][0].notes:
-            n = chosen[0][0].notes
-            notes = {"description": n.description, "trigger": n.trigger, "weight": n.weight}
-        return write_export(Path(out), fmt, stacked, tokens, meta, **notes)
+        extra: dict = {}
+        if len(chosen) == 1:
+            concept = chosen[0][0]
+            if concept.notes:
+                n = concept.notes
+                extra = {"description": n.description, "trigger": n.trigger, "weight": n.weight}
+            if concept.preview:
+                extra["thumbnail"] = self.store.read_preview(concept.preview)
+        return write_export(Path(out), fmt, stacked, tokens, meta, **extra)
 
     def provenance(self, commit: Commit | None = None) -> dict:
         """Which library state made a file: written into exports and every rendered PNG
@@ -354,6 +378,14 @@ class Library:
         return verify_library(self, check_base=check_base)
 
     pipeline = render.pipeline
+
+    preview = render.preview
+
+    def report(self, out: str | Path = "report.html") -> Path:
+        """One self-contained HTML page about the library (``seqlib.report``)."""
+        from seqlib.report import write_report
+
+        return write_report(self, out)
 
     compose = render.compose
 

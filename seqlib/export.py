@@ -166,11 +166,15 @@ def write_export(
     description: str = "",
     trigger: str = "",
     weight: float = 1.0,
+    thumbnail: bytes | None = None,
 ) -> list[Path]:
     """Write the LoRA, its A1111 sidecar and one textual-inversion file per token.
 
     ``description``, ``trigger`` (words beside the tokens) and the preferred ``weight`` to load
-    it at go into the metadata (``modelspec.*``) and the sidecar."""
+    it at go into the metadata (``modelspec.*``) and the sidecar; ``thumbnail`` (PNG bytes) as
+    ``modelspec.thumbnail``, a data URI as the modelspec asks."""
+    import base64
+
     from safetensors.torch import save_file
 
     if fmt not in FORMATS:
@@ -196,6 +200,8 @@ def write_export(
         "modelspec.description": description,
         "modelspec.usage_hint": f"<lora:{path.stem}:{weight:g}> {trigger}",
     }
+    if thumbnail is not None:
+        header["modelspec.thumbnail"] = "data:image/png;base64," + base64.b64encode(thumbnail).decode()
     if fmt == "kohya":
         tensors = to_kohya(factors)
     else:
@@ -209,22 +215,7 @@ def write_export(
     header |= {"sshs_model_hash": digest, "modelspec.hash_sha256": f"0x{digest}"}
     save_file(tensors, str(path), metadata=header)
     written = [path]
-    sidecar = path.with_suffix(".json")
-    sidecar.write_text(
-        json.dumps(
-            {
-                "description": description,
-                "sd version": "SD1",
-                "activation text": trigger,
-                "preferred weight": weight,
-                "notes": "Load the textual-inversion files beside it for the concept tokens.",
-            },
-            indent=2,
-            sort_keys=True,
-        )
-        + "\n"
-    )
-    written.append(sidecar)
+    written.append(_write_sidecar(path, description, trigger, weight))
     emb_dir = path.with_name(f"{path.stem}.embeddings")
     emb_dir.mkdir(exist_ok=True)
     for token, vector in tokens.items():
@@ -232,3 +223,17 @@ def write_export(
         save_file({"emb_params": vector.float().reshape(1, -1).contiguous()}, str(emb), metadata={"token": token})
         written.append(emb)
     return written
+
+
+def _write_sidecar(path: Path, description: str, trigger: str, weight: float) -> Path:
+    """A1111's `<file>.json` beside the LoRA: what its LoRA page shows and pre-fills."""
+    sidecar = path.with_suffix(".json")
+    info = {
+        "description": description,
+        "sd version": "SD1",
+        "activation text": trigger,
+        "preferred weight": weight,
+        "notes": "Load the textual-inversion files beside it for the concept tokens.",
+    }
+    sidecar.write_text(json.dumps(info, indent=2, sort_keys=True) + "\n")
+    return sidecar

@@ -33,7 +33,11 @@ from seqlib.methods import METHODS
 FORMAT_VERSION = 2  # what this seqlib writes
 READABLE_VERSIONS = (1, 2)  # what it reads: version 1 is version 2 without the fields marked "v2"
 # Fields version 2 added, per model: absent from version-1 objects, dropped when one is re-encoded.
-V2_FIELDS = {"Commit": ("recipes",), "ConceptRecord": ("tensor_sha256", "notes"), "ImportRecord": ("tensor_sha256",)}
+V2_FIELDS = {
+    "Commit": ("recipes",),
+    "ConceptRecord": ("tensor_sha256", "notes", "preview", "loss_curve"),
+    "ImportRecord": ("tensor_sha256",),
+}
 # The LoRA file layouts seqlib writes (`export`) and reads (`import`): one definition for both.
 LoraFormat = Literal[LORA_FORMATS]
 
@@ -229,6 +233,12 @@ class ConceptRecord(_Model):
         "(kohya sshs_model_hash, Civitai AutoV3); null in version-1 commits (readers compute it).",
     )
     notes: Notes | None = Field(None, description="v2: description, trigger, preferred weight, tags.")
+    preview: str | None = Field(
+        None, description="v2: sha256 of a PNG under objects/previews/: the concept alone, 'a photo of <name>'."
+    )
+    loss_curve: list[float] | None = Field(
+        None, description="v2: the training loss per round (averaged into at most 100 points)."
+    )
 
     @property
     def weight(self) -> float:

@@ -45,6 +45,16 @@ def annotate(
     return updated
 
 
+def set_preview(lib: Library, name: str, png: bytes) -> ConceptRecord:
+    """Store ``png`` as the concept's preview in a new commit (nothing else changes)."""
+    seq, parent_id, commit = lib.writable_tip()
+    concept = lib.concept(name, commit)
+    updated = concept.model_copy(update={"preview": lib.store.write_preview(png)})
+    concepts = [updated if c.name == name else c for c in commit.concepts]
+    lib.commit_state(seq, parent_id, f"preview {name}", commit, concepts=concepts)
+    return updated
+
+
 def save_recipe(
     lib: Library,
     name: str,

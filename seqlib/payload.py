@@ -121,5 +121,11 @@ def digest(arrays: dict[str, np.ndarray]) -> str:
     return h.hexdigest()
 
 
+def factor_arrays(layers: list[LayerRecord]) -> list[str]:
+    """What composing a concept reads: its A and B stacks and its embedding (not the input
+    summaries, the larger part of a payload)."""
+    return [*basis_arrays(layers), *(coeff_array(n) for n in _groups(layers, "out_features")), EMBEDDING_ARRAY]
+
+
 def basis_arrays(layers: list[LayerRecord]) -> list[str]:
     return [basis_array(m) for m in _groups(layers, "in_features")]

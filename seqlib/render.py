@@ -74,10 +74,11 @@ def make_scheduler(name: str, config):
 
 def with_tokens(lib: Library, weights: dict[str, float], commit: Commit, device: str, base: str | None):
     """The bare base with the selected concepts' tokens registered, and their (A, B, weight)."""
+    from seqlib.payload import factor_arrays
     from seqlib.tokens import add_tokens
 
     chosen = [(lib.concept(n, commit), w) for n, w in weights.items()]
-    lib.prefetch([c for c, _ in chosen])
+    lib.prefetch([c for c, _ in chosen], factor_arrays(commit.library.layers))
     pipe = lib.load_base(commit, device, base)
     loaded = [(c, lib.factors(c, commit), w) for c, w in chosen]
     add_tokens(pipe, {c.token: embedding for c, (_, _, embedding), _ in loaded})
@@ -95,6 +96,55 @@ def pipeline(lib: Library, selection, device: str = "cpu", base: str | None = No
     pipe, factors = with_tokens(lib, weights_for(selection, commit), commit, device, base)
     WeightPatch(pipe.unet).apply(summed_factors(factors))
     return pipe
+
+
+PREVIEW_SIDE = 256  # pixels at most: what modelspec.thumbnail carries
+PREVIEW_STEPS = 20
+
+
+def preview_png(lib: Library, commit: Commit, token: str, factors, device: str = "cpu") -> bytes:
+    """A concept alone on the bare base: "a photo of <name>", seed 0, at the base's resolution
+    (at most 256 px), as PNG bytes. ``factors``: its (A by layer, B by layer, embedding)."""
+    import io
+
+    import torch
+
+    from seqlib.lora import WeightPatch, summed_factors
+    from seqlib.tokens import add_tokens
+
+    A, B, embedding = factors
+    pipe = lib.load_base(commit, device)
+    add_tokens(pipe, {token: torch.as_tensor(embedding)})
+    WeightPatch(pipe.unet).apply(summed_factors([(A, B, 1.0)]))
+    size = commit.library.base.resolution
+    prompt = f"a photo of {token}"
+    image = pipe(
+        prompt, num_inference_steps=PREVIEW_STEPS, height=size, width=size, generator=torch.Generator().manual_seed(0)
+    ).images[0]
+    image.thumbnail((PREVIEW_SIDE, PREVIEW_SIDE))
+    from PIL.PngImagePlugin import PngInfo
+
+    info = PngInfo()
+    info.add_text("parameters", f"{prompt}\nSteps: {PREVIEW_STEPS}, Seed: 0, seqlib preview")
+    out = io.BytesIO()
+    image.save(out, format="PNG", pnginfo=info)
+    return out.getvalue()
+
+
+def preview(lib: Library, name: str, out: str | Path | None = None, save: bool = False, device: str = "cpu"):
+    """Render concept ``name``'s preview (of the version read: ``--at`` works) into ``out``, and
+    with ``save`` record it as the concept's preview in a new commit. Returns the PNG bytes."""
+    from seqlib.notes import set_preview
+
+    commit = lib.head()
+    concept = lib.concept(name, commit)
+    png = preview_png(lib, commit, concept.token, lib.factors(concept, commit), device)
+    if out is not None:
+        Path(out).parent.mkdir(parents=True, exist_ok=True)
+        Path(out).write_bytes(png)
+    if save:
+        set_preview(lib, name, png)
+    return png
 
 
 def compose(
@@ -169,7 +219,22 @@ def compose(
         "recipe": recipe,
         **lib.provenance(commit),
     }
-    return _render_all(render, params, seed, num_images, out, f"@{recipe}" if recipe else "+".join(weights), grid)
+    paths = _render_all(render, params, seed, num_images, out, f"@{recipe}" if recipe else "+".join(weights), grid)
+    if recipe and not lib.read_only:  # the recipe's last render, for `seqlib report`
+        lib.store.save_render(recipe, _thumbnail_png(paths[0]))
+    return paths
+
+
+def _thumbnail_png(path: Path) -> bytes:
+    import io
+
+    from PIL import Image
+
+    image = Image.open(path)
+    image.thumbnail((PREVIEW_SIDE, PREVIEW_SIDE))
+    out = io.BytesIO()
+    image.save(out, format="PNG")
+    return out.getvalue()
 
 
 def _render_all(render, params: dict, seed: int, num_images: int, out: Path, stem: str, grid: bool) -> list[Path]:

@@ -7,6 +7,7 @@ Layout::
       base/                        the embedded base pipeline (embedded bases only)
       objects/commits/<id>.json    Commit, id = sha256 of the file's bytes
       objects/payloads/<id>/       one immutable zarr v3 group per concept
+      objects/previews/<id>.png    a concept's preview image, id = sha256 of the file's bytes
       refs/heads/main/<seq>        the branch: entry N holds the id of the N-th commit
 
 The branch tip advances by creating entry N+1 if it does not exist yet (``os.link``
@@ -29,7 +30,6 @@ import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 from pydantic import ValidationError
 
@@ -51,27 +51,18 @@ from seqlib.errors import (
     UsageError,
 )
 from seqlib.format import (
-    ArrayRecord,
     Commit,
     StoreInfo,
     canonical_json,
     check_format_version,
     sha256_hex,
 )
-
-if TYPE_CHECKING:
-    import numpy as np
+from seqlib.objects import Objects, array_sha256  # noqa: F401  (array_sha256: part of this module's API)
 
 STORE_DIRNAME = ".seqlib"
 BRANCH = "main"
 _SEQ_WIDTH = 12
 _COMMIT_ID = re.compile(r"[0-9a-f]{64}")
-
-
-def array_sha256(array: np.ndarray) -> str:
-    import numpy as np
-
-    return sha256_hex(np.ascontiguousarray(array, dtype=array.dtype.newbyteorder("<")).tobytes())
 
 
 def check_tag_name(name: str) -> None:
@@ -98,7 +89,7 @@ def find_store(start: Path | None = None) -> Path:
     raise StoreNotFoundError(f"no seqlib library in {start} or its parents; create one with `seqlib init`")
 
 
-class Store:
+class Store(Objects):
     """A seqlib store in a local folder or at an object-store URL."""
 
     def __init__(self, root: str | Path, _creating: bool = False) -> None:
@@ -303,53 +294,6 @@ class Store:
         else:
             self.backend.write("HEAD", (ref + "\n").encode())
 
-    # ---- payloads --------------------------------------------------------------
-
-    def payload_path(self, payload_id: str) -> Path:
-        """The folder of a payload (local stores only)."""
-        return Path(self.root) / "objects" / "payloads" / payload_id
-
-    def payload_size(self, payload_id: str) -> int:
-        return self.backend.size(f"objects/payloads/{payload_id}")
-
-    def write_payload(self, arrays: dict[str, np.ndarray], attrs: dict) -> tuple[str, list[ArrayRecord]]:
-        """Write an immutable zarr v3 group, one single-chunk array per entry.
-
-        The id is the sha256 over the arrays' checksums, so identical payloads share a group;
-        the backend makes the group appear whole or not at all (``Backend.writing_tree``).
-        """
-        import zarr
-
-        payload_id, records = self.describe_payload(arrays)
-        with self.backend.writing_tree(f"objects/payloads/{payload_id}") as store:
-            if store is not None:
-                group = zarr.open_group(store, mode="w", zarr_format=3, attributes=attrs)
-                for name, a in sorted(arrays.items()):
-                    # Single chunk per array; write_empty_chunks so all-zero factors exist on disk.
-                    z = group.create_array(
-                        name, shape=a.shape, dtype=a.dtype, chunks=a.shape, config={"write_empty_chunks": True}
-                    )
-                    z[...] = a
-        return payload_id, records
-
-    @staticmethod
-    def describe_payload(arrays: dict[str, np.ndarray]) -> tuple[str, list[ArrayRecord]]:
-        """The id and array records a payload of these arrays has, without writing it."""
-        records = [
-            ArrayRecord(name=name, shape=list(a.shape), dtype=str(a.dtype), sha256=array_sha256(a))
-            for name, a in sorted(arrays.items())
-        ]
-        return sha256_hex(canonical_json({"arrays": [r.model_dump() for r in records]})), records
-
-    def read_payload(self, payload_id: str, names: list[str] | None = None) -> dict[str, np.ndarray]:
-        import zarr
-
-        # mode="r": zarr's default "a" would silently create a missing group.
-        store = self.backend.zarr_store(f"objects/payloads/{payload_id}", read_only=True)
-        group = zarr.open_group(store, mode="r", zarr_format=3)
-        keys = names if names is not None else sorted(group.array_keys())
-        return {k: group[k][...] for k in keys}
-
     # ---- the embedded base -----------------------------------------------------
 
     def local_base_dir(self) -> Path:
@@ -373,17 +317,20 @@ class Store:
     # ---- garbage collection ----------------------------------------------------
 
     def gc(self, grace_seconds: float = 3600.0, dry_run: bool = False) -> list[str]:
-        """Delete commits and payloads that no version or tag reaches, and leftovers of
+        """Delete commits, payloads and previews that no version or tag reaches, and leftovers of
         interrupted writes, once older than ``grace_seconds`` (a concurrent add may be
         writing them right now). Returns the keys removed (or that would be)."""
         reachable_commits = {cid for _, cid in self.entries()} | set(self.tags().values())
-        reachable_payloads = set()
+        reachable_payloads, reachable_previews = set(), set()
         for cid in reachable_commits:
-            reachable_payloads |= {c.payload for c in self.read_commit(cid).concepts}
+            concepts = self.read_commit(cid).concepts
+            reachable_payloads |= {c.payload for c in concepts}
+            reachable_previews |= {f"{c.preview}.png" for c in concepts if c.preview}
         now, removed = time.time(), []
         for prefix, keep in (
             ("objects/commits", {f"{c}.json" for c in reachable_commits}),
             ("objects/payloads", reachable_payloads),
+            ("objects/previews", reachable_previews),
         ):
             for name, modified in self.backend.list(prefix).items():
                 if name not in keep and now - modified >= grace_seconds:

@@ -218,6 +218,11 @@ def _check_payloads(lib: Library, commits: dict[str, Commit], problems: list[str
                 concept.tensor_sha256
             ):
                 problems.append(f"concept {concept.name}: tensor_sha256 is not the hash of its tensors")
+            if concept.preview:
+                try:
+                    lib.store.read_preview(concept.preview)
+                except SeqlibError as e:
+                    problems.append(f"concept {concept.name}: preview: {e}")
 
     return checked, verified
 

@@ -209,3 +209,82 @@ def test_a_recipe_replays_pixel_for_pixel_and_refuses_removed_concepts(v1_store,
     assert lib.recipe("duo").concepts == [("mascot", 0.8), ("foreign", 1.0)]  # in the order given
     assert main([*store, "recipe", "rm", "duo"]) == 0
     assert lib.head().recipes == {} and main([*store, "verify", "--skip-base"]) == 0
+
+
+def test_add_stores_a_preview_and_a_loss_curve_that_travel_with_the_concept(v1_store, photos, tmp_path, capsys):
+    import base64
+    import io
+
+    from seqlib.config import TrainConfig
+
+    lib = Library.open(v1_store)
+    concept = lib.add("robot", photos / "robot", config=TrainConfig(steps=5, K=1, S_B=1, S_A=1))
+    assert concept.preview and len(concept.loss_curve) == 5
+    png = lib.store.read_preview(concept.preview)
+    image = Image.open(io.BytesIO(png))
+    assert max(image.size) <= 256 and "a photo of <robot>" in image.text["parameters"]
+    again = lib.preview("robot", tmp_path / "again.png")  # re-rendered on demand: the same pixels
+    assert np.array_equal(np.asarray(Image.open(io.BytesIO(again))), np.asarray(image))
+    assert main(["--store", str(v1_store), "show", "robot"]) == 0
+    assert f"objects/previews/{concept.preview}.png" in capsys.readouterr().out
+    exported = lib.export("robot", tmp_path / "robot.safetensors")[0]
+    with safe_open(str(exported), "pt") as f:
+        thumbnail = f.metadata()["modelspec.thumbnail"]
+    assert base64.b64decode(thumbnail.removeprefix("data:image/png;base64,")) == png
+    # an imported concept gets one on request, in a commit that changes nothing else
+    assert lib.concept("foreign").preview is None
+    assert main(["--store", str(v1_store), "preview", "foreign", "--save", "-o", str(tmp_path / "f.png")]) == 0
+    after = lib.head()
+    saved = hashlib.sha256((tmp_path / "f.png").read_bytes()).hexdigest()
+    assert after.message == "preview foreign" and after.concept("foreign").preview == saved
+    assert main(["--store", str(v1_store), "gc", "--grace", "0"]) == 0
+    assert main(["--store", str(v1_store), "verify", "--skip-base"]) == 0  # previews kept by gc, checked
+    (v1_store / "objects" / "previews" / f"{concept.preview}.png").write_bytes(png[:-10])
+    capsys.readouterr()
+    assert main(["--store", str(v1_store), "verify", "--skip-base", "--json"]) == 3
+    assert any("concept robot: preview" in p for p in json.loads(capsys.readouterr().out)["problems"])
+
+
+def test_report_is_one_self_contained_page_with_every_concept(v1_store, tmp_path):
+    from seqlib.report import report_data
+
+    lib = Library.open(v1_store)
+    lib.annotate("mascot", description="our <b>mascot</b>", tags=["pets", "[x]"], trigger="round")
+    lib.save_recipe("duo", "mascot,foreign", "a photo of <mascot> and <foreign>", steps=2)
+    lib.compose("@duo", out=tmp_path / "out")
+    lib.tag("annotated")
+    data = report_data(lib)
+    assert [c["name"] for c in data["concepts"]] == ["mascot", "foreign"]
+    assert data["concepts"][0]["hash"] == lib.tensor_hash(lib.concept("mascot"))
+    assert data["recipes"][0]["render"].startswith("data:image/png;base64,")  # compose @duo kept it
+    assert data["history"][0]["tags"] == ["annotated"] and len(data["history"]) == 5
+    assert data["matrix"] is not None and len(data["matrix"]) == 2
+    page = lib.report(tmp_path / "report.html").read_text()
+    assert "our &lt;b&gt;mascot&lt;/b&gt;" in page  # the user's words are escaped
+    assert 'data-concept="mascot"' in page and 'data-concept="foreign"' in page and 'data-recipe="duo"' in page
+    assert "http://" not in page and "https://" not in page  # nothing to fetch
+    assert 'class="bar bottleneck"' in page
+
+
+def _chromium() -> str | None:
+    return next((shutil.which(b) for b in ("chromium", "chromium-browser", "google-chrome") if shutil.which(b)), None)
+
+
+@pytest.mark.skipif(_chromium() is None, reason="no chromium on PATH (.ci/run installs Debian's `chromium`)")
+def test_the_report_renders_in_a_real_browser(v1_store, tmp_path):
+    import subprocess
+
+    lib = Library.open(v1_store)
+    lib.annotate("mascot", tags=["pets"])
+    page = lib.report(tmp_path / "report.html")
+    browser = [_chromium(), "--headless", "--no-sandbox", "--disable-gpu", "--hide-scrollbars"]
+    dom = subprocess.run([*browser, "--dump-dom", page.as_uri()], capture_output=True, text=True, timeout=120)
+    assert dom.returncode == 0, dom.stderr[-2000:]
+    for name in ("mascot", "foreign"):
+        assert f'data-concept="{name}"' in dom.stdout
+    shot = tmp_path / "report.png"
+    subprocess.run(
+        [*browser, f"--screenshot={shot}", "--window-size=1200,1400", page.as_uri()], capture_output=True, timeout=120
+    )
+    image = np.asarray(Image.open(shot).convert("RGB"))
+    assert image.shape[:2] == (1400, 1200) and image.std() > 5  # drawn, not blank

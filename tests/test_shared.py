@@ -50,7 +50,9 @@ def test_two_racing_adds_exactly_one_wins(where, s3, empty_store, photos, tmp_pa
     assert lib.verify(check_base=False)["ok"]
     # the loser's payload is unreachable; gc removes it and nothing else
     removed = lib.store.gc(grace_seconds=0)
-    # (the loser may also have written its commit object before its ref create failed)
+    # (the loser may also have written its commit object before its ref create failed, and its
+    # preview: both unreachable too)
     assert len([k for k in removed if k.startswith("objects/payloads/")]) == 1
-    assert all(k.startswith(("objects/payloads/", "objects/commits/")) for k in removed)
+    assert len([k for k in removed if k.startswith("objects/previews/")]) <= 1
+    assert all(k.startswith(("objects/payloads/", "objects/commits/", "objects/previews/")) for k in removed)
     assert lib.verify(check_base=False)["ok"]

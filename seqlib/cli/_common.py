@@ -9,6 +9,7 @@ import click
 from rich.console import Console
 
 from seqlib._version import __version__
+from seqlib.choices import WHEN_FULL
 
 console = Console()
 err_console = Console(stderr=True)
@@ -91,3 +92,14 @@ def cli(ctx: click.Context, store: str | None, debug: bool) -> None:
     4 (the machine: permissions, network, device); --debug shows the traceback.
     """
     ctx.ensure_object(dict)["store"] = store
+
+
+def when_full_option(default: str, shrink: str, verb: str):
+    return click.option(
+        "--when-full",
+        type=click.Choice(WHEN_FULL),
+        default=default,
+        show_default=True,
+        help=f"A layer with fewer than r free dimensions: {shrink} (shrink), leave it "
+        f"unadapted for this concept (skip), or refuse the {verb}.",
+    )

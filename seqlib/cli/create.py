@@ -16,7 +16,6 @@ from seqlib.choices import (
     HVP_OPTIONS,
     OPTIMIZERS,
     PRECISIONS,
-    WHEN_FULL,
 )
 from seqlib.cli._common import (
     DEVICE_HELP,
@@ -28,20 +27,10 @@ from seqlib.cli._common import (
     err_console,
     open_library,
     warn,
+    when_full_option,
 )
 from seqlib.config import LAYER_SETS, default
 from seqlib.methods import METHODS
-
-
-def when_full_option(default: str, shrink: str, verb: str):
-    return click.option(
-        "--when-full",
-        type=click.Choice(WHEN_FULL),
-        default=default,
-        show_default=True,
-        help=f"A layer with fewer than r free dimensions: {shrink} (shrink), leave it "
-        f"unadapted for this concept (skip), or refuse the {verb}.",
-    )
 
 
 @cli.command("init", short_help="Create a library on a base model.")
@@ -210,6 +199,12 @@ _METHOD_HELP = " ".join(f"{m.name}: {m.summary}." for m in METHODS.values())
 @when_full_option("shrink", "train it at the rank left", "add")
 @click.option("--resume", is_flag=True, help="Continue an interrupted add of NAME (same images and settings).")
 @click.option(
+    "--preview/--no-preview",
+    default=True,
+    show_default=True,
+    help='Render "a photo of <NAME>" (seed 0, the concept alone) into the store with it.',
+)
+@click.option(
     "--num-processes",
     type=click.IntRange(1),
     default=1,
@@ -220,7 +215,7 @@ _METHOD_HELP = " ".join(f"{m.name}: {m.summary}." for m in METHODS.values())
 @click.option("--device", default="auto", show_default=True, help=DEVICE_HELP)
 @click.pass_context
 def add_command(
-    ctx, name, images, init_word, rank, method, when_full, resume, num_processes, message, device, **hyper
+    ctx, name, images, init_word, rank, method, when_full, resume, preview, num_processes, message, device, **hyper
 ) -> None:
     """Learn concept NAME (token <NAME>) from the images in IMAGES and commit it.
 
@@ -256,6 +251,7 @@ def add_command(
             warn=warn,
             when_full=when_full,
             resume=resume,
+            preview=preview,
         )
     except KeyboardInterrupt:
         progress.stop()
@@ -335,9 +331,10 @@ class _TrainingProgress:
 @click.option("--force", is_flag=True, help="Import even above --max-error.")
 @click.option("--per-layer", is_flag=True, help="Print the relative error of every layer.")
 @when_full_option("refuse", "fit it at the rank left", "import")
+@click.option("--preview", is_flag=True, help="Also render a preview (minutes for a big base on a CPU).")
 @click.option("--device", default="auto", show_default=True, help=DEVICE_HELP)
 @click.pass_context
-def import_command(ctx, name, lora, rank, init_word, max_error, force, per_layer, when_full, device) -> None:
+def import_command(ctx, name, lora, rank, init_word, max_error, force, per_layer, when_full, preview, device) -> None:
     """Adopt LORA (kohya or diffusers .safetensors) as concept NAME.
 
     Its basis is projected onto the space earlier concepts left free and its coefficients
@@ -346,7 +343,7 @@ def import_command(ctx, name, lora, rank, init_word, max_error, force, per_layer
     skipped or shrunk by --when-full counts what it lost).
     """
     concept, errors = open_library(ctx).import_lora(
-        name, lora, rank, init_word, max_error, force, device, when_full, warn
+        name, lora, rank, init_word, max_error, force, device, when_full, warn, preview
     )
     worst = max((k for k in errors if k != "overall"), key=errors.get, default=None)
     console.print(

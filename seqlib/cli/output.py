@@ -98,6 +98,31 @@ def compose_command(ctx, concepts, out, grid, device, at, **sampling) -> None:
         console.print(f"wrote {p}")
 
 
+@cli.command("preview", short_help="Render a concept alone: 'a photo of <NAME>', seed 0.")
+@click.argument("name")
+@click.option("-o", "--out", default=None, type=click.Path(dir_okay=False), help="PNG to write [NAME-preview.png].")
+@click.option("--save", is_flag=True, help="Also make it NAME's stored preview (a new commit).")
+@click.option("--device", default="auto", show_default=True, help=DEVICE_HELP)
+@at_option
+@click.pass_context
+def preview_command(ctx, name: str, out: str | None, save: bool, device: str, at: str | None) -> None:
+    """Render NAME alone on the bare base, as `add` does for its stored preview: "a photo of
+    <NAME>", seed 0, 20 steps, at most 256 px. --at renders it as an older version had it.
+
+    \b
+    Examples:
+      seqlib preview mydog                  # mydog-preview.png
+      seqlib preview mydog --at 3 -o old.png
+      seqlib preview imported --save        # give an imported concept its stored preview
+    """
+    if save and at is not None:
+        raise UsageError("--save changes the current version; drop --at")
+    out = out or f"{name}-preview.png"
+    with console.status("rendering…"):
+        open_library(ctx, at).preview(name, out, save=save, device=device)
+    console.print(f"wrote {out}" + (f"; stored as <{name}>'s preview" if save else ""))
+
+
 @cli.command("export", short_help="Write concepts as one LoRA for diffusers, A1111 or ComfyUI.")
 @click.argument("concepts")
 @click.option("-o", "--out", required=True, type=click.Path(dir_okay=False), help="The .safetensors file to write.")

@@ -107,6 +107,8 @@ def show_command(ctx, name: str, as_json: bool, at: str | None) -> None:
         f"payload {c['payload'][:12]}"
     )
     console.print(f"tensor sha256 {info['tensor_sha256']} (of its kohya export: sshs_model_hash, Civitai AutoV3)")
+    if info.get("preview"):
+        console.print(f"preview {info['preview']}", highlight=False, soft_wrap=True)  # a path: never wrapped
     notes = c.get("notes") or {}
     if notes:
         console.print(
@@ -209,6 +211,29 @@ def list_command(ctx, as_json: bool, at: str | None) -> None:
         )
     if not rows:
         console.print("no concepts yet; add one with `seqlib add NAME FOLDER`")
+
+
+@cli.command("report", short_help="The library on one HTML page: previews, capacity, crosstalk, history.")
+@click.option("-o", "--out", default="report.html", show_default=True, type=click.Path(dir_okay=False))
+@click.option("--open", "open_it", is_flag=True, help="Open it in the default browser.")
+@at_option
+@click.pass_context
+def report_command(ctx, out: str, open_it: bool, at: str | None) -> None:
+    """Write one self-contained page (no network; images inlined): every concept with its
+    preview, hash, trigger, loss curve and hyper-parameters; capacity per layer width with the
+    bottleneck; the crosstalk heat map; the history with tags; recipes with their last render.
+
+    \b
+    Examples:
+      seqlib report --open
+      seqlib report -o site/library.html --at portfolio-v1
+    """
+    path = open_library(ctx, at).report(out)
+    console.print(f"wrote {path}")
+    if open_it:
+        import webbrowser
+
+        webbrowser.open(path.resolve().as_uri())
 
 
 @cli.command("verify", short_help="Check every promise of the store format.")
