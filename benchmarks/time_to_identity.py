@@ -29,7 +29,7 @@ from PIL import Image
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
 VARIANTS = {
     "seqlora (defaults)": {},
-    "seqlora, S_B=1 forward-diff": {"S_B": 1, "hvp": "forward-diff"},
+    "seqlora S_B=1 forward-diff": {"S_B": 1, "hvp": "forward-diff"},
     "alternating": {"method": "alternating"},
     "plain LoRA": {"method": "lora"},
 }
@@ -53,36 +53,29 @@ def main() -> None:
     parser.add_argument("--name", default="mascot")
     parser.add_argument("--steps", default="5,15,30,60", help="budgets in training rounds (60: the default)")
     parser.add_argument("--variants", default=",".join(VARIANTS), help="comma-separated names from VARIANTS")
+    parser.add_argument("--fresh", action="store_true", help="ignore the points a previous run saved in --out")
     parser.add_argument("--images", type=int, default=8)
     args = parser.parse_args()
 
-    from stream import generate
-
-    from seqlib.api import Library
-    from seqlib.config import TrainConfig
-    from seqlib.identity import identity_scores, load_encoder, reference, to_tensor
+    from seqlib.identity import load_encoder, reference, to_tensor
 
     encoder = load_encoder()
     photos = [Image.open(f).convert("RGB") for f in sorted((EXAMPLES / args.name).glob("*.png"))]
     refs = reference(encoder, to_tensor(photos))[None]
     budgets = [int(s) for s in args.steps.split(",")]
+    saved = args.out / "time_to_identity.json"
+    done = {} if args.fresh or not saved.is_file() else json.loads(saved.read_text())  # resumable: point by point
     curves: dict[str, list[tuple[float, float, float]]] = {}
     for variant in args.variants.split(","):
         curves[variant] = []
         for steps in budgets:
-            folder = args.out / "libraries" / f"{variant}-{steps}".replace(" ", "_").replace(",", "")
-            shutil.rmtree(folder, ignore_errors=True)
-            lib = Library.init(folder)
-            config = TrainConfig(steps=steps, **VARIANTS[variant])
-            concept = lib.add(args.name, EXAMPLES / args.name, config=config, preview=False)
-            pipe = lib.pipeline({args.name: 1.0})
-            images = generate(pipe, [f"a photo of <{args.name}>"] * args.images, list(range(args.images)))
-            scores = identity_scores(encoder, images, refs)[:, 0].tolist()
-            point = (concept.train_seconds, statistics.mean(scores), statistics.stdev(scores))
-            curves[variant].append(point)
-            row = {"variant": variant, "steps": steps, "seconds": point[0], "identity": point[1]}
+            key = f"{variant} | {steps}"
+            if key not in done:
+                done[key] = _point(args, variant, steps, encoder, refs)
+                saved.write_text(json.dumps(done, indent=1) + "\n")
+            curves[variant].append(tuple(done[key]))
+            row = {"variant": variant, "steps": steps, "seconds": done[key][0], "identity": done[key][1]}
             print(json.dumps(row), flush=True)
-    (args.out / "time_to_identity.json").write_text(json.dumps(curves, indent=1) + "\n")
     _plot(curves, args.out / "time_to_identity.png", args.name)
     header = " | ".join(f"{s} rounds: s, identity" for s in budgets)
     lines = [
@@ -97,6 +90,29 @@ def main() -> None:
         reach = [seconds_to([(t, m) for t, m, _ in points], level) for level in THRESHOLDS]
         lines.append(f"| {variant} | {cells} | " + " | ".join("–" if r is None else f"{r:.0f}" for r in reach) + " |")
     emit(lines, None)
+
+
+def _point(args, variant: str, steps: int, encoder, refs) -> tuple[float, float, float]:
+    """(training seconds, mean identity, its sd) of one add at ``steps`` rounds from scratch."""
+    from stream import generate
+
+    from seqlib.api import Library
+    from seqlib.config import TrainConfig
+    from seqlib.identity import identity_scores
+
+    folder = args.out / "libraries" / f"{variant}-{steps}".replace(" ", "_")
+    finished = (folder / ".seqlib" / "store.json").is_file() and not args.fresh
+    concept = Library.open(folder).head().concept(args.name) if finished else None
+    lib = Library.open(folder) if concept else None
+    if concept is None:  # not trained yet (a finished library is reused: the run is resumable)
+        shutil.rmtree(folder, ignore_errors=True)
+        lib = Library.init(folder)
+        config = TrainConfig(steps=steps, **VARIANTS[variant])
+        concept = lib.add(args.name, EXAMPLES / args.name, config=config, preview=False)
+    pipe = lib.pipeline({args.name: 1.0})
+    images = generate(pipe, [f"a photo of <{args.name}>"] * args.images, list(range(args.images)))
+    scores = identity_scores(encoder, images, refs)[:, 0].tolist()
+    return concept.train_seconds, statistics.mean(scores), statistics.stdev(scores)
 
 
 def _plot(curves: dict, path: Path, name: str) -> None:

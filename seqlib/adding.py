@@ -127,7 +127,11 @@ def add(
     )
     concept = _record(lib, commit, name, r, ranks, method, frozen, records, config, result)
     if preview and distributed.is_main():
-        concept = with_preview(lib, commit, concept, (result.A, result.B, result.embedding), device)
+        try:
+            concept = with_preview(lib, commit, concept, (result.A, result.B, result.embedding), device)
+        except (SeqlibError, RuntimeError) as e:  # e.g. out of memory: never lose the training for it
+            if warn:
+                warn(f"no preview ({str(e).splitlines()[0]}); render one later with `seqlib preview {name} --save`")
     _commit_everywhere(lib, seq, parent_id, commit, concept, f"add {name}" + (f": {message}" if message else ""))
     return concept
 

@@ -108,6 +108,7 @@ def preview_png(lib: Library, commit: Commit, token: str, factors, device: str =
     import io
 
     import torch
+    from PIL.PngImagePlugin import PngInfo
 
     from seqlib.lora import WeightPatch, summed_factors
     from seqlib.tokens import add_tokens
@@ -122,8 +123,6 @@ def preview_png(lib: Library, commit: Commit, token: str, factors, device: str =
         prompt, num_inference_steps=PREVIEW_STEPS, height=size, width=size, generator=torch.Generator().manual_seed(0)
     ).images[0]
     image.thumbnail((PREVIEW_SIDE, PREVIEW_SIDE))
-    from PIL.PngImagePlugin import PngInfo
-
     info = PngInfo()
     info.add_text("parameters", f"{prompt}\nSteps: {PREVIEW_STEPS}, Seed: 0, seqlib preview")
     out = io.BytesIO()
