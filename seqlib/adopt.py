@@ -109,18 +109,15 @@ def _refuse_duplicate(lib: Library, commit, path: Path, hashes: tuple[str, str],
     first = commit.library.layers[0].name
     lib.prefetch([c for c in commit.concepts if c.tensor_sha256 is None], basis_arrays(commit.library.layers))
     for concept in commit.concepts:
+        same = concept.tensor_sha256 == file_tensors  # a concept's own export
         imported = concept.imported
-        if imported is not None and imported.tensor_sha256:
-            same = imported.tensor_sha256 == file_tensors
-        else:
-            same = imported is not None and imported.sha256 == file_sha256
+        if imported is not None:  # the file imported before (a version-1 record: by its bytes)
+            same |= imported.tensor_sha256 == file_tensors if imported.tensor_sha256 else imported.sha256 == file_sha256
         if not same and concept.tensor_sha256 is None and first in factors:
-            # a version-1 record has no identifier stored; hash only a concept whose first basis is the file's
-            down = factors[first][1]
-            B = lib.bases(concept, commit)[first]
-            same = down.shape == B.T.shape and torch.equal(down, B.T)
-            same = same and lib.tensor_hash(concept, commit) == file_tensors
-        same = same or concept.tensor_sha256 == file_tensors
+            # a version-1 record stores no identifier: hash only a concept whose first basis is the file's
+            down, B = factors[first][1], lib.bases(concept, commit)[first]
+            if down.shape == B.T.shape and torch.equal(down, B.T):
+                same = lib.tensor_hash(concept, commit) == file_tensors
         if same:
             raise ImportRejectedError(
                 f"{path.name}: its tensors are already in the library as concept {concept.name!r} "

@@ -8,6 +8,7 @@ with its sampling settings, replayed exactly by ``compose @name``.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from seqlib.errors import UsageError
@@ -31,27 +32,30 @@ def annotate(
     new commit that changes nothing else."""
     if weight is not None and not math.isfinite(weight):
         raise UsageError(f"--weight must be a finite number, not {weight}")
-    seq, parent_id, commit = lib.writable_tip()
-    concept = lib.concept(name, commit)
-    old = concept.notes or Notes()
     changes = {"description": description, "trigger": trigger, "weight": weight, "tags": tags}
-    notes = Notes(**(old.model_dump() | {k: v for k, v in changes.items() if v is not None}))
-    if notes == old:
-        raise UsageError(f"nothing to change on {name!r}: give --description, --trigger, --weight or --tags")
-    updated = concept.model_copy(update={"notes": notes})
-    concepts = [updated if c.name == name else c for c in commit.concepts]
-    what = f"annotate {name}" + (f": {message}" if message else "")
-    lib.commit_state(seq, parent_id, what, commit, concepts=concepts)
-    return updated
+
+    def new_notes(concept: ConceptRecord) -> dict:
+        old = concept.notes or Notes()
+        notes = Notes(**(old.model_dump() | {k: v for k, v in changes.items() if v is not None}))
+        if notes == old:
+            raise UsageError(f"nothing to change on {name!r}: give --description, --trigger, --weight or --tags")
+        return {"notes": notes}
+
+    return _update_concept(lib, name, f"annotate {name}" + (f": {message}" if message else ""), new_notes)
 
 
 def set_preview(lib: Library, name: str, png: bytes) -> ConceptRecord:
     """Store ``png`` as the concept's preview in a new commit (nothing else changes)."""
+    return _update_concept(lib, name, f"preview {name}", lambda _: {"preview": lib.store.write_preview(png)})
+
+
+def _update_concept(lib: Library, name: str, message: str, update: Callable[[ConceptRecord], dict]) -> ConceptRecord:
+    """Commit the tip with concept ``name``'s record changed by ``update(record)`` (fields -> values)."""
     seq, parent_id, commit = lib.writable_tip()
     concept = lib.concept(name, commit)
-    updated = concept.model_copy(update={"preview": lib.store.write_preview(png)})
+    updated = concept.model_copy(update=update(concept))
     concepts = [updated if c.name == name else c for c in commit.concepts]
-    lib.commit_state(seq, parent_id, f"preview {name}", commit, concepts=concepts)
+    lib.commit_state(seq, parent_id, message, commit, concepts=concepts)
     return updated
 
 
