@@ -35,8 +35,8 @@ SETTINGS = {
 def run_setting(work: Path, photos: Path, names: list[str], overrides: dict, steps: int) -> dict:
     from seqlib.api import Library
     from seqlib.config import TrainConfig
+    from seqlib.crosstalk import all_pairs
     from seqlib.data import find_images, load_images
-    from seqlib.format import crosstalk_pairs
     from seqlib.lora import summed_factors
     from seqlib.train import concept_loss, evaluation_inputs
 
@@ -60,7 +60,7 @@ def run_setting(work: Path, photos: Path, names: list[str], overrides: dict, ste
         gains.append(none - alone)
         if none - alone > 0:
             shares.append((composed - alone) / (none - alone))
-    pairs = [x for _, _, x in crosstalk_pairs(head)]
+    pairs = [x for _, _, x in all_pairs(head.concepts, lib.store.crosstalk)]
     dims = [c.rank + max(c.reserved) for c in head.concepts]
     return {
         "seconds": seconds,

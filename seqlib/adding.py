@@ -15,8 +15,9 @@ from typing import TYPE_CHECKING
 
 from seqlib import methods
 from seqlib.capacity import layer_ranks
+from seqlib.crosstalk import record_fields
 from seqlib.errors import ConceptExistsError, EnvironmentProblem, InvalidNameError, SeqlibError, UsageError
-from seqlib.format import Commit, ConceptRecord, TrainingRecord, check_concept_name, now_iso, token_for
+from seqlib.format import ConceptRecord, Crosstalk, TrainingRecord, Version, check_concept_name, now_iso, token_for
 
 if TYPE_CHECKING:
     from seqlib.api import Library
@@ -25,7 +26,7 @@ if TYPE_CHECKING:
 Warn = Callable[[str], None] | None
 
 
-def begin(lib: Library, name: str) -> tuple[int, str | None, Commit]:
+def begin(lib: Library, name: str) -> tuple[int, str | None, Version]:
     """(sequence, parent id, tip) a new concept ``name`` will be committed on top of."""
     check_concept_name(name)
     seq, parent_id, commit = lib.writable_tip()
@@ -34,12 +35,14 @@ def begin(lib: Library, name: str) -> tuple[int, str | None, Commit]:
     return seq, parent_id, commit
 
 
-def append(lib: Library, seq: int, parent_id: str | None, commit: Commit, concept: ConceptRecord, message: str) -> None:
+def append(
+    lib: Library, seq: int, parent_id: str | None, commit: Version, concept: ConceptRecord, message: str
+) -> None:
     """Commit ``commit`` plus ``concept``; fails if the library moved since ``begin``."""
     lib.commit_state(seq, parent_id, message, commit, concepts=[*commit.concepts, concept])
 
 
-def earlier_concepts(lib: Library, commit: Commit, bases_only: bool = False) -> list:
+def earlier_concepts(lib: Library, commit: Version, bases_only: bool = False) -> list:
     """Every concept of ``commit`` as the trainer sees it (``seqlib.train.Earlier``: factors,
     input directions, its --protect). ``bases_only``: what a projection needs (B, and the input
     directions only if some concept reserved them with --protect), reading nothing else."""
@@ -136,7 +139,7 @@ def add(
     return concept
 
 
-def plan_ranks(commit: Commit, r: int, when_full: str, warn: Warn, projects: bool = True) -> list[int]:
+def plan_ranks(commit: Version, r: int, when_full: str, warn: Warn, projects: bool = True) -> list[int]:
     """Each layer's rank; a concept without projection (plain LoRA) takes no capacity."""
     ranks = [r] * len(commit.library.layers)
     if projects:
@@ -165,7 +168,7 @@ def _images(folder: Path, config: TrainConfig, warn: Warn):
     return records, tensor, augmented
 
 
-def _frozen_columns(commit: Commit, r: int) -> list[int]:
+def _frozen_columns(commit: Version, r: int) -> list[int]:
     """frozen-basis: the next r columns of the shared matrix that no earlier concept took."""
     taken = [col for c in commit.concepts for col in (c.frozen_columns or [])]
     start = max(taken) + 1 if taken else 0
@@ -201,7 +204,7 @@ def _resume_state(lib: Library, name: str, meta: dict, warn: Warn) -> dict:
     return state
 
 
-def _record(lib: Library, commit: Commit, name, r, ranks, method, frozen, records, config, result) -> ConceptRecord:
+def _record(lib: Library, commit: Version, name, r, ranks, method, frozen, records, config, result) -> ConceptRecord:
     """Write the payload (main process only) and describe the concept for its commit."""
     from seqlib import distributed, payload
     from seqlib.export import concept_hash
@@ -211,6 +214,8 @@ def _record(lib: Library, commit: Commit, name, r, ranks, method, frozen, record
     if not distributed.same_everywhere(payload.digest(arrays)):
         raise EnvironmentProblem("the training processes ended with different factors; nothing was committed")
     crosstalk_from, crosstalk_onto = _crosstalk_with_earlier(lib, commit, result)
+    values = Crosstalk(crosstalk_from=crosstalk_from, crosstalk_onto=crosstalk_onto)
+    lib.store.keep(values)  # written with the commit
     if distributed.is_main():
         payload_id, array_records = lib.store.write_payload(arrays, {"concept": name, "rank": r})
     else:
@@ -227,8 +232,7 @@ def _record(lib: Library, commit: Commit, name, r, ranks, method, frozen, record
         images=records,
         training=TrainingRecord(**config.record()),
         reserved=result.reserved,
-        crosstalk_from=crosstalk_from,
-        crosstalk_onto=crosstalk_onto,
+        **record_fields(name, values),
         initial_loss=result.initial_loss,
         final_loss=result.final_loss,
         train_seconds=round(result.seconds, 3),
@@ -238,7 +242,7 @@ def _record(lib: Library, commit: Commit, name, r, ranks, method, frozen, record
     )
 
 
-def with_preview(lib: Library, commit: Commit, concept: ConceptRecord, factors, device: str) -> ConceptRecord:
+def with_preview(lib: Library, commit: Version, concept: ConceptRecord, factors, device: str) -> ConceptRecord:
     """The record with a freshly rendered preview stored and referenced."""
     import torch
 
@@ -258,7 +262,7 @@ def loss_curve(losses: list[float], points: int = 100) -> list[float]:
     return [float(f"{sum(b) / len(b):.5g}") for b in (losses[i : i + size] for i in range(0, len(losses), size))]
 
 
-def _commit_everywhere(lib: Library, seq, parent_id, commit: Commit, concept: ConceptRecord, message: str) -> None:
+def _commit_everywhere(lib: Library, seq, parent_id, commit: Version, concept: ConceptRecord, message: str) -> None:
     """The main process commits and drops the checkpoint; every process reports the outcome."""
     from seqlib import checkpoint, distributed
 
@@ -276,7 +280,7 @@ def _commit_everywhere(lib: Library, seq, parent_id, commit: Commit, concept: Co
         raise SeqlibError(relayed)
 
 
-def _crosstalk_with_earlier(lib: Library, commit: Commit, result) -> tuple[dict[str, float], dict[str, float]]:
+def _crosstalk_with_earlier(lib: Library, commit: Version, result) -> tuple[dict[str, float], dict[str, float]]:
     """Crosstalk between a freshly trained concept and each earlier one, both directions."""
     from seqlib.activations import crosstalk
 

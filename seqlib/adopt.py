@@ -12,8 +12,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from seqlib.adding import Warn, append, begin, earlier_concepts, plan_ranks, with_preview
+from seqlib.crosstalk import record_fields
 from seqlib.errors import ImportRejectedError
-from seqlib.format import ConceptRecord, ImportRecord, now_iso, token_for
+from seqlib.format import ConceptRecord, Crosstalk, ImportRecord, now_iso, token_for
 
 if TYPE_CHECKING:
     from seqlib.api import Library
@@ -65,6 +66,8 @@ def import_lora(
     embedding = initial_embedding(*lib.load_text_side(commit, device), init_word)
     arrays = payload.pack(layers, A, B, embedding.cpu().numpy(), *payload.empty_summary(layers))
     payload_id, array_records = lib.store.write_payload(arrays, {"concept": name, "rank": r})
+    none_measured = Crosstalk(crosstalk_from={}, crosstalk_onto={})  # it records no inputs
+    lib.store.keep(none_measured)
     concept = ConceptRecord(
         name=name,
         token=token_for(name),
@@ -83,8 +86,7 @@ def import_lora(
             tensor_sha256=file_tensors,
         ),
         reserved=[0] * len(layers),
-        crosstalk_from={},
-        crosstalk_onto={},
+        **record_fields(name, none_measured),
         initial_loss=None,  # imported: never trained here (not NaN, which JSON cannot hold)
         final_loss=None,
         train_seconds=0.0,

@@ -15,12 +15,12 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from seqlib import adding, adopt, capacity, notes, render
+from seqlib import adding, adopt, capacity, crosstalk, notes, render
 from seqlib.backends import is_url
 from seqlib.capacity import Status, WidthGroup
 from seqlib.config import LAYER_SETS, default_layer_set
 from seqlib.errors import ConceptNotFoundError, StoreDamagedError, UsageError
-from seqlib.format import Commit, ConceptRecord, LibraryConfig, Recipe, check_concept_name, crosstalk_pairs, token_for
+from seqlib.format import ConceptRecord, LibraryConfig, Recipe, Version, check_concept_name, token_for
 from seqlib.render import CROSSTALK_WARN, parse_selection, weights_for
 from seqlib.store import STORE_DIRNAME, Store, find_store
 
@@ -94,7 +94,7 @@ class Library:
             narrowest = min(records, key=lambda layer: layer.in_features)
             if capacity.capacity(narrowest.in_features, rank) < 1:
                 raise UsageError(f"--rank {rank} exceeds the width {narrowest.in_features} of {narrowest.name}")
-            commit = Commit(
+            commit = Version(
                 parent=None,
                 message=f"init: {kind} base {source}, rank {rank}, {layers} layers",
                 library=LibraryConfig(base=record, rank=rank, layers=records),
@@ -139,11 +139,11 @@ class Library:
         pinned = self._pinned()
         return self.store.resolve(pinned) if pinned else (self.store.head_seq(), self.store.head_id() or "")
 
-    def head(self) -> Commit:
+    def head(self) -> Version:
         pinned = self._pinned()
-        return self.store.read_commit(self.store.resolve(pinned)[1]) if pinned else self.store.head()
+        return self.store.read_version(self.store.resolve(pinned)[1]) if pinned else self.store.head()
 
-    def writable_tip(self) -> tuple[int, str | None, Commit]:
+    def writable_tip(self) -> tuple[int, str | None, Version]:
         """The tip a change starts from; refused while a read-only version is pinned."""
         pinned = self._pinned()
         if pinned:
@@ -153,7 +153,7 @@ class Library:
             )
         return self.store.head_seq(), self.store.head_id(), self.store.head()
 
-    def concept(self, name: str, commit: Commit | None = None) -> ConceptRecord:
+    def concept(self, name: str, commit: Version | None = None) -> ConceptRecord:
         commit = commit or self.head()
         found = commit.concept(name)
         if found is None:
@@ -163,13 +163,15 @@ class Library:
 
     def status(self) -> Status:
         """Capacity per layer width, the bottleneck, what still fits, the worst crosstalk."""
-        return capacity.status(self.head(), *self.version())
+        head = self.head()
+        worst = crosstalk.worst_pairs(head.concepts, 5, self.store.crosstalk)
+        return capacity.status(head, *self.version(), worst_pairs=worst)
 
     def show(self, name: str) -> dict:
         """Everything recorded about one concept, plus its size on disk and its interferers."""
         commit = self.head()
         concept = self.concept(name, commit)
-        pairs = crosstalk_pairs(commit)
+        pairs = crosstalk.pairs_with(commit.concepts, name, self.store.crosstalk)
         return {
             "concept": concept.model_dump(mode="json"),
             "size_bytes": self.store.payload_size(concept.payload),
@@ -179,7 +181,7 @@ class Library:
             "interferes_with": [{"target": b, "crosstalk": x} for a, b, x in pairs if a == name],
         }
 
-    def tensor_hash(self, concept: ConceptRecord, commit: Commit | None = None) -> str:
+    def tensor_hash(self, concept: ConceptRecord, commit: Version | None = None) -> str:
         """The concept's identifier: sha256 of the tensors of its own kohya export at weight 1
         (recorded since format version 2; computed from the payload for older records)."""
         if concept.tensor_sha256:
@@ -188,7 +190,7 @@ class Library:
 
         return concept_hash((commit or self.head()).library.layers, self.payload_arrays(concept))
 
-    def load_text_side(self, commit: Commit, device: str = "cpu"):
+    def load_text_side(self, commit: Version, device: str = "cpu"):
         """(tokenizer, text encoder) of the base, without loading its UNet where the base is a
         folder: all that `import` needs."""
         from seqlib.base import load_text_side
@@ -196,11 +198,11 @@ class Library:
         local = self.store.local_base_dir() if commit.library.base.kind == "embedded" else None
         return load_text_side(commit.library, local, device)
 
-    def log(self) -> list[tuple[int, str, Commit]]:
+    def log(self) -> list[tuple[int, str, Version]]:
         """(version, commit id, commit), newest first."""
         return self.store.log()
 
-    def factors(self, concept: ConceptRecord, commit: Commit):
+    def factors(self, concept: ConceptRecord, commit: Version):
         """(A by layer, B by layer, embedding) of a concept as float32 torch tensors."""
         import torch
 
@@ -256,7 +258,7 @@ class Library:
             if all(array_sha256(arrays[r.name]) == r.sha256 for r in concept.arrays if r.name in arrays):
                 self._arrays.setdefault(pid, {}).update(arrays)
 
-    def bases(self, concept: ConceptRecord, commit: Commit) -> dict:
+    def bases(self, concept: ConceptRecord, commit: Version) -> dict:
         """B by layer (float32 torch tensors), reading only the payload's basis arrays."""
         import torch
 
@@ -266,13 +268,13 @@ class Library:
         arrays = self.payload_arrays(concept, payload.basis_arrays(layers))
         return {k: torch.from_numpy(v) for k, v in payload.unpack_bases(layers, arrays).items()}
 
-    def input_summary(self, concept: ConceptRecord, commit: Commit) -> dict:
+    def input_summary(self, concept: ConceptRecord, commit: Version) -> dict:
         """Per layer: (principal input directions (m, k), energies (k,)) as numpy arrays."""
         from seqlib import payload
 
         return payload.unpack_summary(commit.library.layers, self.payload_arrays(concept))
 
-    def load_base(self, commit: Commit, device: str, base: str | None = None):
+    def load_base(self, commit: Version, device: str, base: str | None = None):
         """The base pipeline of ``commit`` (or ``base``, a local copy of it), without concepts."""
         from seqlib.base import load_base
 
@@ -311,7 +313,7 @@ class Library:
                 extra["thumbnail"] = self.store.read_preview(concept.preview)
         return write_export(Path(out), fmt, stacked, tokens, meta, **extra)
 
-    def provenance(self, commit: Commit | None = None) -> dict:
+    def provenance(self, commit: Version | None = None) -> dict:
         """Which library state made a file: written into exports and every rendered PNG
         (``commit``: the one already read, to spare a second read)."""
         version, commit_id = self.version()
@@ -330,7 +332,7 @@ class Library:
         """The recipe ``name`` (UsageError if unknown, or if one of its concepts was removed)."""
         return notes.recipe(self.head(), name)
 
-    def rm(self, name: str, message: str | None = None) -> Commit:
+    def rm(self, name: str, message: str | None = None) -> Version:
         """Remove a concept from the current version; its subspace returns to free capacity.
 
         Later concepts stay valid: they were trained orthogonal to it, and still are to
@@ -341,19 +343,19 @@ class Library:
         kept = [c for c in commit.concepts if c.name != name]
         return self.commit_state(seq, parent_id, f"rm {name}" + _colon(message), commit, concepts=kept)
 
-    def revert(self, ref: str, message: str | None = None) -> Commit:
+    def revert(self, ref: str, message: str | None = None) -> Version:
         """A new commit whose state is that of version ``ref`` (history is kept)."""
         seq, parent_id, _ = self.writable_tip()
         version, commit_id = self.store.resolve(ref)
-        old = self.store.read_commit(commit_id)
+        old = self.store.read_version(commit_id)
         what = f"revert to version {version}" + _colon(message)
         return self.commit_state(seq, parent_id, what, old)
 
-    def commit_state(self, seq: int, parent_id, message: str, state: Commit, **changes) -> Commit:
+    def commit_state(self, seq: int, parent_id, message: str, state: Version, **changes) -> Version:
         """Commit ``state`` (library, concepts, recipes) with ``changes`` on top of the tip read
         as (seq, parent_id); fails if it moved since."""
         fields = {"library": state.library, "concepts": state.concepts, "recipes": state.recipes} | changes
-        new = Commit(parent=parent_id, message=message, **fields)
+        new = Version(parent=parent_id, message=message, **fields)
         self.store.commit(new, expected_seq=seq)
         return new
 

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 from seqlib.choices import WHEN_FULL
 from seqlib.errors import CapacityError
-from seqlib.format import Commit, crosstalk_pairs
+from seqlib.format import Version
 
 
 def capacity(in_features: int, rank: int) -> int:
@@ -19,7 +19,7 @@ def capacity(in_features: int, rank: int) -> int:
     return in_features // rank
 
 
-def used_dims(commit: Commit) -> dict[str, int]:
+def used_dims(commit: Version) -> dict[str, int]:
     """Dimensions taken on each layer: the orthogonal concepts' bases plus what --protect reserved."""
     used = {layer.name: 0 for layer in commit.library.layers}
     for concept in commit.concepts:
@@ -30,12 +30,12 @@ def used_dims(commit: Commit) -> dict[str, int]:
     return used
 
 
-def free_dims(commit: Commit) -> dict[str, int]:
+def free_dims(commit: Version) -> dict[str, int]:
     used = used_dims(commit)
     return {layer.name: layer.in_features - used[layer.name] for layer in commit.library.layers}
 
 
-def concepts_that_fit(commit: Commit, rank: int | None = None, policy: str = "refuse") -> int:
+def concepts_that_fit(commit: Version, rank: int | None = None, policy: str = "refuse") -> int:
     """How many more rank-r concepts fit under a --when-full policy.
 
     refuse: every layer needs r free dimensions, so the bottleneck layer decides.
@@ -55,7 +55,7 @@ def concepts_that_fit(commit: Commit, rank: int | None = None, policy: str = "re
     return count
 
 
-def layer_ranks(commit: Commit, rank: int, policy: str) -> tuple[list[int], list[str]]:
+def layer_ranks(commit: Version, rank: int, policy: str) -> tuple[list[int], list[str]]:
     """Per-layer ranks for a new concept under a --when-full policy, and the layers that
     get less than ``rank`` (empty when every layer has room)."""
     free = free_dims(commit)
@@ -85,7 +85,7 @@ class WidthGroup:
 class Status:
     commit_id: str
     version: int
-    commit: Commit
+    commit: Version
     groups: list[WidthGroup]
     bottleneck: str  # the layer with the fewest free dimensions
     bottleneck_free: int
@@ -120,8 +120,8 @@ class Status:
         }
 
 
-def status(commit: Commit, version: int, commit_id: str) -> Status:
-    """Capacity per width, the bottleneck layer, what fits, and the worst crosstalk pairs."""
+def status(commit: Version, version: int, commit_id: str, worst_pairs: list) -> Status:
+    """Capacity per width, the bottleneck layer, what fits; ``worst_pairs``: the worst crosstalk."""
     r = commit.library.rank
     used, free = used_dims(commit), free_dims(commit)
     groups: dict[int, list[str]] = {}
@@ -147,5 +147,5 @@ def status(commit: Commit, version: int, commit_id: str) -> Status:
         bottleneck_free=free[bottleneck.name],
         fits=concepts_that_fit(commit),
         fits_by_policy={p: concepts_that_fit(commit, policy=p) for p in WHEN_FULL},
-        worst_pairs=crosstalk_pairs(commit)[:5],
+        worst_pairs=worst_pairs,
     )

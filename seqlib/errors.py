@@ -63,7 +63,8 @@ class FormatVersionError(StoreError):
     def __init__(self, path: str, found: int, supported: tuple[int, ...]) -> None:
         self.found, self.supported = found, supported
         newer = "a newer seqlib; upgrade with `pip install -U seqlib`" if found > max(supported) else "an older seqlib"
-        versions = " and ".join(map(str, supported))
+        *rest, last = map(str, supported)
+        versions = f"{', '.join(rest)} and {last}" if rest else last
         super().__init__(f"{path} has format version {found}; this seqlib reads versions {versions} ({newer})")
 
 

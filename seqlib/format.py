@@ -12,7 +12,7 @@ import re
 from datetime import UTC, datetime
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from seqlib._version import __version__
 from seqlib.choices import (
@@ -30,14 +30,9 @@ from seqlib.choices import (
 from seqlib.errors import FormatVersionError, InvalidNameError, StoreDamagedError
 from seqlib.methods import METHODS
 
-FORMAT_VERSION = 2  # what this seqlib writes
-READABLE_VERSIONS = (1, 2)  # what it reads: version 1 is version 2 without the fields marked "v2"
-# Fields version 2 added, per model: absent from version-1 objects, dropped when one is re-encoded.
-V2_FIELDS = {
-    "Commit": ("recipes",),
-    "ConceptRecord": ("tensor_sha256", "notes", "preview", "loss_curve"),
-    "ImportRecord": ("tensor_sha256",),
-}
+FORMAT_VERSION = 3  # what this seqlib writes
+# What it reads: versions 1 and 2 hold the records inside each commit (`seqlib.format_v2`).
+READABLE_VERSIONS = (1, 2, 3)
 # The LoRA file layouts seqlib writes (`export`) and reads (`import`): one definition for both.
 LoraFormat = Literal[LORA_FORMATS]
 
@@ -59,6 +54,17 @@ class _Model(BaseModel):
     # Unknown keys are rejected: a file with fields we do not know was written by a
     # newer format, and format_version is what tells readers that, not silent drops.
     model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class _Object(_Model):
+    """A content-addressed JSON file: its id is the sha256 of its canonical bytes."""
+
+    def to_bytes(self) -> bytes:
+        return canonical_json(self.model_dump(mode="json"))
+
+    @property
+    def id(self) -> str:
+        return sha256_hex(self.to_bytes())
 
 
 class StoreInfo(_Model):
@@ -198,7 +204,9 @@ class Recipe(_Model):
         return dict(self.concepts)
 
 
-class ConceptRecord(_Model):
+class ConceptFields(_Model):
+    """What a concept record holds in every format version (version 3 adds crosstalk by reference)."""
+
     name: str
     token: str = Field(description="The prompt token, `<name>`.")
     rank: int
@@ -217,12 +225,6 @@ class ConceptRecord(_Model):
     reserved: list[int] = Field(
         description="Per layer (library order): dimensions this concept's --protect took beyond its basis."
     )
-    crosstalk_from: dict[str, float] = Field(
-        description="Per earlier concept: its residual's energy on this concept's inputs / this concept's own."
-    )
-    crosstalk_onto: dict[str, float] = Field(
-        description="Per earlier concept: this concept's residual's energy on its inputs / its own."
-    )
     initial_loss: float | None = Field(description="Denoising loss on the evaluation batch before training.")
     final_loss: float | None = Field(description="The same loss after training (None when imported).")
     train_seconds: float
@@ -230,7 +232,7 @@ class ConceptRecord(_Model):
     tensor_sha256: str | None = Field(
         None,
         description="v2: sha256 of the tensor bytes of the concept's own kohya export at weight 1 "
-        "(kohya sshs_model_hash, Civitai AutoV3); null in version-1 commits (readers compute it).",
+        "(kohya sshs_model_hash, Civitai AutoV3); null in version-1 records (readers compute it).",
     )
     notes: Notes | None = Field(None, description="v2: description, trigger, preferred weight, tags.")
     preview: str | None = Field(
@@ -254,8 +256,37 @@ class ConceptRecord(_Model):
         return self.training.protect if self.training else 0
 
 
-class Commit(_Model):
-    """One version of the library: its full state, so any commit can be read alone."""
+class Crosstalk(_Object):
+    """``objects/crosstalk/<id>.json``: a concept's crosstalk with every concept before it."""
+
+    format_version: int = FORMAT_VERSION
+    crosstalk_from: dict[str, float] = Field(
+        description="Per earlier concept: its residual's energy on this concept's inputs / this concept's own."
+    )
+    crosstalk_onto: dict[str, float] = Field(
+        description="Per earlier concept: this concept's residual's energy on its inputs / its own."
+    )
+
+
+class ConceptRecord(ConceptFields, _Object):
+    """``objects/concepts/<id>.json``: one concept, shared by every version that holds it unchanged."""
+
+    format_version: int = FORMAT_VERSION
+    crosstalk: str = Field(description="Id of its Crosstalk object under objects/crosstalk/.")
+    crosstalk_worst: list[tuple[str, str, float]] = Field(
+        description="The worst (source, target, value) of its Crosstalk, at most 5, worst first."
+    )
+
+
+class Page(_Object):
+    """``objects/pages/<id>.json``: consecutive concepts of a version, in training order."""
+
+    format_version: int = FORMAT_VERSION
+    concepts: list[str] = Field(description="ConceptRecord ids.")
+
+
+class Commit(_Object):
+    """``objects/commits/<id>.json``: one version of the library, its concepts by reference."""
 
     format_version: int = FORMAT_VERSION
     seqlib_version: str = __version__
@@ -263,37 +294,40 @@ class Commit(_Model):
     message: str
     timestamp: str = Field(default_factory=now_iso)
     library: LibraryConfig
+    pages: list[str] = Field(description="Page ids; their concepts, concatenated, in training order.")
+    recipes: dict[str, Recipe] = Field(default_factory=dict, description="Named compositions.")
+
+
+class Version(_Model):
+    """One version as read (not a file): a commit with its concept records resolved."""
+
+    format_version: int = FORMAT_VERSION
+    seqlib_version: str = __version__
+    parent: str | None
+    message: str
+    timestamp: str = Field(default_factory=now_iso)
+    library: LibraryConfig
     concepts: list[ConceptRecord] = Field(description="In training order: each is orthogonal to all before it.")
-    recipes: dict[str, Recipe] = Field(default_factory=dict, description="v2: named compositions.")
-
-    @model_validator(mode="after")
-    def _fields_of_its_version(self) -> Commit:
-        if self.format_version == 1:
-            records = [self, *self.concepts, *(c.imported for c in self.concepts if c.imported)]
-            for record in records:
-                for name in V2_FIELDS[type(record).__name__]:
-                    if getattr(record, name):
-                        raise ValueError(f"a version-1 commit cannot hold {name} (a version-2 field)")
-        return self
-
-    def to_bytes(self) -> bytes:
-        data = self.model_dump(mode="json")
-        if self.format_version == 1:  # re-encode exactly as written: without the version-2 fields
-            for name in V2_FIELDS["Commit"]:
-                data.pop(name)
-            for concept in data["concepts"]:
-                for name in V2_FIELDS["ConceptRecord"]:
-                    concept.pop(name)
-                for name in V2_FIELDS["ImportRecord"] if concept["imported"] else ():
-                    concept["imported"].pop(name)
-        return canonical_json(data)
-
-    @property
-    def id(self) -> str:
-        return sha256_hex(self.to_bytes())
+    recipes: dict[str, Recipe] = Field(default_factory=dict)
 
     def concept(self, name: str) -> ConceptRecord | None:
         return next((c for c in self.concepts if c.name == name), None)
+
+
+PAGE_SPLIT = 64  # a page ends after a record id whose last 4 hex digits are 0 mod this ...
+PAGE_MAX = 256  # ... or at this many records
+
+
+def paginate(record_ids: list[str]) -> list[list[str]]:
+    """Split a version's record ids into pages at content-defined boundaries: appending a concept
+    rewrites only the last page and removing one only its own, so a commit costs O(N/64 + 64) ids."""
+    pages, page = [], []
+    for record_id in record_ids:
+        page.append(record_id)
+        if int(record_id[-4:], 16) % PAGE_SPLIT == 0 or len(page) == PAGE_MAX:
+            pages.append(page)
+            page = []
+    return [*pages, page] if page else pages
 
 
 def check_format_version(data: dict, path: str) -> None:
@@ -302,18 +336,6 @@ def check_format_version(data: dict, path: str) -> None:
         raise StoreDamagedError(path, "no integer format_version")
     if found not in READABLE_VERSIONS:
         raise FormatVersionError(path, found, READABLE_VERSIONS)
-
-
-def crosstalk_pairs(commit: Commit) -> list[tuple[str, str, float]]:
-    """(source, target, crosstalk of source onto target) for every ordered pair, worst first."""
-    pairs = []
-    for later in commit.concepts:
-        for earlier, value in later.crosstalk_from.items():
-            pairs.append((earlier, later.name, value))
-        for earlier, value in later.crosstalk_onto.items():
-            pairs.append((later.name, earlier, value))
-    names = {c.name for c in commit.concepts}
-    return sorted((p for p in pairs if p[0] in names and p[1] in names), key=lambda p: -p[2])
 
 
 _NAME_RE = re.compile(r"[a-z][a-z0-9_-]*")

@@ -1,6 +1,7 @@
-"""The store's immutable objects (``format_spec.md``, "Payload" and "preview"): one zarr v3 group
-per concept payload, preview PNGs, and the last render of each recipe (not history). A mixin of
-:class:`seqlib.store.Store`, which supplies ``backend``, ``is_local`` and ``_where``.
+"""The store's immutable objects (``format_spec.md``): JSON objects (pages, concept records,
+crosstalk), one zarr v3 group per concept payload, preview PNGs, and the last render of each
+recipe (not history). A mixin of :class:`seqlib.store.Store`, which supplies ``backend``,
+``is_local``, ``_where`` and ``_parse``.
 """
 
 from __future__ import annotations
@@ -10,7 +11,7 @@ from typing import TYPE_CHECKING
 
 from seqlib.backends import Backend
 from seqlib.errors import ChecksumMismatch, StoreDamagedError
-from seqlib.format import ArrayRecord, canonical_json, sha256_hex
+from seqlib.format import ArrayRecord, ConceptRecord, Crosstalk, _Object, canonical_json, sha256_hex
 
 if TYPE_CHECKING:
     import numpy as np
@@ -29,6 +30,58 @@ class Objects:
 
     def _where(self, key: str) -> str:
         raise NotImplementedError
+
+    def _parse(self, raw: bytes, key: str, model):
+        raise NotImplementedError
+
+    def _init_objects(self) -> None:
+        # Objects are immutable, so what was read once is kept: a version shares almost all its
+        # records and pages with the one before, and `log` reads each of them once.
+        self._objects: dict[str, _Object] = {}
+        self._on_disk: set[str] = set()  # object ids known to be written
+        self._verified: set[str] = set()  # object ids whose bytes were re-hashed
+
+    # ---- JSON objects: pages, concept records, crosstalk -----------------------
+
+    def read_object(self, kind: str, object_id: str, model: type[_Object], verify: bool = False) -> _Object:
+        """``objects/<kind>/<id>.json`` (pages, concepts, crosstalk); ``verify`` re-hashes it."""
+        found = self._objects.get(object_id)
+        if found is not None and (not verify or object_id in self._verified):
+            return found
+        key = f"objects/{kind}/{object_id}.json"
+        try:
+            raw = self.backend.read(key)
+        except FileNotFoundError:
+            raise StoreDamagedError(self._where(key), "missing") from None
+        found = self._parse(raw, key, model)
+        if verify and sha256_hex(raw) != object_id:
+            raise ChecksumMismatch(self._where(key), object_id, sha256_hex(raw))
+        if verify and raw != found.to_bytes():
+            raise StoreDamagedError(self._where(key), "not in the canonical JSON encoding")
+        self._objects[object_id] = found
+        self._on_disk.add(object_id)
+        if verify:
+            self._verified.add(object_id)
+        return found
+
+    def crosstalk(self, record: ConceptRecord) -> Crosstalk:
+        """A concept's Crosstalk object (its values with every concept before it)."""
+        return self.read_object("crosstalk", record.crosstalk, Crosstalk)
+
+    def keep(self, obj: _Object) -> str:
+        """Hold a new object (a concept's Crosstalk) to be written with the next commit that needs it."""
+        self._objects.setdefault(obj.id, obj)
+        return obj.id
+
+    def _write_object(self, kind: str, obj: _Object) -> str:
+        object_id = obj.id
+        if object_id not in self._on_disk:
+            key = f"objects/{kind}/{object_id}.json"
+            if not self.backend.exists(key):
+                self.backend.write(key, obj.to_bytes())
+            self._on_disk.add(object_id)
+            self._objects.setdefault(object_id, obj)
+        return object_id
 
     # ---- payloads --------------------------------------------------------------
 

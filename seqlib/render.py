@@ -15,8 +15,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from seqlib.choices import LAYOUTS, SCHEDULERS
+from seqlib.crosstalk import pairs_among
 from seqlib.errors import UsageError
-from seqlib.format import Commit, crosstalk_pairs, token_for
+from seqlib.format import Version, token_for
 
 if TYPE_CHECKING:
     from seqlib.api import Library
@@ -54,7 +55,7 @@ def parse_selection(spec: str | list[str] | dict[str, float]) -> dict[str, float
     return {name: 1.0 if w is None else w for name, w in _parse(spec).items()}
 
 
-def weights_for(spec: str | list[str] | dict[str, float], commit: Commit) -> dict[str, float]:
+def weights_for(spec: str | list[str] | dict[str, float], commit: Version) -> dict[str, float]:
     """Like ``parse_selection``, but a concept without a weight gets its preferred weight
     (``seqlib annotate --weight``)."""
     weights = {}
@@ -72,7 +73,7 @@ def make_scheduler(name: str, config):
     return getattr(diffusers, SCHEDULERS[name]).from_config(config)
 
 
-def with_tokens(lib: Library, weights: dict[str, float], commit: Commit, device: str, base: str | None):
+def with_tokens(lib: Library, weights: dict[str, float], commit: Version, device: str, base: str | None):
     """The bare base with the selected concepts' tokens registered, and their (A, B, weight)."""
     from seqlib.payload import factor_arrays
     from seqlib.tokens import add_tokens
@@ -102,7 +103,7 @@ PREVIEW_SIDE = 256  # pixels at most: what modelspec.thumbnail carries
 PREVIEW_STEPS = 20
 
 
-def preview_png(lib: Library, commit: Commit, token: str, factors, device: str = "cpu") -> bytes:
+def preview_png(lib: Library, commit: Version, token: str, factors, device: str = "cpu") -> bytes:
     """A concept alone on the bare base: "a photo of <name>", seed 0, at the base's resolution
     (at most 256 px), as PNG bytes. ``factors``: its (A by layer, B by layer, embedding)."""
     import io
@@ -196,7 +197,7 @@ def compose(
         lib.concept(name, commit)
     size = size or commit.library.base.resolution
     tile_prompts = check_request(prompt, weights, commit, layout, size, guidance)
-    for message in _bleed_warnings(weights, commit) if warn and tile_prompts is None else []:
+    for message in _bleed_warnings(lib, weights, commit) if warn and tile_prompts is None else []:
         warn(message)
     pick_device(device)
     sampling = (steps, guidance, size, negative_prompt)
@@ -252,7 +253,7 @@ def _render_all(render, params: dict, seed: int, num_images: int, out: Path, ste
     return paths
 
 
-def check_request(prompt: str, weights: dict[str, float], commit: Commit, layout: str, size: int, guidance: float):
+def check_request(prompt: str, weights: dict[str, float], commit: Version, layout: str, size: int, guidance: float):
     """Refuse what cannot be rendered; the row's prompts per tile (None for a summed image)."""
     if layout not in LAYOUTS:
         raise UsageError(f"unknown layout {layout!r}; use {' or '.join(LAYOUTS)}")
@@ -266,7 +267,7 @@ def check_request(prompt: str, weights: dict[str, float], commit: Commit, layout
     return tile_prompts
 
 
-def _renderer(lib: Library, weights, commit: Commit, prompt: str, tile_prompts, sampling, device, base):
+def _renderer(lib: Library, weights, commit: Version, prompt: str, tile_prompts, sampling, device, base):
     """(pipeline, generator -> image): the summed residuals, or one tile per concept."""
     from seqlib.compose import Tile, sample_row
 
@@ -295,7 +296,7 @@ def _renderer(lib: Library, weights, commit: Commit, prompt: str, tile_prompts, 
     return pipe, lambda generator: sample_row(pipe, tiles, size, steps, guidance, generator, negative_prompt)
 
 
-def _bleed_warnings(weights: dict[str, float], commit: Commit) -> list[str]:
+def _bleed_warnings(lib: Library, weights: dict[str, float], commit: Version) -> list[str]:
     """What may bleed in a summed composition: unprojected concepts, and high recorded crosstalk."""
     messages = []
     loose = [n for n in weights if not commit.concept(n).orthogonal]
@@ -304,8 +305,8 @@ def _bleed_warnings(weights: dict[str, float], commit: Commit) -> list[str]:
             f"{', '.join(token_for(n) for n in loose)} trained without projection (plain LoRA): "
             "composed with others it shares their subspaces and may bleed into them"
         )
-    for a, b, x in crosstalk_pairs(commit):
-        if a in weights and b in weights and x > CROSSTALK_WARN:
+    for a, b, x in pairs_among([commit.concept(n) for n in weights], lib.store.crosstalk):
+        if x > CROSSTALK_WARN:
             messages.append(
                 f"<{a}> interferes with <{b}> (crosstalk {x:.2f} > {CROSSTALK_WARN}): "
                 f"<{b}> may not look like itself in this composition"
@@ -357,7 +358,7 @@ def _mentioned(prompt: str) -> set[str]:
     return set(re.findall(r"<([^<>\s]+)>", prompt))
 
 
-def _row_prompts(prompt: str, weights: dict[str, float], commit: Commit) -> list[str]:
+def _row_prompts(prompt: str, weights: dict[str, float], commit: Version) -> list[str]:
     """One prompt per tile, each mentioning its own concept and no other."""
     prompts = [p.strip() for p in prompt.split("|")]
     if len(prompts) != len(weights):
@@ -376,7 +377,7 @@ def _row_prompts(prompt: str, weights: dict[str, float], commit: Commit) -> list
     return prompts
 
 
-def _check_prompt(prompt: str, weights: dict[str, float], commit: Commit) -> None:
+def _check_prompt(prompt: str, weights: dict[str, float], commit: Version) -> None:
     mentioned = _mentioned(prompt)
     selected = set(weights)
     if not mentioned & selected:

@@ -12,8 +12,7 @@ import base64
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from seqlib.capacity import status as capacity_status
-from seqlib.format import crosstalk_pairs
+from seqlib import crosstalk
 
 if TYPE_CHECKING:
     from seqlib.api import Library
@@ -29,9 +28,8 @@ def _data_uri(png: bytes) -> str:
 
 def report_data(lib: Library) -> dict:
     """Everything the page shows, as plain values (tested without a browser)."""
-    commit = lib.head()
-    version, commit_id = lib.version()
-    status = capacity_status(commit, version, commit_id)
+    status = lib.status()
+    commit = status.commit
     concepts = []
     for c in commit.concepts:
         preview = None
@@ -58,9 +56,9 @@ def report_data(lib: Library) -> dict:
             }
         )
     names = [c.name for c in commit.concepts]
-    pairs = crosstalk_pairs(commit)
     matrix = None
     if 1 < len(names) <= HEATMAP_MAX:
+        pairs = crosstalk.all_pairs(commit.concepts, lib.store.crosstalk)
         value = {(a, b): x for a, b, x in pairs}
         matrix = [[value.get((a, b)) for b in names] for a in names]  # row: source, column: target
     tags: dict[str, list[str]] = {}
@@ -86,8 +84,8 @@ def report_data(lib: Library) -> dict:
         )
     return {
         "root": str(lib.root),
-        "version": version,
-        "commit": commit_id,
+        "version": status.version,
+        "commit": status.commit_id,
         "base": commit.library.base.source,
         "rank": commit.library.rank,
         "concepts": concepts,
@@ -98,7 +96,7 @@ def report_data(lib: Library) -> dict:
         "fits_by_policy": status.fits_by_policy,
         "names": names,
         "matrix": matrix,
-        "worst_pairs": pairs[:WORST_PAIRS],
+        "worst_pairs": crosstalk.worst_pairs(commit.concepts, WORST_PAIRS, lib.store.crosstalk),
         "history": history,
         "recipes": recipes,
     }

@@ -5,7 +5,10 @@ Layout::
     .seqlib/
       store.json                   StoreInfo; its format_version gates reading
       base/                        the embedded base pipeline (embedded bases only)
-      objects/commits/<id>.json    Commit, id = sha256 of the file's bytes
+      objects/commits/<id>.json    Commit, id = sha256 of the file's bytes; it lists pages
+      objects/pages/<id>.json      Page: record ids of consecutive concepts
+      objects/concepts/<id>.json   ConceptRecord, shared by every version holding it unchanged
+      objects/crosstalk/<id>.json  Crosstalk: a concept's values with the concepts before it
       objects/payloads/<id>/       one immutable zarr v3 group per concept
       objects/previews/<id>.png    a concept's preview image, id = sha256 of the file's bytes
       refs/heads/main/<seq>        the branch: entry N holds the id of the N-th commit
@@ -52,11 +55,16 @@ from seqlib.errors import (
 )
 from seqlib.format import (
     Commit,
+    ConceptRecord,
+    Page,
     StoreInfo,
+    Version,
     canonical_json,
     check_format_version,
+    paginate,
     sha256_hex,
 )
+from seqlib.format_v2 import CommitV2
 from seqlib.objects import Objects, array_sha256  # noqa: F401  (array_sha256: part of this module's API)
 
 STORE_DIRNAME = ".seqlib"
@@ -95,6 +103,7 @@ class Store(Objects):
     def __init__(self, root: str | Path, _creating: bool = False) -> None:
         self.backend: Backend = open_backend(root)
         self.root = root if is_url(root) else Path(root)
+        self._init_objects()
         if _creating:
             self.info = StoreInfo()
             return
@@ -108,7 +117,8 @@ class Store(Objects):
         return f"{self.root}/{key}"
 
     def _parse(self, raw: bytes, key: str, model):
-        """A JSON file of the format as ``model``; any damage becomes one StoreDamagedError."""
+        """A JSON file of the format as ``model`` (a callable of the file's format_version for
+        commits); any damage becomes one StoreDamagedError."""
         try:
             data = json.loads(raw)
         except (UnicodeDecodeError, json.JSONDecodeError) as e:
@@ -118,6 +128,8 @@ class Store(Objects):
         if not isinstance(data, dict):
             raise StoreDamagedError(self._where(key), "not a JSON object")
         check_format_version(data, self._where(key))
+        if not isinstance(model, type):
+            model = model(data["format_version"])
         try:
             return model.model_validate(data)
         except ValidationError as e:
@@ -195,48 +207,69 @@ class Store(Objects):
         entries = self._ref_entries()
         return self._entry(entries[-1]) if entries else None
 
-    def head(self) -> Commit:
+    def head(self) -> Version:
         head = self.head_id()
         if head is None:
             raise StoreDamagedError(self._where(self._BRANCH_PREFIX), "no commits: it was not initialised completely")
-        return self.read_commit(head)
+        return self.read_version(head)
 
     def entry_keys(self) -> list[tuple[int, str]]:
         """(version, key of its ref entry), oldest first, without reading the entries."""
         return [(int(e), f"{self._BRANCH_PREFIX}/{e}") for e in self._ref_entries()]
 
-    def read_commit_bytes(self, commit_id: str) -> tuple[Commit, bytes]:
-        """A commit and the exact bytes it was parsed from (``verify`` re-hashes them)."""
+    def read_commit_bytes(self, commit_id: str) -> tuple[Commit | CommitV2, bytes]:
+        """A commit file as written (a version-1/2 one whole) and its exact bytes (``verify``
+        re-hashes them)."""
         key = f"objects/commits/{commit_id}.json"
         try:
             raw = self.backend.read(key)
         except FileNotFoundError:
             raise StoreDamagedError(self._where(key), "missing") from None
-        return self._parse(raw, key, Commit), raw
+        return self._parse(raw, key, lambda v: CommitV2 if v < 3 else Commit), raw
 
-    def read_commit(self, commit_id: str, verify: bool = False) -> Commit:
+    def read_version(self, commit_id: str, verify: bool = False) -> Version:
+        """A version: the commit with its records; ``verify``: every file re-hashed on the way."""
         commit, raw = self.read_commit_bytes(commit_id)
         if verify and sha256_hex(raw) != commit_id:
             raise ChecksumMismatch(f"commit {commit_id[:12]}", commit_id, sha256_hex(raw))
-        return commit
+        if isinstance(commit, CommitV2):
+            version, values = commit.upgrade()
+            for obj in values:
+                self.keep(obj)
+            return version
+        ids = [rid for pid in commit.pages for rid in self.read_object("pages", pid, Page, verify).concepts]
+        fields = commit.model_dump(exclude={"pages"})
+        fields["library"], fields["recipes"] = commit.library, commit.recipes
+        return Version(**fields, concepts=[self.read_object("concepts", rid, ConceptRecord, verify) for rid in ids])
 
-    def log(self) -> list[tuple[int, str, Commit]]:
-        """(sequence number, id, commit), newest first."""
-        return [(seq, cid, self.read_commit(cid)) for seq, cid in reversed(self.entries())]
+    def log(self) -> list[tuple[int, str, Version]]:
+        """(sequence number, id, version), newest first."""
+        return [(seq, cid, self.read_version(cid)) for seq, cid in reversed(self.entries())]
 
-    def commit(self, commit: Commit, expected_seq: int) -> str:
-        """Write ``commit`` and advance the branch from ``expected_seq``; compare-and-swap.
+    def commit(self, version: Version, expected_seq: int) -> str:
+        """Write ``version`` and advance the branch from ``expected_seq``; compare-and-swap.
 
         ``expected_seq`` is the tip the caller read before its work started (0 for the
         first commit). If anything landed since, nothing moves and ConflictError says so.
+        Objects go first (crosstalk, records, pages, the commit), so a ref never points at
+        anything missing; those the store holds already are not written again.
         """
         current = self.head_id() if expected_seq else None
-        if commit.parent != current or self.head_seq() != expected_seq:
+        if version.parent != current or self.head_seq() != expected_seq:
             raise ConflictError(
                 "the library changed while this command ran (another seqlib wrote to it); "
                 "nothing was committed — run the command again on the new state"
             )
-        data = commit.to_bytes()
+        record_ids = []
+        for record in version.concepts:
+            record_ids.append(record.id)
+            if record_ids[-1] not in self._on_disk:  # a record on disk was written after its crosstalk
+                self._write_object("crosstalk", self._objects.get(record.crosstalk) or self.crosstalk(record))
+                self._write_object("concepts", record)
+        pages = [self._write_object("pages", Page(concepts=ids)) for ids in paginate(record_ids)]
+        fields = version.model_dump(exclude={"concepts", "format_version", "seqlib_version"})
+        fields["library"], fields["recipes"] = version.library, version.recipes
+        data = Commit(**fields, pages=pages).to_bytes()
         commit_id = sha256_hex(data)
         key = f"objects/commits/{commit_id}.json"
         if not self.backend.exists(key):
@@ -317,23 +350,29 @@ class Store(Objects):
     # ---- garbage collection ----------------------------------------------------
 
     def gc(self, grace_seconds: float = 3600.0, dry_run: bool = False) -> list[str]:
-        """Delete commits, payloads and previews that no version or tag reaches, and leftovers of
-        interrupted writes, once older than ``grace_seconds`` (a concurrent add may be
-        writing them right now). Returns the keys removed (or that would be)."""
+        """Delete objects (commits, pages, records, crosstalk, payloads, previews) that no version
+        or tag reaches, and leftovers of interrupted writes, once older than ``grace_seconds`` (a
+        concurrent add may be writing them right now). Returns the keys removed (or that would be)."""
         reachable_commits = {cid for _, cid in self.entries()} | set(self.tags().values())
-        reachable_payloads, reachable_previews = set(), set()
+        keep: dict[str, set[str]] = {kind: set() for kind in ("payloads", "previews", "pages", "concepts", "crosstalk")}
         for cid in reachable_commits:
-            concepts = self.read_commit(cid).concepts
-            reachable_payloads |= {c.payload for c in concepts}
-            reachable_previews |= {f"{c.preview}.png" for c in concepts if c.preview}
+            commit, _ = self.read_commit_bytes(cid)
+            if isinstance(commit, Commit):
+                keep["pages"] |= {f"{p}.json" for p in commit.pages}
+                for pid in commit.pages:
+                    keep["concepts"] |= {f"{r}.json" for r in self.read_object("pages", pid, Page).concepts}
+            for c in self.read_version(cid).concepts:
+                keep["payloads"].add(c.payload)
+                if c.preview:
+                    keep["previews"].add(f"{c.preview}.png")
+                if isinstance(commit, Commit):
+                    keep["crosstalk"].add(f"{c.crosstalk}.json")
         now, removed = time.time(), []
-        for prefix, keep in (
-            ("objects/commits", {f"{c}.json" for c in reachable_commits}),
-            ("objects/payloads", reachable_payloads),
-            ("objects/previews", reachable_previews),
-        ):
+        keep["commits"] = {f"{c}.json" for c in reachable_commits}
+        for kind, kept in keep.items():
+            prefix = f"objects/{kind}"
             for name, modified in self.backend.list(prefix).items():
-                if name not in keep and now - modified >= grace_seconds:
+                if name not in kept and now - modified >= grace_seconds:
                     removed.append(f"{prefix}/{name}")
         for folder in (self._BRANCH_PREFIX, "refs/tags"):
             for name, modified in self.backend.list(folder).items():

@@ -13,7 +13,7 @@ import numpy as np
 
 from seqlib.capacity import free_dims
 from seqlib.errors import SeqlibError
-from seqlib.format import Commit, canonical_json, sha256_hex
+from seqlib.format import Crosstalk, Version, canonical_json, sha256_hex
 from seqlib.methods import METHODS
 
 if TYPE_CHECKING:
@@ -58,7 +58,7 @@ class Overlaps:
         return float(sub[i, j]), payloads[i][0], payloads[j][0], self.layers[self.layer[idx[i], idx[j]]]
 
 
-def _read_branch(store, problems: list[str]) -> tuple[list[tuple[int, str]], dict[str, Commit]]:
+def _read_branch(store, problems: list[str]) -> tuple[list[tuple[int, str]], dict[str, Version]]:
     """Every readable (version, commit id) and commit; invariants 3 (commit hashes) and 4 (chain)."""
     entries, commits, previous = [], {}, None
     expected = 1
@@ -73,27 +73,42 @@ def _read_branch(store, problems: list[str]) -> tuple[list[tuple[int, str]], dic
             previous = None
             continue
         entries.append((version, commit_id))
+        previous_id, previous = previous, commit_id
         try:
             commit, raw = store.read_commit_bytes(commit_id)
         except SeqlibError as e:
             problems.append(f"version {version}: {e}")
-            previous = commit_id
             continue
         if sha256_hex(raw) != commit_id:
             problems.append(f"version {version}: commit {commit_id[:12]}'s bytes do not hash to its id (altered)")
         elif raw != commit.to_bytes():
             problems.append(f"version {version}: commit {commit_id[:12]} is not in the canonical JSON encoding")
-        if commit.parent != previous:
+        if commit.parent != previous_id:
             problems.append(f"version {version}: its parent is not version {version - 1}'s commit")
-        commits[commit_id] = commit
-        previous = commit_id
+        try:  # its pages and records, each re-hashed once over the whole history
+            commits[commit_id] = store.read_version(commit_id, verify=True)
+        except SeqlibError as e:
+            problems.append(f"version {version}: {e}")
     return entries, commits
 
 
-def _check_records(version: int, commit: Commit, problems: list[str]) -> None:
-    """What each concept record promises about itself (format_spec.md, ConceptRecord)."""
+def _crosstalk_of(store, commit: Version, record) -> Crosstalk:
+    """A record's Crosstalk, re-hashed (version-1/2 commits hold it inline: already checked)."""
+    if commit.format_version < 3:
+        return store.crosstalk(record)
+    return store.read_object("crosstalk", record.crosstalk, Crosstalk, verify=True)
+
+
+def _check_records(store, version: int, commit: Version, problems: list[str], seen: set) -> None:
+    """What each concept record promises about itself (format_spec.md, ConceptRecord), once per
+    record: versions share their unchanged records."""
+    from seqlib.crosstalk import summarize
+
     layers = len(commit.library.layers)
     for c in commit.concepts:
+        if id(c) in seen:
+            continue
+        seen.add(id(c))
         where = f"version {version}: concept {c.name}"
         if c.token != f"<{c.name}>":
             problems.append(f"{where}: token {c.token!r} is not <{c.name}>")
@@ -102,14 +117,21 @@ def _check_records(version: int, commit: Commit, problems: list[str]) -> None:
             problems.append(f"{where}: frozen_columns on a {method or 'imported'} concept")
         if len(c.reserved) != layers:
             problems.append(f"{where}: reserved has {len(c.reserved)} entries for {layers} layers")
-        for value in (*c.crosstalk_from.values(), *c.crosstalk_onto.values()):
+        try:
+            values = _crosstalk_of(store, commit, c)
+        except SeqlibError as e:
+            problems.append(f"{where}: crosstalk: {e}")
+            continue
+        for value in (*values.crosstalk_from.values(), *values.crosstalk_onto.values()):
             if not np.isfinite(value) or value < 0:
                 problems.append(f"{where}: crosstalk value {value} is not a finite non-negative number")
                 break
+        if [tuple(p) for p in c.crosstalk_worst] != summarize(c.name, values):
+            problems.append(f"{where}: crosstalk_worst is not the worst pairs of its crosstalk")
 
 
 def _check_version(
-    verified: dict[str, dict], overlaps: Overlaps, version: int, commit: Commit, problems: list[str]
+    verified: dict[str, dict], overlaps: Overlaps, version: int, commit: Version, problems: list[str]
 ) -> tuple[float, str, str, str]:
     """Invariants 1 (orthogonality, protect reservations) and 2 (capacity) of one version."""
     from seqlib import payload
@@ -155,23 +177,31 @@ def _check_version(
     return value, a, b, layer
 
 
-def _check_crosstalk(verified: dict[str, dict], commit: Commit, problems: list[str], seen: set) -> None:
+def _check_crosstalk(store, verified: dict[str, dict], commit: Version, problems: list[str], seen: set) -> None:
     """Recompute each stored crosstalk value from the two concepts' factors and the target's
-    stored input directions (format_spec.md, "Crosstalk")."""
+    stored input directions (format_spec.md, "Crosstalk"), each pair of payloads once."""
     from seqlib import payload
     from seqlib.activations import crosstalk
 
     layers = commit.library.layers
     names = commit.library.layer_names
+    by_name = {c.name: c for c in commit.concepts}
 
     def factors(c):
         arrays = verified[c.payload]
         return payload.unpack_coeffs(layers, arrays), payload.unpack_bases(layers, arrays)
 
     for c in commit.concepts:
-        for e in commit.concepts:
-            key = (c.payload, e.payload, c.crosstalk_from.get(e.name), c.crosstalk_onto.get(e.name))
-            if e.name not in c.crosstalk_from or key in seen or not {c.payload, e.payload} <= verified.keys():
+        try:
+            values = store.crosstalk(c)  # unreadable ones were reported by _check_records
+        except SeqlibError:
+            continue
+        for name, stored_from in values.crosstalk_from.items():
+            e = by_name.get(name)
+            if e is None:
+                continue
+            key = (c.payload, e.payload, stored_from, values.crosstalk_onto.get(name))
+            if key in seen or not {c.payload, e.payload} <= verified.keys():
                 continue
             seen.add(key)
             mine, theirs = factors(c), factors(e)
@@ -179,16 +209,16 @@ def _check_crosstalk(verified: dict[str, dict], commit: Commit, problems: list[s
                 "from": crosstalk(names, theirs, mine, payload.unpack_summary(layers, verified[c.payload]))[0],
                 "onto": crosstalk(names, mine, theirs, payload.unpack_summary(layers, verified[e.payload]))[0],
             }
-            stored = {"from": c.crosstalk_from[e.name], "onto": c.crosstalk_onto.get(e.name, float("nan"))}
+            stored = {"from": stored_from, "onto": values.crosstalk_onto.get(name, float("nan"))}
             for way in ("from", "onto"):
                 if not abs(stored[way] - recomputed[way]) <= 1e-4 + 1e-3 * abs(recomputed[way]):
                     problems.append(
-                        f"concept {c.name}: stored crosstalk {way} {e.name} is {stored[way]}, "
+                        f"concept {c.name}: stored crosstalk {way} {name} is {stored[way]}, "
                         f"the factors give {recomputed[way]:.6f}"
                     )
 
 
-def _check_payloads(lib: Library, commits: dict[str, Commit], problems: list[str]) -> tuple[set, dict]:
+def _check_payloads(lib: Library, commits: dict[str, Version], problems: list[str]) -> tuple[set, dict]:
     """Invariants 3 and 6 for every payload of the history (each read once): (ids checked,
     payload id -> arrays that match their checksums)."""
     from seqlib.export import concept_hash
@@ -244,9 +274,10 @@ def verify_library(lib: Library, check_base: bool = True) -> dict:
 
     checked, verified = _check_payloads(lib, commits, problems)
 
+    seen_records: set = set()
     for version, commit_id in entries:
         if commit_id in commits:
-            _check_records(version, commits[commit_id], problems)
+            _check_records(store, version, commits[commit_id], problems, seen_records)
     worst = (0.0, "", "", "")
     read_version, read_id = entries[-1] if entries else (0, "")
     try:
@@ -258,7 +289,7 @@ def verify_library(lib: Library, check_base: bool = True) -> dict:
     overlaps = Overlaps([x.name for x in layers], {pid: payload.unpack_bases(layers, a) for pid, a in verified.items()})
     for version, commit_id in entries:
         if commit_id in commits:
-            _check_crosstalk(verified, commits[commit_id], problems, seen)
+            _check_crosstalk(store, verified, commits[commit_id], problems, seen)
             result = _check_version(verified, overlaps, version, commits[commit_id], problems)
             if commit_id == read_id:
                 worst = result

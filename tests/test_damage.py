@@ -22,9 +22,25 @@ def _commit_file(store: Path, version: int) -> Path:
     return store / "objects" / "commits" / f"{entry.read_text().strip()}.json"
 
 
+def _object(store: Path, kind: str, object_id: str) -> Path:
+    return store / "objects" / kind / f"{object_id}.json"
+
+
+def _page_file(store: Path) -> Path:
+    return _object(store, "pages", json.loads(_commit_file(store, 4).read_text())["pages"][-1])
+
+
+def _record_file(store: Path, name: str = "robot") -> Path:
+    records = [_object(store, "concepts", r) for r in json.loads(_page_file(store).read_text())["concepts"]]
+    return next(p for p in records if json.loads(p.read_text())["name"] == name)
+
+
+def _crosstalk_file(store: Path) -> Path:
+    return _object(store, "crosstalk", json.loads(_record_file(store).read_text())["crosstalk"])
+
+
 def _payload_file(store: Path, what: str) -> Path:
-    commit = json.loads(_commit_file(store, 4).read_text())
-    payload = next(c["payload"] for c in commit["concepts"] if c["name"] == "robot")
+    payload = json.loads(_record_file(store).read_text())["payload"]
     folder = store / "objects" / "payloads" / payload
     if what == "metadata":
         return folder / "B_m64" / "zarr.json"
@@ -40,6 +56,9 @@ KINDS = {
     "older ref entry": lambda s: sorted((s / "refs" / "heads" / "main").iterdir())[1],
     "tag": lambda s: s / "refs" / "tags" / "v1",
     "HEAD": lambda s: s / "HEAD",
+    "page": _page_file,
+    "concept record": _record_file,
+    "crosstalk": _crosstalk_file,
     "payload array": lambda s: _payload_file(s, "array"),
     "payload metadata": lambda s: _payload_file(s, "metadata"),
 }

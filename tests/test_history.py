@@ -74,7 +74,7 @@ def test_revert_restores_an_old_state_as_a_new_commit(store_copy, capsys):
     lib = Library.open(store_copy)
     assert [c.name for c in lib.head().concepts] == NAMES[:2]
     assert lib.log()[0][2].message == "revert to version 3"
-    assert lib.head().concepts == lib.store.read_commit(lib.store.resolve("3")[1]).concepts
+    assert lib.head().concepts == lib.store.read_version(lib.store.resolve("3")[1]).concepts
 
 
 def test_unknown_versions_are_one_line_errors(seqlora_store, capsys):

@@ -14,8 +14,8 @@ from seqlib.api import CROSSTALK_WARN, Library
 from seqlib.capacity import used_dims
 from seqlib.cli import main
 from seqlib.config import TrainConfig
+from seqlib.crosstalk import all_pairs
 from seqlib.data import find_images, load_images
-from seqlib.format import crosstalk_pairs
 from seqlib.lora import summed_factors
 from seqlib.subspace import max_cosine, orthonormal_basis
 from seqlib.train import evaluation_inputs, input_moments
@@ -50,7 +50,10 @@ def test_recorded_crosstalk_matches_a_direct_measurement_on_real_inputs(seqlora_
         full[n] = (vecs.numpy(), vals.clamp_min(0).numpy())  # every direction: the exact energy
         k = cfg.activation_k
         top[n] = (vecs[:, -k:].numpy(), vals[-k:].clamp_min(0).numpy())  # what the summary keeps
-    for source, recorded in ((0, target.crosstalk_from["mascot"]), (2, head.concepts[2].crosstalk_onto["emblem"])):
+    for source, recorded in (
+        (0, lib.store.crosstalk(target).crosstalk_from["mascot"]),
+        (2, lib.store.crosstalk(head.concepts[2]).crosstalk_onto["emblem"]),
+    ):
         estimate = crosstalk(names, _numpy(factors[source]), _numpy(factors[1]), top)[0]
         exact = crosstalk(names, _numpy(factors[source]), _numpy(factors[1]), full)[0]
         assert recorded == pytest.approx(estimate, rel=0.1, abs=1e-5)
@@ -157,9 +160,12 @@ def test_show_and_status_report_interference(seqlora_store, capsys):
 
 
 def test_compose_warns_exactly_for_pairs_above_the_threshold(seqlora_store, tmp_path, capsys):
-    head = Library.open(seqlora_store).head()
+    lib = Library.open(seqlora_store)
+    head = lib.head()
     for a, b in (("mascot", "emblem"), ("emblem", "robot"), ("mascot", "robot")):
-        flagged = [p for p in crosstalk_pairs(head) if {p[0], p[1]} == {a, b} and p[2] > CROSSTALK_WARN]
+        flagged = [
+            p for p in all_pairs(head.concepts, lib.store.crosstalk) if {p[0], p[1]} == {a, b} and p[2] > CROSSTALK_WARN
+        ]
         code = main(
             [
                 "--store",

@@ -19,7 +19,7 @@ from seqlib.cli import main
 from seqlib.embedded import SHIPPED_BASE
 from seqlib.errors import CapacityError, ImportRejectedError, StoreDamagedError, UsageError
 from seqlib.export import to_kohya
-from seqlib.format import Commit
+from seqlib.format_v2 import CommitV2
 from seqlib.store import Store
 
 FIXTURES = Path(__file__).parent / "fixtures"
@@ -73,21 +73,21 @@ def test_a_version_1_store_reads_verifies_and_keeps_its_commit_ids(v1_store, cap
 
 
 def test_a_version_1_commit_cannot_hold_version_2_fields(v1_store):
-    head = Library.open(v1_store).head()
-    data = json.loads(head.to_bytes())
+    store = Store(v1_store)
+    raw = store.read_commit_bytes(store.head_id())[1]
+    data = json.loads(raw)
     data["concepts"][0]["tensor_sha256"] = "0" * 64
     with pytest.raises(ValueError, match="version-1 commit cannot hold tensor_sha256"):
-        Commit.model_validate(data)
-    data = json.loads(head.to_bytes())
-    data["format_version"] = 3
-    store = Store(v1_store)
+        CommitV2.model_validate(data)
+    data = json.loads(raw)
+    data["format_version"] = 4
     key = "objects/commits/" + "f" * 64 + ".json"
     (v1_store / key).write_bytes(json.dumps(data).encode())
-    with pytest.raises(Exception, match="format version 3; this seqlib reads versions 1 and 2"):
-        store.read_commit("f" * 64)
+    with pytest.raises(Exception, match="format version 4; this seqlib reads versions 1, 2 and 3"):
+        store.read_version("f" * 64)
     (v1_store / key).write_bytes(b'{"format_version": 1, "concepts": 3}')
     with pytest.raises(StoreDamagedError):
-        store.read_commit("f" * 64)
+        store.read_version("f" * 64)
 
 
 def test_annotate_changes_only_notes_and_the_history_stays_valid(v1_store, capsys):
@@ -97,7 +97,7 @@ def test_annotate_changes_only_notes_and_the_history_stays_valid(v1_store, capsy
     args = ["--store", str(v1_store), "annotate", "mascot", "--description", "our mascot", "--trigger", "round"]
     assert main([*args, "--weight", "0.5", "--tags", "pets, demo"]) == 0
     after = lib.head()
-    assert after.format_version == 2 and after.message == "annotate mascot"
+    assert after.format_version == 3 and after.message == "annotate mascot"
     old, new = before.concept("mascot"), after.concept("mascot")
     assert new.notes.weight == 0.5 and new.notes.tags == ["pets", "demo"] and new.notes.trigger == "round"
     assert new.model_dump(exclude={"notes"}) == old.model_dump(exclude={"notes"})  # same payload, arrays, all

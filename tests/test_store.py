@@ -11,7 +11,7 @@ import pytest
 from seqlib.api import Library
 from seqlib.backends import create_exclusive
 from seqlib.errors import ConflictError, FormatVersionError, StoreExistsError
-from seqlib.format import Commit, sha256_hex
+from seqlib.format import Version, sha256_hex
 from seqlib.store import Store, array_sha256
 
 
@@ -20,7 +20,7 @@ def test_commit_id_is_the_sha256_of_its_file(seqlora_store):
     for _, commit_id, _ in store.log():
         raw = (seqlora_store / "objects" / "commits" / f"{commit_id}.json").read_bytes()
         assert sha256_hex(raw) == commit_id
-        store.read_commit(commit_id, verify=True)
+        store.read_version(commit_id, verify=True)
 
 
 def test_log_is_a_parent_chain_newest_first(seqlora_store):
@@ -35,7 +35,7 @@ def test_log_is_a_parent_chain_newest_first(seqlora_store):
 def test_stale_writer_gets_a_conflict_and_the_branch_does_not_move(store_copy):
     store = Store(store_copy)
     seq, head = store.head_seq(), store.head()
-    stale = Commit(parent=head.parent, message="racing", library=head.library, concepts=head.concepts[:-1])
+    stale = Version(parent=head.parent, message="racing", library=head.library, concepts=head.concepts[:-1])
     with pytest.raises(ConflictError):
         store.commit(stale, expected_seq=seq - 1)
     assert store.head_seq() == seq

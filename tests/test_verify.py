@@ -17,20 +17,63 @@ import pytest
 from seqlib.cli import main
 
 
+def _write(store: Path, kind: str, data: dict, encode=None) -> str:
+    raw = (encode or _canonical)(data).encode()
+    object_id = hashlib.sha256(raw).hexdigest()
+    (store / "objects" / kind).mkdir(parents=True, exist_ok=True)
+    (store / "objects" / kind / f"{object_id}.json").write_bytes(raw)
+    return object_id
+
+
+def _canonical(data: dict) -> str:
+    return json.dumps(data, indent=2, sort_keys=True, ensure_ascii=False) + "\n"
+
+
+def _read(store: Path, kind: str, object_id: str) -> dict:
+    return json.loads((store / "objects" / kind / f"{object_id}.json").read_text())
+
+
+def _expand(store: Path, data: dict) -> dict:
+    """A version-3 commit with its records (and their crosstalk) inline, as version 2 held them."""
+    if "pages" in data:
+        ids = [r for p in data.pop("pages") for r in _read(store, "pages", p)["concepts"]]
+        data["concepts"] = [_read(store, "concepts", r) for r in ids]
+        for c in data["concepts"]:
+            values = _read(store, "crosstalk", c["crosstalk"])
+            c["crosstalk_from"], c["crosstalk_onto"] = values["crosstalk_from"], values["crosstalk_onto"]
+    return data
+
+
+def _store_commit(store: Path, data: dict, encode) -> str:
+    """Write a commit in the layout of its format_version: records as objects from version 3 on."""
+    if data["format_version"] >= 3:
+        ids = []
+        for c in data.pop("concepts"):
+            values = {
+                "format_version": 3,
+                "crosstalk_from": c.pop("crosstalk_from"),
+                "crosstalk_onto": c.pop("crosstalk_onto"),
+            }
+            c["crosstalk"] = _write(store, "crosstalk", values)
+            ids.append(_write(store, "concepts", c))
+        data["pages"] = [_write(store, "pages", {"format_version": 3, "concepts": ids})] if ids else []
+    else:
+        for c in data["concepts"]:
+            for key in ("format_version", "crosstalk", "crosstalk_worst"):
+                c.pop(key, None)
+    return _write(store, "commits", data, encode)
+
+
 def forge(store: Path, version: int, edit: Callable[[dict], None], encode=None) -> None:
-    """Apply ``edit`` to the commit of ``version`` and re-chain every later commit."""
-    encode = encode or (lambda d: json.dumps(d, indent=2, sort_keys=True, ensure_ascii=False) + "\n")
-    commits = store / "objects" / "commits"
+    """Apply ``edit`` to the state of ``version`` (records inline) and re-chain every later commit."""
     entries = sorted((store / "refs" / "heads" / "main").iterdir())
     parent = None if version == 1 else entries[version - 2].read_text().strip()
     for k, entry in enumerate(entries[version - 1 :], start=version):
-        data = json.loads((commits / f"{entry.read_text().strip()}.json").read_text())
+        data = _expand(store, _read(store, "commits", entry.read_text().strip()))
         if k == version:
             edit(data)
         data["parent"] = parent
-        raw = encode(data).encode()
-        parent = hashlib.sha256(raw).hexdigest()
-        (commits / f"{parent}.json").write_bytes(raw)
+        parent = _store_commit(store, data, encode)
         entry.write_text(parent + "\n")
 
 
@@ -97,6 +140,22 @@ def test_verify_flags_non_canonical_bytes(store_copy, capsys):
     capsys.readouterr()
     assert main(["--store", str(store_copy), "verify", "--skip-base", "--json"]) == 3
     assert any("canonical JSON" in p for p in json.loads(capsys.readouterr().out)["problems"])
+
+
+def test_verify_names_an_altered_record_and_a_missing_page(store_copy, capsys):
+    head = _read(
+        store_copy, "commits", sorted((store_copy / "refs" / "heads" / "main").iterdir())[-1].read_text().strip()
+    )
+    page = head["pages"][0]
+    record = store_copy / "objects" / "concepts" / f"{_read(store_copy, 'pages', page)['concepts'][1]}.json"
+    record.write_text(record.read_text().replace('"rank": 4', '"rank": 2', 1))
+    assert main(["--store", str(store_copy), "verify", "--skip-base", "--json"]) == 3
+    problems = json.loads(capsys.readouterr().out)["problems"]
+    assert any(record.name in p and "checksum mismatch" in p for p in problems), problems
+    (store_copy / "objects" / "pages" / f"{page}.json").unlink()
+    assert main(["--store", str(store_copy), "verify", "--skip-base", "--json"]) == 3
+    problems = json.loads(capsys.readouterr().out)["problems"]
+    assert any(f"pages/{page}.json is damaged (missing)" in p for p in problems), problems
 
 
 def test_an_untouched_store_verifies(seqlora_store, capsys):
