@@ -42,8 +42,11 @@ def concepts_that_fit(commit: Version, rank: int | None = None, policy: str = "r
     shrink: a nearly full layer takes what is left (at least 1), so until any layer is full.
     skip: a full layer is left out, so until no layer has r free dimensions.
     """
-    r = rank or commit.library.rank
-    free = list(free_dims(commit).values())
+    return fits(list(free_dims(commit).values()), rank or commit.library.rank, policy)
+
+
+def fits(free: list[int], r: int, policy: str) -> int:
+    """``concepts_that_fit`` from the free dimensions of every layer."""
     if policy == "refuse":
         return min(f // r for f in free)
     if policy == "skip":
@@ -123,7 +126,8 @@ class Status:
 def status(commit: Version, version: int, commit_id: str, worst_pairs: list) -> Status:
     """Capacity per width, the bottleneck layer, what fits; ``worst_pairs``: the worst crosstalk."""
     r = commit.library.rank
-    used, free = used_dims(commit), free_dims(commit)
+    used = used_dims(commit)  # one pass over the concepts: at 1,000 of them, each pass costs
+    free = {layer.name: layer.in_features - used[layer.name] for layer in commit.library.layers}
     groups: dict[int, list[str]] = {}
     for layer in commit.library.layers:
         groups.setdefault(layer.in_features, []).append(layer.name)
@@ -145,7 +149,7 @@ def status(commit: Version, version: int, commit_id: str, worst_pairs: list) -> 
         groups=widths,
         bottleneck=bottleneck.name,
         bottleneck_free=free[bottleneck.name],
-        fits=concepts_that_fit(commit),
-        fits_by_policy={p: concepts_that_fit(commit, policy=p) for p in WHEN_FULL},
+        fits=fits(list(free.values()), r, "refuse"),
+        fits_by_policy={p: fits(list(free.values()), r, p) for p in WHEN_FULL},
         worst_pairs=worst_pairs,
     )

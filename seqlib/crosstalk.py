@@ -49,9 +49,16 @@ def pairs_among(selected: list[ConceptRecord], load: Load) -> list[Pair]:
 
 def pairs_with(concepts: list[ConceptRecord], name: str, load: Load) -> list[Pair]:
     """The pairs involving ``name``, worst first. A pair lives in the later concept's record, so
-    only ``name`` and the concepts after it are read."""
+    only ``name`` and the concepts after it are read, and of the later ones only ``name``'s entries."""
     start = next(i for i, c in enumerate(concepts) if c.name == name)
-    return [p for p in _between(concepts[start:], concepts, load) if name in (p[0], p[1])]
+    found = _between(concepts[start : start + 1], concepts, load)
+    for c in concepts[start + 1 :]:
+        values = load(c)
+        if name in values.crosstalk_from:
+            found.append((name, c.name, values.crosstalk_from[name]))
+        if name in values.crosstalk_onto:
+            found.append((c.name, name, values.crosstalk_onto[name]))
+    return sorted(found, key=_worst_first)
 
 
 def _between(readers: Iterable[ConceptRecord], concepts: list[ConceptRecord], load: Load) -> list[Pair]:
@@ -63,17 +70,13 @@ def _between(readers: Iterable[ConceptRecord], concepts: list[ConceptRecord], lo
 def worst_pairs(concepts: list[ConceptRecord], k: int, load: Load) -> list[Pair]:
     """The k worst pairs of a version, exactly, from the records' summaries.
 
-    A summary is a record's top SUMMARY pairs. When a removed concept knocks entries out of a
-    full summary, the record's next pairs are unknown but no worse than the summary's last, so
-    its full Crosstalk is read only if that last value could still enter the top k.
+    A summary is a record's SUMMARY worst pairs; its other pairs are no worse than its last one.
+    So a record's full Crosstalk is read only when that last value could still enter the top k
+    (a removed concept knocked entries out, or k > SUMMARY): usually none for ``status``.
     """
     names = {c.name for c in concepts}
-    kept: dict[int, list[Pair]] = {}
-    unsure: list[int] = []
-    for i, c in enumerate(concepts):
-        kept[i] = [(a, b, x) for a, b, x in c.crosstalk_worst if a in names and b in names]
-        if len(kept[i]) < len(c.crosstalk_worst) == SUMMARY:
-            unsure.append(i)
+    kept = {i: [p for p in c.crosstalk_worst if p[0] in names and p[1] in names] for i, c in enumerate(concepts)}
+    unsure = [i for i, c in enumerate(concepts) if len(c.crosstalk_worst) == SUMMARY]
     for i in sorted(unsure, key=lambda i: -concepts[i].crosstalk_worst[-1][2]):
         known = sorted((p for pairs in kept.values() for p in pairs), key=_worst_first)
         if len(known) >= k and concepts[i].crosstalk_worst[-1][2] < known[k - 1][2]:

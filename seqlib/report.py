@@ -96,6 +96,7 @@ def report_data(lib: Library) -> dict:
         "fits_by_policy": status.fits_by_policy,
         "names": names,
         "matrix": matrix,
+        "fold_above": HEATMAP_MAX,  # a big library's cards fold away, so capacity and crosstalk stay in view
         "worst_pairs": crosstalk.worst_pairs(commit.concepts, WORST_PAIRS, lib.store.crosstalk),
         "history": history,
         "recipes": recipes,

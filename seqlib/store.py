@@ -54,6 +54,7 @@ from seqlib.errors import (
     UsageError,
 )
 from seqlib.format import (
+    READABLE_VERSIONS,
     Commit,
     ConceptRecord,
     Page,
@@ -119,6 +120,13 @@ class Store(Objects):
     def _parse(self, raw: bytes, key: str, model):
         """A JSON file of the format as ``model`` (a callable of the file's format_version for
         commits); any damage becomes one StoreDamagedError."""
+        if isinstance(model, type) and "format_version" in model.model_fields:
+            try:  # the fast path (pydantic parses the bytes itself): a store reads thousands of records
+                found = model.model_validate_json(raw)
+                if found.format_version in READABLE_VERSIONS:
+                    return found
+            except ValidationError:
+                pass  # the slow path below names the damage, the version gate first
         try:
             data = json.loads(raw)
         except (UnicodeDecodeError, json.JSONDecodeError) as e:

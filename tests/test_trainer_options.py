@@ -176,6 +176,28 @@ def test_bf16_base_with_augmentation_trains_fp32_factors(store_copy, photos, cap
     assert np.isfinite(concept.final_loss)
 
 
+def test_the_gpu_path_bf16_with_finite_difference_hvp_runs_on_a_cpu(store_copy, photos):
+    """What `--hvp auto` picks on a GPU (finite differences, no double backward through fused
+    attention) with a bf16 base, through the same code on the CPU: SDPA attention, fp32 factors."""
+    lib = Library.open(store_copy)
+    pipe = lib.load_base(lib.head(), "cpu", None)
+    assert {type(p).__name__ for p in pipe.unet.attn_processors.values()} == {"AttnProcessor2_0"}  # SDPA
+    cfg = TrainConfig(steps=2, K=1, S_B=1, S_A=1, precision="bf16", hvp="finite-diff", seed=3)
+    concept = lib.add("newone", photos / "robot", config=cfg)
+    assert (concept.training.precision, concept.training.hvp) == ("bf16", "finite-diff")
+    assert np.isfinite(concept.final_loss) and lib.verify(check_base=False)["ok"]  # still exactly orthogonal
+
+
+@pytest.mark.parametrize("device", ["cuda", "cuda:3"])
+def test_a_missing_gpu_is_one_clear_line_and_nothing_changes(store_copy, photos, capsys, device):
+    before = sorted(p.name for p in (store_copy / "refs" / "heads" / "main").iterdir())
+    code = main(["--store", str(store_copy), "add", "newone", str(photos / "robot"), "--device", device])
+    err = capsys.readouterr().err
+    assert code != 0 and "Traceback" not in err and f"--device {device}" in err
+    assert len(err.strip().splitlines()) == 1
+    assert sorted(p.name for p in (store_copy / "refs" / "heads" / "main").iterdir()) == before
+
+
 def test_fp16_on_a_cpu_is_refused(store_copy, photos, capsys):
     code = main(["--store", str(store_copy), "add", "newone", str(photos / "robot"), "--precision", "fp16"])
     assert code == 2 and "fp16 needs a GPU" in capsys.readouterr().err

@@ -19,6 +19,8 @@ from seqlib.cli._common import (
     warn,
 )
 
+STATUS_ROWS = 20  # concepts in status's table; a big library's table would bury the capacity
+
 
 @cli.command("status", short_help="Concepts and the capacity left on every layer.")
 @json_option
@@ -37,10 +39,14 @@ def status_command(ctx, as_json: bool, at: str | None) -> None:
     lib = s.commit.library
     console.print(f"[bold]base[/]      {lib.base.kind}: {lib.base.source} (fingerprint {lib.base.fingerprint[:12]})")
     console.print(f"[bold]version[/]   {s.version} ({s.commit_id[:12]})   [bold]rank[/] {lib.rank}")
-    concepts = Table(title=plural(len(s.commit.concepts), "concept"), title_justify="left")
+    shown = s.commit.concepts[-STATUS_ROWS:]
+    title = plural(len(s.commit.concepts), "concept")
+    if len(shown) < len(s.commit.concepts):
+        title += f" (the newest {len(shown)}; `seqlib list` shows all)"
+    concepts = Table(title=title, title_justify="left")
     for col in ("name", "token", "method", "rank", "images", "loss start → end", "added"):
         concepts.add_column(col)
-    for c in s.commit.concepts:
+    for c in shown:
         method = c.method + ("" if c.orthogonal else " [yellow](not orthogonal)[/]")
         concepts.add_row(
             c.name,
@@ -200,16 +206,20 @@ def list_command(ctx, as_json: bool, at: str | None) -> None:
     if as_json:
         click.echo(json.dumps(rows, indent=2, sort_keys=True))
         return
-    for r in rows:
-        tags = f"  [{', '.join(r['tags'])}]" if r["tags"] else ""
+    lines = [
+        f"{r['token']:<20} {r['method']:<12} rank {r['rank']}  {r['tensor_sha256'][:10]}  "
+        f"weight {r['weight']:g}  {r['images']} images  {r['created']}"
+        + (f"  [{', '.join(r['tags'])}]" if r["tags"] else "")
+        for r in rows
+    ]
+    if lines:  # one print: a thousand calls to rich cost more than reading the library
         console.print(
-            f"{r['token']:<20} {r['method']:<12} rank {r['rank']}  {r['tensor_sha256'][:10]}  "
-            f"weight {r['weight']:g}  {r['images']} images  {r['created']}{tags}",
+            "\n".join(lines),
             highlight=False,
             markup=False,  # tags are the user's words: "[pets]" is not a style
             soft_wrap=True,  # one line per concept, whatever the terminal's width: greppable
         )
-    if not rows:
+    else:
         console.print("no concepts yet; add one with `seqlib add NAME FOLDER`")
 
 
