@@ -31,7 +31,7 @@ VARIANTS = {
     "seqlora (defaults)": {},
     "seqlora S_B=1 forward-diff": {"S_B": 1, "hvp": "forward-diff"},
     "alternating": {"method": "alternating"},
-    "plain LoRA": {"method": "lora"},
+    "plain LoRA": {"method": "lora-joint"},
 }
 THRESHOLDS = (0.5, 0.7)
 

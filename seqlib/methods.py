@@ -21,6 +21,7 @@ class Method:
     moves_basis: bool  # B takes S_B steps per bilevel iteration (False: fixed after init)
     cross_hessian: bool  # the −α H[g_A] term of the reduced gradient ∇Φ
     basis: Literal["init", "frozen"] = "init"  # init: --basis-init (random | activation); frozen: shared matrix
+    joint: bool = False  # one gradient step on A, B and the token together (no bilevel split)
 
     def passes_per_iteration(self, S_B: int, S_A: int, hvp: str) -> int:
         """UNet forward+backward passes of one bilevel iteration (``seqlib.steps``): the
@@ -29,8 +30,8 @@ class Method:
         gives, and 2 later), each A-step. The CPU cost estimate multiplies it."""
         if not self.moves_basis:
             return 1 + S_A
-        if not self.cross_hessian:
-            return 1 + S_B + S_A
+        if self.joint or not self.cross_hessian:
+            return 1 + S_B + S_A  # joint: as many steps as alternating, each moving everything
         if hvp == "forward-diff":
             return 1 + (1 + 1) + (S_B - 1) * (1 + 2) + S_A
         return 1 + S_B * (1 + (3 if hvp == "autograd" else 2)) + S_A
@@ -70,3 +71,13 @@ register(
     )
 )
 register(Method("lora", "no projection: plain LoRA, the naive sum (uses no capacity)", False, True, False))
+register(
+    Method(
+        "lora-joint",
+        "plain LoRA as it is usually trained: A, B and the token in one step, no projection (uses no capacity)",
+        False,
+        True,
+        False,
+        joint=True,
+    )
+)

@@ -213,6 +213,8 @@ def bilevel_iteration(
         ehs = encode(emb)  # the embedding is a lower-level variable: fixed during the B-steps
 
     method = METHODS[cfg.method]
+    if method.joint:
+        return joint_steps(objective, encode, A_k, B_k, emb, draw, cfg, opt)
     # forward-diff: the first B-step shares the tentative step's batch, whose backward then also
     # gives ∇_B L(A_k, B_k), the base point of the one-sided cross-Hessian difference, for free
     reuse = method.cross_hessian and method.moves_basis and cfg.hvp == "forward-diff"
@@ -260,5 +262,24 @@ def bilevel_iteration(
         else:
             grads = opt.A.step(grads[:-1]) + opt.embedding.step(grads[-1:])
         A = [a - alpha * g for a, g in zip(A, grads[:-1])]
+        emb = (e - cfg.lr_embed * grads[-1]).detach()
+    return [a.detach() for a in A], [b.detach() for b in B], emb, average([loss.detach()])[0]
+
+
+def joint_steps(objective, encode, A, B, emb, draw: Callable[[], tuple], cfg: TrainConfig, opt: Optimizers | None):
+    """Plain LoRA as usually trained (``lora-joint``): 1 + S_B + S_A steps, each one gradient of
+    the loss on a fresh batch moving A (by α), B (by β) and the token embedding together; no
+    projection. The same passes as an alternating iteration, so the two compare per second."""
+    n = len(A)
+    for _ in range(1 + cfg.S_B + cfg.S_A):
+        Al, Bl, e = leaves(A), leaves(B), emb.detach().requires_grad_(True)
+        loss = objective(Al, Bl, encode(e), draw())
+        grads = average(torch.autograd.grad(loss, Al + Bl + [e]))
+        if opt is None:
+            grads = clip(grads, cfg.max_grad_norm)
+        else:
+            grads = opt.A.step(grads[:n]) + opt.B.step(grads[n : 2 * n]) + opt.embedding.step(grads[-1:])
+        A = [a - cfg.alpha * g for a, g in zip(A, grads[:n])]
+        B = [b - cfg.beta * g for b, g in zip(B, grads[n : 2 * n])]
         emb = (e - cfg.lr_embed * grads[-1]).detach()
     return [a.detach() for a in A], [b.detach() for b in B], emb, average([loss.detach()])[0]

@@ -27,7 +27,8 @@ from seqlib.concepts import examples, write_photos  # noqa: E402
 from seqlib.config import TrainConfig  # noqa: E402
 
 NAMES = ["mascot", "emblem", "robot"]
-FAST = dict(steps=4, K=2, S_B=1, S_A=1)
+# forward-diff: 4 passes per iteration instead of autograd's 6 (tests/test_method.py checks both agree)
+FAST = dict(steps=4, K=2, S_B=1, S_A=1, hvp="forward-diff")
 
 
 @pytest.fixture(scope="session")
@@ -50,7 +51,7 @@ def _trained(tmp_path_factory, empty_store: Path, photos: Path, method: str) -> 
     shutil.copytree(empty_store, path)
     lib = Library.open(path)
     for i, name in enumerate(NAMES):
-        lib.add(name, photos / name, config=TrainConfig(method=method, seed=i, **FAST))
+        lib.add(name, photos / name, config=TrainConfig(method=method, seed=i, **FAST), preview=False)
     return path
 
 

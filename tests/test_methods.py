@@ -16,7 +16,11 @@ def test_the_registry_is_what_the_cli_and_the_format_offer():
     from seqlib.format import TrainingRecord
 
     method_option = next(p for p in add_command.params if p.name == "method")
-    assert list(method_option.type.choices) == list(METHODS) == ["seqlora", "alternating", "frozen-basis", "lora"]
+    assert (
+        list(method_option.type.choices)
+        == list(METHODS)
+        == ["seqlora", "alternating", "frozen-basis", "lora", "lora-joint"]
+    )
     assert get("lora").projects is False and get("seqlora").cross_hessian is True
     assert "method" in TrainingRecord.model_fields
 

@@ -37,7 +37,7 @@ def test_two_racing_adds_exactly_one_wins(where, s3, empty_store, photos, tmp_pa
     # two real processes at once, one thread each (two processes spinning two OpenMP threads
     # apiece on a 2-core box can starve each other for minutes)
     adds = [
-        (["--store", store, "add", name, str(photos / name), "--steps", "8", "-K", "1"], 0)
+        (["--store", store, "add", name, str(photos / name), "--steps", "3", "-K", "1", "--hvp", "forward-diff"], 0)
         for name in ("emblem", "robot")
     ]
     results = [(r.returncode, r.stderr) for r in cli_processes(adds, threads=1)]

@@ -144,6 +144,8 @@ def test_gradient_checkpointing_changes_memory_not_results(tmp_path, empty_store
 
 
 def test_bf16_base_with_augmentation_trains_fp32_factors(store_copy, photos, capsys):
+    """Also the GPU path through the same code on the CPU: a bf16 base with what `--hvp auto` picks
+    on a GPU (finite differences: no double backward through fused attention)."""
     code = main(
         [
             "--store",
@@ -166,26 +168,17 @@ def test_bf16_base_with_augmentation_trains_fp32_factors(store_copy, photos, cap
             "--flip",
             "--aug-copies",
             "2",
+            "--hvp",
+            "finite-diff",
         ]
     )
     assert code == 0, capsys.readouterr().err
     lib = Library.open(store_copy)
     concept = lib.head().concept("newone")
     assert (concept.training.precision, concept.training.crop, concept.training.flip) == ("bf16", "random", True)
+    assert concept.training.hvp == "finite-diff" and lib.verify(check_base=False)["ok"]  # still orthogonal
     assert lib.payload_arrays(concept)["B_m64"].dtype == np.float32
     assert np.isfinite(concept.final_loss)
-
-
-def test_the_gpu_path_bf16_with_finite_difference_hvp_runs_on_a_cpu(store_copy, photos):
-    """What `--hvp auto` picks on a GPU (finite differences, no double backward through fused
-    attention) with a bf16 base, through the same code on the CPU: SDPA attention, fp32 factors."""
-    lib = Library.open(store_copy)
-    pipe = lib.load_base(lib.head(), "cpu", None)
-    assert {type(p).__name__ for p in pipe.unet.attn_processors.values()} == {"AttnProcessor2_0"}  # SDPA
-    cfg = TrainConfig(steps=2, K=1, S_B=1, S_A=1, precision="bf16", hvp="finite-diff", seed=3)
-    concept = lib.add("newone", photos / "robot", config=cfg)
-    assert (concept.training.precision, concept.training.hvp) == ("bf16", "finite-diff")
-    assert np.isfinite(concept.final_loss) and lib.verify(check_base=False)["ok"]  # still exactly orthogonal
 
 
 @pytest.mark.parametrize("device", ["cuda", "cuda:3"])

@@ -147,7 +147,8 @@ def test_verify_names_an_altered_record_and_a_missing_page(store_copy, capsys):
         store_copy, "commits", sorted((store_copy / "refs" / "heads" / "main").iterdir())[-1].read_text().strip()
     )
     page = head["pages"][0]
-    record = store_copy / "objects" / "concepts" / f"{_read(store_copy, 'pages', page)['concepts'][1]}.json"
+    ids = [r for p in head["pages"] for r in _read(store_copy, "pages", p)["concepts"]]
+    record = store_copy / "objects" / "concepts" / f"{ids[1]}.json"
     record.write_text(record.read_text().replace('"rank": 4', '"rank": 2', 1))
     assert main(["--store", str(store_copy), "verify", "--skip-base", "--json"]) == 3
     problems = json.loads(capsys.readouterr().out)["problems"]
