@@ -2,15 +2,19 @@
 itself. The headline trainer metric (issue 16): per-iteration cost says little if one method needs
 more iterations.
 
-For each variant, learns ``examples/<name>`` into a fresh library at several budgets (``--steps``
-rounds each, every budget a separate run from scratch, so the schedule is the one a user with that
-budget gets), renders "a photo of <name>" alone (seeds 0-7, sampled as in ``stream.py``) and scores
-identity (``seqlib.identity``: cosine to the mean embedding of the training photos). Prints a table
-(training seconds and identity per budget; seconds to reach 0.5 and 0.7, interpolated between
-budgets) and writes the curves to ``--out``/time_to_identity.png.
+For each variant, learns ``examples/<name>`` (or several, ``--name a,b,c``, one after the other
+into one library) into a fresh library at several budgets (``--steps`` rounds each, every budget a
+separate run from scratch, so the schedule is the one a user with that budget gets), renders "a
+photo of <name>" (seeds 0-7, sampled as in ``stream.py``) with the concept alone and, for several
+concepts, with all of them active (the paper's protocol), and scores identity (``seqlib.identity``:
+cosine to the mean embedding of the concept's training photos). Prints a table (training seconds
+and identity per budget; seconds to reach 0.5 and 0.7 alone, interpolated between budgets) and
+writes the curves to ``--out``/time_to_identity.png.
 
     python benchmarks/time_to_identity.py --out build/tti                    # ~25 min on 2 cores
     python benchmarks/time_to_identity.py --out build/tti --steps 5,15 --variants "plain LoRA"
+    python benchmarks/time_to_identity.py --out build/tti3 --name mascot,emblem,robot --steps 15,45 \
+        --variants "seqlora S_B=1 forward-diff,seqlora (defaults),plain LoRA"   # ~30 min
 """
 
 from __future__ import annotations
@@ -60,8 +64,11 @@ def main() -> None:
     from seqlib.identity import load_encoder, reference, to_tensor
 
     encoder = load_encoder()
-    photos = [Image.open(f).convert("RGB") for f in sorted((EXAMPLES / args.name).glob("*.png"))]
-    refs = reference(encoder, to_tensor(photos))[None]
+    names = args.name.split(",")
+    refs = {}
+    for name in names:
+        photos = [Image.open(f).convert("RGB") for f in sorted((EXAMPLES / name).glob("*.png"))]
+        refs[name] = reference(encoder, to_tensor(photos))[None]
     budgets = [int(s) for s in args.steps.split(",")]
     saved = args.out / "time_to_identity.json"
     done = {} if args.fresh or not saved.is_file() else json.loads(saved.read_text())  # resumable: point by point
@@ -69,53 +76,74 @@ def main() -> None:
     for variant in args.variants.split(","):
         curves[variant] = []
         for steps in budgets:
-            key = f"{variant} | {steps}"
+            key = f"{variant} | {steps}" + ("" if len(names) == 1 else f" | {args.name}")
             if key not in done:
                 done[key] = _point(args, variant, steps, encoder, refs)
                 saved.write_text(json.dumps(done, indent=1) + "\n")
-            curves[variant].append(tuple(done[key]))
-            row = {"variant": variant, "steps": steps, "seconds": done[key][0], "identity": done[key][1]}
+            point = list(done[key])
+            if len(point) == 3:  # one concept: all active is alone
+                point += point[1:3]
+            curves[variant].append(tuple(point))
+            row = {"variant": variant, "steps": steps, "seconds": point[0], "alone": point[1], "all": point[3]}
             print(json.dumps(row), flush=True)
-    _plot(curves, args.out / "time_to_identity.png", args.name)
-    header = " | ".join(f"{s} rounds: s, identity" for s in budgets)
+    _plot(curves, args.out / "time_to_identity.png", args.name, several=len(names) > 1)
+    header = " | ".join(f"{s} rounds: s, alone" + (", all active" if len(names) > 1 else "") for s in budgets)
+    where = "alone" if len(names) == 1 else "alone and with all active (mean over the concepts)"
     lines = [
-        f"`<{args.name}>` alone, {args.images} images, tiny embedded base, CPU ({torch.get_num_threads()} threads), "
-        f"{date.today()}",
+        f"`{', '.join(f'<{n}>' for n in names)}` {where}, {args.images} images each, tiny embedded base, "
+        f"CPU ({torch.get_num_threads()} threads), {date.today()}",
         "",
-        f"| variant | {header} | s to 0.5 | s to 0.7 |",
+        f"| variant | {header} | s to 0.5 alone | s to 0.7 alone |",
         "|---|" + "---:|" * (len(budgets) + 2),
     ]
     for variant, points in curves.items():
-        cells = " | ".join(f"{t:.0f}, {m:.2f} ± {sd:.2f}" for t, m, sd in points)
-        reach = [seconds_to([(t, m) for t, m, _ in points], level) for level in THRESHOLDS]
+        cells = " | ".join(
+            f"{t:.0f}, {m:.2f} ± {sd:.2f}" + (f", {a:.2f} ± {asd:.2f}" if len(names) > 1 else "")
+            for t, m, sd, a, asd in points
+        )
+        reach = [seconds_to([(p[0], p[1]) for p in points], level) for level in THRESHOLDS]
         lines.append(f"| {variant} | {cells} | " + " | ".join("–" if r is None else f"{r:.0f}" for r in reach) + " |")
     emit(lines, None)
 
 
-def _point(args, variant: str, steps: int, encoder, refs) -> tuple[float, float, float]:
-    """(training seconds, mean identity, its sd) of one add at ``steps`` rounds from scratch."""
+def _point(args, variant: str, steps: int, encoder, refs: dict) -> tuple[float, ...]:
+    """(training seconds, identity alone: mean, sd[, with all active: mean, sd]) of adds at
+    ``steps`` rounds from scratch, the concepts one after the other into one library."""
     from stream import generate
 
     from seqlib.api import Library
     from seqlib.config import TrainConfig
     from seqlib.identity import identity_scores
 
+    names = list(refs)
     folder = args.out / "libraries" / f"{variant}-{steps}".replace(" ", "_")
-    finished = (folder / ".seqlib" / "store.json").is_file() and not args.fresh
-    concept = Library.open(folder).head().concept(args.name) if finished else None
-    lib = Library.open(folder) if concept else None
-    if concept is None:  # not trained yet (a finished library is reused: the run is resumable)
+    if args.fresh or not (folder / ".seqlib" / "store.json").is_file():
         shutil.rmtree(folder, ignore_errors=True)
-        lib = Library.init(folder)
-        config = TrainConfig(steps=steps, **VARIANTS[variant])
-        concept = lib.add(args.name, EXAMPLES / args.name, config=config, preview=False)
-    pipe = lib.pipeline({args.name: 1.0})
-    images = generate(pipe, [f"a photo of <{args.name}>"] * args.images, list(range(args.images)))
-    scores = identity_scores(encoder, images, refs)[:, 0].tolist()
-    return concept.train_seconds, statistics.mean(scores), statistics.stdev(scores)
+        Library.init(folder)
+    lib = Library.open(folder)
+    for name in names:  # a finished concept is reused: the run is resumable
+        if lib.head().concept(name) is None:
+            lib.add(name, EXAMPLES / name, config=TrainConfig(steps=steps, **VARIANTS[variant]), preview=False)
+    seconds = sum(lib.head().concept(n).train_seconds for n in names)
+    seeds = list(range(args.images))
+
+    def scores(selection: dict[str, float]) -> list[float]:
+        pipe = lib.pipeline(selection)
+        found = []
+        for name in names if len(selection) > 1 else list(selection):
+            images = generate(pipe, [f"a photo of <{name}>"] * args.images, seeds)
+            found += identity_scores(encoder, images, refs[name])[:, 0].tolist()
+        return found
+
+    alone = [x for n in names for x in scores({n: 1.0})]
+    point = (seconds, statistics.mean(alone), statistics.stdev(alone))
+    if len(names) > 1:
+        everything = scores(dict.fromkeys(names, 1.0))
+        point += (statistics.mean(everything), statistics.stdev(everything))
+    return point
 
 
-def _plot(curves: dict, path: Path, name: str) -> None:
+def _plot(curves: dict, path: Path, name: str, several: bool = False) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -123,12 +151,17 @@ def _plot(curves: dict, path: Path, name: str) -> None:
 
     fig, ax = plt.subplots(figsize=(6, 4), dpi=110)
     for variant, points in curves.items():
-        t, m, sd = zip(*points)
-        ax.errorbar(t, m, yerr=sd, marker="o", capsize=3, label=variant)
+        t, m, sd, a, asd = zip(*points)
+        line = ax.errorbar(t, m, yerr=sd, marker="o", capsize=3, label=f"{variant}, alone" if several else variant)
+        if several:
+            colour = line.lines[0].get_color()
+            ax.errorbar(
+                t, a, yerr=asd, marker="s", capsize=3, linestyle="--", color=colour, label=f"{variant}, all active"
+            )
     for level in THRESHOLDS:
         ax.axhline(level, color="#bbb", linewidth=0.8, linestyle="--")
     ax.set_xlabel("training seconds (2-core CPU)")
-    ax.set_ylabel(f"identity of <{name}> alone")
+    ax.set_ylabel("identity (mean over the concepts)" if several else f"identity of <{name}> alone")
     ax.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(path)

@@ -178,7 +178,8 @@ def test_training_lowers_the_concepts_own_loss(tmp_path, empty_store, photos):
     shutil.copytree(empty_store, tmp_path / ".seqlib")
     lib = Library.open(tmp_path / ".seqlib")
     # the cheapest exact-form seqlora iteration (5 passes); the default path trains in the fixtures
-    concept = lib.add("mascot", photos / "mascot", config=TrainConfig(steps=10, S_B=1, hvp="forward-diff"))
+    config = TrainConfig(steps=10, S_B=1, hvp="forward-diff")
+    concept = lib.add("mascot", photos / "mascot", config=config, preview=False)
     assert concept.final_loss < 0.98 * concept.initial_loss
     # The recorded numbers are those of the stored factors.
     assert lib.head().concept("mascot").final_loss == concept.final_loss

@@ -147,8 +147,8 @@ def test_a_full_library_refuses_with_the_layer_named(tmp_path, photos, capsys):
     from seqlib.config import TrainConfig
 
     lib = Library.init(tmp_path / ".seqlib", rank=32)  # 64-wide layers hold 2 concepts
-    for name in ("mascot", "emblem"):
-        lib.add(name, photos / name, config=TrainConfig(**FAST))
+    for name in ("mascot", "emblem"):  # one round each: only the capacity they take matters here
+        lib.add(name, photos / name, config=TrainConfig(**FAST | {"steps": 1}), preview=False)
     assert lib.status().fits == 0
     before = lib.store.entries()
     code = main(["--store", str(tmp_path / ".seqlib"), "add", "robot", str(photos / "robot")])
