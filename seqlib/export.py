@@ -184,16 +184,18 @@ def write_export(
     rank = next(iter(factors.values()))[1].shape[0]
     description = description or f"seqlib export of {', '.join(tokens)}"
     trigger = ", ".join(x for x in (" ".join(tokens), trigger) if x)
+    # an embedded base is SD-shaped but not SD1.5: tools that filter by base must not offer it there
+    embedded = meta.get("base_kind") == "embedded"
     header = {
         "format": "pt",
         "seqlib": json.dumps(meta, sort_keys=True),
         "ss_network_module": "networks.lora",
         "ss_network_dim": str(rank),
         "ss_network_alpha": str(float(rank)),
-        "ss_base_model_version": "sd_v1",
+        "ss_base_model_version": f"seqlib_{meta['base']}" if embedded else "sd_v1",
         "ss_output_name": path.stem,
         "modelspec.sai_model_spec": "1.0.0",
-        "modelspec.architecture": "stable-diffusion-v1/lora",
+        "modelspec.architecture": f"{meta['base']}/lora" if embedded else "stable-diffusion-v1/lora",
         "modelspec.implementation": "https://github.com/huggingface/diffusers",
         "modelspec.title": path.stem,
         "modelspec.trigger_phrase": trigger,

@@ -39,7 +39,9 @@ def test_diffusers_loads_the_export_to_exactly_the_composed_weights(seqlora_stor
     with safe_open(str(file), "pt") as f:
         meta = f.metadata()
         rank = 3 * 4
-        assert meta["ss_network_dim"] == str(rank) and meta["ss_base_model_version"] == "sd_v1"
+        assert meta["ss_network_dim"] == str(rank)
+        base = json.loads(meta["seqlib"])["base"]  # the embedded base: not offered beside SD1.5 checkpoints
+        assert meta["ss_base_model_version"] == f"seqlib_{base}" and meta["modelspec.architecture"] == f"{base}/lora"
         assert meta["modelspec.trigger_phrase"] == "<mascot> <emblem> <robot>"
         assert json.loads(meta["seqlib"])["concepts"] == SELECTION
         if fmt == "diffusers":
