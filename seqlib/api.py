@@ -318,13 +318,8 @@ class Library:
         (``commit``: the one already read, to spare a second read)."""
         version, commit_id = self.version()
         b = (commit or self.head()).library.base
-        return {
-            "store_version": version,
-            "commit": commit_id,
-            "base": b.source,
-            "base_kind": b.kind,
-            "base_fingerprint": b.fingerprint,
-        }
+        base = {"base": b.source, "base_kind": b.kind, "base_fingerprint": b.fingerprint}
+        return {"store_version": version, "commit": commit_id, **base}
 
     import_lora = adopt.import_lora
 
