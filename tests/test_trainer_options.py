@@ -211,6 +211,7 @@ def test_an_interrupted_add_resumes_to_the_same_factors(tmp_path, empty_store, p
     import seqlib.train
 
     args = ["add", "mascot", str(photos / "mascot"), "--steps", "7", "-K", "1", "--s-b", "1", "--s-a", "1"]
+    args += ["--hvp", "forward-diff", "--no-preview"]  # the cheapest iteration: only resuming is tested
     straight = tmp_path / "straight" / ".seqlib"
     shutil.copytree(empty_store, straight)
     assert main(["--store", str(straight), *args]) == 0
@@ -248,6 +249,7 @@ def test_an_interrupted_add_resumes_to_the_same_factors(tmp_path, empty_store, p
 def test_two_data_parallel_processes_agree_and_commit_once(store_copy, photos, capfd):
     # the launcher runs here; the two training processes are real ones (gloo on the CPU)
     args = ["--store", str(store_copy), "add", "newone", str(photos / "robot"), "--steps", "2", "-K", "1"]
+    args += ["--s-b", "1", "--hvp", "forward-diff", "--no-preview"]
     assert main([*args, "--num-processes", "2"]) == 0, capfd.readouterr().err
     assert "factors identical across 2 processes" in capfd.readouterr().out.replace("\n", " ")
     lib = Library.open(store_copy)
