@@ -28,7 +28,9 @@ def _state(lib: Library) -> tuple:
 
 
 OPERATIONS = {
-    "add": lambda photos, tmp: ["add", "newone", str(photos / "robot"), "--steps", "1", "-K", "1", "--s-b", "1"],
+    "add": lambda photos, tmp: (
+        ["add", "newone", str(photos / "robot"), "--steps", "1", "-K", "1", "--s-b", "1"] + ["--hvp", "forward-diff"]
+    ),  # the cheapest iteration: every write step is still there, preview included
     "rm": lambda photos, tmp: ["rm", "emblem"],
     "tag": lambda photos, tmp: ["tag", "keep", "2"],
     "revert": lambda photos, tmp: ["revert", "2"],
