@@ -30,8 +30,8 @@ def used_dims(commit: Version) -> dict[str, int]:
     return used
 
 
-def free_dims(commit: Version) -> dict[str, int]:
-    used = used_dims(commit)
+def free_dims(commit: Version, used: dict[str, int] | None = None) -> dict[str, int]:
+    used = used_dims(commit) if used is None else used
     return {layer.name: layer.in_features - used[layer.name] for layer in commit.library.layers}
 
 
@@ -127,7 +127,7 @@ def status(commit: Version, version: int, commit_id: str, worst_pairs: list) -> 
     """Capacity per width, the bottleneck layer, what fits; ``worst_pairs``: the worst crosstalk."""
     r = commit.library.rank
     used = used_dims(commit)  # one pass over the concepts: at 1,000 of them, each pass costs
-    free = {layer.name: layer.in_features - used[layer.name] for layer in commit.library.layers}
+    free = free_dims(commit, used)
     groups: dict[int, list[str]] = {}
     for layer in commit.library.layers:
         groups.setdefault(layer.in_features, []).append(layer.name)

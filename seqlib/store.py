@@ -240,6 +240,11 @@ class Store(Objects):
         commit, raw = self.read_commit_bytes(commit_id)
         if verify and sha256_hex(raw) != commit_id:
             raise ChecksumMismatch(f"commit {commit_id[:12]}", commit_id, sha256_hex(raw))
+        return self.version_of(commit, verify)
+
+    def version_of(self, commit: Commit | CommitV2, verify: bool = False) -> Version:
+        """The version a commit already read holds: its pages and records resolved (``verify``:
+        each re-hashed); a version-1/2 commit's records upgraded in memory."""
         if isinstance(commit, CommitV2):
             version, values = commit.upgrade()
             for obj in values:
@@ -369,7 +374,7 @@ class Store(Objects):
                 keep["pages"] |= {f"{p}.json" for p in commit.pages}
                 for pid in commit.pages:
                     keep["concepts"] |= {f"{r}.json" for r in self.read_object("pages", pid, Page).concepts}
-            for c in self.read_version(cid).concepts:
+            for c in self.version_of(commit).concepts:
                 keep["payloads"].add(c.payload)
                 if c.preview:
                     keep["previews"].add(f"{c.preview}.png")

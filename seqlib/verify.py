@@ -86,7 +86,7 @@ def _read_branch(store, problems: list[str]) -> tuple[list[tuple[int, str]], dic
         if commit.parent != previous_id:
             problems.append(f"version {version}: its parent is not version {version - 1}'s commit")
         try:  # its pages and records, each re-hashed once over the whole history
-            commits[commit_id] = store.read_version(commit_id, verify=True)
+            commits[commit_id] = store.version_of(commit, verify=True)
         except SeqlibError as e:
             problems.append(f"version {version}: {e}")
     return entries, commits
@@ -177,9 +177,13 @@ def _check_version(
     return value, a, b, layer
 
 
-def _check_crosstalk(store, verified: dict[str, dict], commit: Version, problems: list[str], seen: set) -> None:
+def _check_crosstalk(
+    store, verified: dict[str, dict], commit: Version, problems: list[str], seen: set, checked: set
+) -> None:
     """Recompute each stored crosstalk value from the two concepts' factors and the target's
-    stored input directions (format_spec.md, "Crosstalk"), each pair of payloads once."""
+    stored input directions (format_spec.md, "Crosstalk"), each pair of payloads once. A record
+    is checked in the first version that holds it: against the concepts its values were measured
+    with (later versions share it, and a name may since belong to a re-added concept)."""
     from seqlib import payload
     from seqlib.activations import crosstalk
 
@@ -192,6 +196,9 @@ def _check_crosstalk(store, verified: dict[str, dict], commit: Version, problems
         return payload.unpack_coeffs(layers, arrays), payload.unpack_bases(layers, arrays)
 
     for c in commit.concepts:
+        if id(c) in checked:
+            continue
+        checked.add(id(c))
         try:
             values = store.crosstalk(c)  # unreadable ones were reported by _check_records
         except SeqlibError:
@@ -285,11 +292,12 @@ def verify_library(lib: Library, check_base: bool = True) -> dict:
     except SeqlibError as e:
         problems.append(str(e))
     seen: set = set()
+    checked: set = set()  # records (shared across versions) whose crosstalk was recomputed
     layers = next(iter(commits.values())).library.layers if commits else []
     overlaps = Overlaps([x.name for x in layers], {pid: payload.unpack_bases(layers, a) for pid, a in verified.items()})
     for version, commit_id in entries:
         if commit_id in commits:
-            _check_crosstalk(store, verified, commits[commit_id], problems, seen)
+            _check_crosstalk(store, verified, commits[commit_id], problems, seen, checked)
             result = _check_version(verified, overlaps, version, commits[commit_id], problems)
             if commit_id == read_id:
                 worst = result
