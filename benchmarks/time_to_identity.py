@@ -59,6 +59,8 @@ def main() -> None:
     parser.add_argument("--variants", default=",".join(VARIANTS), help="comma-separated names from VARIANTS")
     parser.add_argument("--fresh", action="store_true", help="ignore the points a previous run saved in --out")
     parser.add_argument("--images", type=int, default=8)
+    parser.add_argument("--base", default=None, help="seqlib init --base (default: the tiny embedded base)")
+    parser.add_argument("--grids", action="store_true", help="save each point's images as PNG grids in --out")
     args = parser.parse_args()
 
     from seqlib.identity import load_encoder, reference, to_tensor
@@ -77,6 +79,7 @@ def main() -> None:
         curves[variant] = []
         for steps in budgets:
             key = f"{variant} | {steps}" + ("" if len(names) == 1 else f" | {args.name}")
+            key += f" | {args.base}" if args.base else ""
             if key not in done:
                 done[key] = _point(args, variant, steps, encoder, refs)
                 saved.write_text(json.dumps(done, indent=1) + "\n")
@@ -90,7 +93,8 @@ def main() -> None:
     header = " | ".join(f"{s} rounds: s, alone" + (", all active" if len(names) > 1 else "") for s in budgets)
     where = "alone" if len(names) == 1 else "alone and with all active (mean over the concepts)"
     lines = [
-        f"`{', '.join(f'<{n}>' for n in names)}` {where}, {args.images} images each, tiny embedded base, "
+        f"`{', '.join(f'<{n}>' for n in names)}` {where}, {args.images} images each, "
+        f"{args.base or 'tiny embedded'} base, "
         f"CPU ({torch.get_num_threads()} threads), {date.today()}",
         "",
         f"| variant | {header} | s to 0.5 alone | s to 0.7 alone |",
@@ -116,10 +120,11 @@ def _point(args, variant: str, steps: int, encoder, refs: dict) -> tuple[float, 
     from seqlib.identity import identity_scores
 
     names = list(refs)
-    folder = args.out / "libraries" / f"{variant}-{steps}".replace(" ", "_")
+    tag = f"{variant}-{steps}" + (f"-{args.base}" if args.base else "")
+    folder = args.out / "libraries" / tag.replace(" ", "_").replace(":", "_").replace("/", "_")
     if args.fresh or not (folder / ".seqlib" / "store.json").is_file():
         shutil.rmtree(folder, ignore_errors=True)
-        Library.init(folder)
+        Library.init(folder, base=args.base)
     lib = Library.open(folder)
     for name in names:  # a finished concept is reused: the run is resumable
         if lib.head().concept(name) is None:
@@ -133,6 +138,9 @@ def _point(args, variant: str, steps: int, encoder, refs: dict) -> tuple[float, 
         for name in names if len(selection) > 1 else list(selection):
             images = generate(pipe, [f"a photo of <{name}>"] * args.images, seeds)
             found += identity_scores(encoder, images, refs[name])[:, 0].tolist()
+            if args.grids:
+                which = "all" if len(selection) > 1 else "alone"
+                _grid(images, args.out / "grids" / f"{folder.name}-{name}-{which}.png")
         return found
 
     alone = [x for n in names for x in scores({n: 1.0})]
@@ -141,6 +149,14 @@ def _point(args, variant: str, steps: int, encoder, refs: dict) -> tuple[float, 
         everything = scores(dict.fromkeys(names, 1.0))
         point += (statistics.mean(everything), statistics.stdev(everything))
     return point
+
+
+def _grid(images: torch.Tensor, path: Path) -> None:
+    """Images in [-1, 1] side by side, upscaled 2x (nearest) so 64 px samples can be looked at."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    row = ((images.clamp(-1, 1) + 1) * 127.5).round().byte().permute(0, 2, 3, 1).numpy()
+    im = Image.fromarray(row.transpose(1, 0, 2, 3).reshape(row.shape[1], -1, 3))
+    im.resize((im.width * 2, im.height * 2), Image.Resampling.NEAREST).save(path)
 
 
 def _plot(curves: dict, path: Path, name: str, several: bool = False) -> None:

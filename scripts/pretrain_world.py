@@ -17,9 +17,19 @@ and a contact sheet of samples for captions it was trained on.
 
 ``--preset lab`` pretrains the lab base (``seqlib.embedded.build_lab_pipeline``, 256-wide
 attention at 16x16) on the lab world (``seqlib.world_lab``): the VAE is the tiny base's, so only
-the UNet stage runs (~8 s a step at batch 32 on 2 CPU cores; well under a second on a GPU):
+the UNet stage runs. Its recipe fits a 2-core CPU (benchmarks/RESULTS.md, "The lab base,
+pretrained on this machine"): bf16 autocast with fp32 master weights and optimiser state
+(AVX512-BF16 halves a step), Min-SNR-gamma loss weighting, a short warm-up and an EMA whose
+decay suits a few thousand steps:
 
-    python scripts/pretrain_world.py --preset lab --out build/lab-base --device cuda
+    python scripts/pretrain_world.py --preset lab --out ~/seqlib-build/lab-base   # resumable
+    python scripts/pretrain_world.py --preset lab --out /tmp/p --stop-after 300 --unet-steps 3400  # a probe
+
+Every ``--eval-every`` steps the raw (not EMA) weights are scored on a fixed held-out batch
+(scenes the training never draws, fixed timesteps and noise, unweighted MSE), so probes with
+different loss weightings compare on one scale; the scores and the seconds go to the log.
+Seconds are training seconds: a step during which the process was stopped (SIGSTOP/SIGCONT,
+to lend the CPU to a test run) is counted at the median of the steps before it.
 """
 
 from __future__ import annotations
@@ -29,6 +39,7 @@ import json
 import math
 import os
 import random
+import signal
 import time
 from pathlib import Path
 
@@ -37,12 +48,35 @@ import torch.nn.functional as F
 
 STAGES = ("vae", "unet")
 TRAIN_SCENES = 10_000_000  # training scenes are drawn below this index; held-out ones above
+LAB_STEPS = 1800  # chosen by the probes (RESULTS): ~3.7 s a step on this machine
+LAB_LR = 1e-3
 
 
-PRESETS = {  # architecture builder, world module, and the settings that differ
-    "tiny": {"vae_steps": 4000, "unet_steps": 6500, "batch": 32},
-    "lab": {"vae_steps": 0, "unet_steps": 8000, "batch": 32},
+PRESETS = {  # the settings that differ; the tiny base's are the ones it shipped with
+    "tiny": {
+        "vae_steps": 4000,
+        "unet_steps": 6500,
+        "batch": 32,
+        "lr": 3e-4,
+        "warmup": 200,
+        "precision": "fp32",
+        "min_snr_gamma": 0.0,
+        "ema_decay": 0.999,
+        "attention": "sdpa",
+    },
+    "lab": {
+        "vae_steps": 0,
+        "unet_steps": LAB_STEPS,
+        "batch": 32,
+        "lr": LAB_LR,
+        "warmup": 100,
+        "precision": "bf16",
+        "min_snr_gamma": 5.0,
+        "ema_decay": 0.998,
+        "attention": "classic",
+    },
 }
+EVAL_SIZE = 64  # held-out images scored every --eval-every steps
 
 
 def world_module(preset: str):
@@ -105,6 +139,21 @@ def learning_rate(peak: float, step: int, total: int, warmup: int = 200) -> floa
     return peak * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * progress)))
 
 
+def snr_weights(alphas_cumprod: torch.Tensor, t: torch.Tensor, gamma: float) -> torch.Tensor:
+    """Min-SNR-gamma weights for epsilon prediction (Hang et al. 2023): min(SNR, gamma) / SNR,
+    so the many nearly-clean timesteps stop dominating the gradient; 1 everywhere when gamma is 0."""
+    if gamma <= 0:
+        return torch.ones(t.shape)
+    a = alphas_cumprod[t]
+    snr = a / (1 - a)
+    return torch.clamp(snr, max=gamma) / snr
+
+
+def ema_decay(step: int, cap: float) -> float:
+    """The EMA's decay at ``step``: (1 + step) / (10 + step), capped, so early weights fade fast."""
+    return min(cap, (1 + step) / (10 + step))
+
+
 def save_atomic(obj, path: Path) -> None:
     tmp = path.with_suffix(".tmp")
     torch.save(obj, tmp)
@@ -146,6 +195,23 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=None, help="Default: the preset's.")
     parser.add_argument("--device", default="cpu", help="cpu or cuda; the batches and noise are drawn on the CPU.")
     parser.add_argument("--workers", type=int, default=0, help="Processes drawing batches ahead (a GPU needs ~8).")
+    parser.add_argument("--lr", type=float, default=None, help="Peak learning rate of the UNet stage.")
+    parser.add_argument("--warmup", type=int, default=None, help="Linear warm-up steps of the UNet stage.")
+    parser.add_argument(
+        "--precision", choices=("fp32", "bf16"), default=None, help="bf16: CPU/GPU autocast, fp32 master weights."
+    )
+    parser.add_argument("--min-snr-gamma", type=float, default=None, help="Min-SNR-gamma loss weighting (0: off).")
+    parser.add_argument(
+        "--attention",
+        choices=("sdpa", "classic"),
+        default=None,
+        help="classic: diffusers' AttnProcessor (bmm + softmax), faster than CPU flash attention at head dim 32.",
+    )
+    parser.add_argument("--ema-decay", type=float, default=None, help="The EMA decay's cap.")
+    parser.add_argument(
+        "--eval-every", type=int, default=100, help="Score the held-out batch every N steps (0: never)."
+    )
+    parser.add_argument("--ship", type=Path, default=None, help="Also write the fp16 copy the package ships here.")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=2, help="CPU threads; part of what makes a run reproducible.")
     parser.add_argument("--checkpoint-every", type=int, default=250)
@@ -171,7 +237,13 @@ def main() -> None:
     pipe = StableDiffusionPipeline.from_pretrained(init, safety_checker=None, requires_safety_checker=False)
     pipe.to(device)
     vae, unet, te, tok, sched = pipe.vae, pipe.unet, pipe.text_encoder, pipe.tokenizer, pipe.scheduler
+    if args.attention == "classic":  # the same function, computed another way: the weights mean the same
+        from diffusers.models.attention_processor import AttnProcessor
+
+        unet.set_attn_processor(AttnProcessor())
     ema = {k: v.detach().clone() for k, v in unet.state_dict().items()}
+    # the text encoder's average too: an averaged UNet reading a raw encoder's states would lag it
+    ema_te = {k: v.detach().clone() for k, v in te.state_dict().items()}
     settings = {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()}
     state = {"stage": "vae", "step": 0, "log": {"settings": settings, "vae": [], "unet": [], "seconds": {}}}
     opt = torch.optim.AdamW(vae.parameters(), lr=1e-3)
@@ -186,12 +258,18 @@ def main() -> None:
         unet.load_state_dict(ckpt["unet"])
         te.load_state_dict(ckpt["te"])
         ema = ckpt["ema"]
+        if "ema_te" in ckpt:  # checkpoints before it existed start the average where the encoder is
+            ema_te = ckpt["ema_te"]
+        else:
+            ema_te = {k: v.detach().clone() for k, v in te.state_dict().items()}
         state = json.loads(ckpt["state"])
         if state["stage"] == "unet":
             vae.register_to_config(scaling_factor=state["scaling_factor"])
             opt = torch.optim.AdamW([*unet.parameters(), *te.parameters()], lr=3e-4)
         opt.load_state_dict(ckpt["opt"])
         print(f"resuming {state['stage']} at step {state['step']}", flush=True)
+        # each run's own settings (threads, evaluation, stop) beside the first run's
+        state["log"].setdefault("resumed", []).append({"step": state["step"], "settings": settings})
     log = state["log"]
 
     def checkpoint() -> None:
@@ -201,6 +279,7 @@ def main() -> None:
                 "unet": unet.state_dict(),
                 "te": te.state_dict(),
                 "ema": ema,
+                "ema_te": ema_te,
                 "opt": opt.state_dict(),
                 "state": json.dumps(state),
             },
@@ -209,27 +288,42 @@ def main() -> None:
 
     steps_this_run = 0
 
-    peak = {"vae": 1e-3, "unet": 3e-4}
+    peak = {"vae": 1e-3, "unet": args.lr}
     total = {"vae": args.vae_steps, "unet": args.unet_steps}
+
+    stopped = {"flag": False}  # set by SIGCONT: the step in flight was paused
+    signal.signal(signal.SIGCONT, lambda *_: stopped.update(flag=True))
+    recent: list[float] = []
 
     def step_done(loss: torch.Tensor, stage: str, t0: float, after_step=None) -> None:
         """Apply the gradient of ``loss`` at the scheduled learning rate, then count, log and
         checkpoint the step."""
         nonlocal steps_this_run
         for group in opt.param_groups:
-            group["lr"] = learning_rate(peak[stage], state["step"], total[stage])
+            group["lr"] = learning_rate(
+                peak[stage], state["step"], total[stage], args.warmup if stage == "unet" else 200
+            )
         opt.zero_grad()
         loss.backward()
         opt.step()
         if after_step is not None:
             after_step(state["step"])
         spent = time.time() - t0
+        if stopped["flag"] and recent:  # lent to another job mid-step: count it as a typical step
+            spent = sorted(recent)[len(recent) // 2]
+            stopped["flag"] = False
+        recent[:] = [*recent[-19:], spent]
         state["step"] += 1
         steps_this_run += 1
         log["seconds"][stage] = log["seconds"].get(stage, 0.0) + spent
         if state["step"] % 50 == 0:
             log[stage].append((state["step"], round(loss.item(), 5)))
             print(f"{stage} {state['step']} {loss.item():.4f} {log['seconds'][stage] / 60:.1f} min", flush=True)
+        if stage == "unet" and args.eval_every and state["step"] % args.eval_every == 0:
+            log.setdefault("eval", []).append(
+                (state["step"], round(held_out_loss(), 5), round(log["seconds"][stage], 1))
+            )
+            print(f"  held-out {log['eval'][-1][1]:.4f}", flush=True)
         if state["step"] % args.checkpoint_every == 0 or steps_this_run == args.stop_after:
             checkpoint()
         if steps_this_run == args.stop_after:
@@ -257,11 +351,47 @@ def main() -> None:
         checkpoint()
     vae.eval().requires_grad_(False)
 
+    def autocast():
+        return torch.autocast(device.type, dtype=torch.bfloat16, enabled=args.precision == "bf16")
+
+    held_out: dict = {}
+
+    @torch.no_grad()
+    def held_out_loss() -> float:
+        """Unweighted epsilon MSE of the current (raw) weights on fixed held-out scenes."""
+        if not held_out:
+            world = world_module(args.preset)
+            from seqlib.data import pil_to_tensor
+
+            scenes = [world.scene(TRAIN_SCENES + k) for k in range(EVAL_SIZE)]
+            x = torch.stack([pil_to_tensor(world.render(s)) for s in scenes]).to(device)
+            g = torch.Generator().manual_seed(12345)
+            lat = vae.encode(x).latent_dist.mean * vae.config.scaling_factor
+            held_out["noise"] = torch.randn(lat.shape, generator=g).to(device)
+            held_out["t"] = torch.linspace(0, sched.config.num_train_timesteps - 1, EVAL_SIZE).long().to(device)
+            held_out["x"] = sched.add_noise(lat, held_out["noise"], held_out["t"])
+            held_out["ids"] = tok(
+                [s.caption for s in scenes], padding="max_length", max_length=tok.model_max_length, return_tensors="pt"
+            ).input_ids.to(device)
+        t0 = time.time()
+        unet.eval()
+        te.eval()
+        with autocast():
+            pred = unet(held_out["x"], held_out["t"], te(held_out["ids"])[0]).sample
+        unet.train()
+        te.train()
+        log["seconds"]["eval"] = log["seconds"].get("eval", 0.0) + time.time() - t0
+        return F.mse_loss(pred.float(), held_out["noise"]).item()
+
     def update_ema(step: int) -> None:
-        decay = min(0.999, (1 + step) / (10 + step))
+        decay = ema_decay(step, args.ema_decay)
         with torch.no_grad():
-            for k, v in unet.state_dict().items():
-                ema[k].mul_(decay).add_(v.detach(), alpha=1 - decay) if v.is_floating_point() else ema[k].copy_(v)
+            for model, average in ((unet, ema), (te, ema_te)):
+                for k, v in model.state_dict().items():
+                    if v.is_floating_point():
+                        average[k].mul_(decay).add_(v.detach(), alpha=1 - decay)
+                    else:
+                        average[k].copy_(v)
 
     # 2) text encoder + UNet
     unet.train()
@@ -275,23 +405,49 @@ def main() -> None:
             captions, padding="max_length", max_length=tok.model_max_length, truncation=True, return_tensors="pt"
         ).input_ids.to(device)
         noise = torch.randn(lat.shape, generator=g).to(device)
-        t = torch.randint(0, sched.config.num_train_timesteps, (lat.shape[0],), generator=g).to(device)
-        pred = unet(sched.add_noise(lat, noise, t), t, te(ids)[0]).sample
-        loss = F.mse_loss(pred, noise)
+        t = torch.randint(0, sched.config.num_train_timesteps, (lat.shape[0],), generator=g)
+        weights = snr_weights(sched.alphas_cumprod, t, args.min_snr_gamma).to(device)
+        t = t.to(device)
+        with autocast():
+            pred = unet(sched.add_noise(lat, noise, t), t, te(ids)[0]).sample
+        per_image = F.mse_loss(pred.float(), noise, reduction="none").mean(dim=(1, 2, 3))
+        loss = (weights * per_image).mean()
         step_done(loss, "unet", t0, after_step=update_ema)
     if state["step"] % args.checkpoint_every:
         checkpoint()
 
     unet.load_state_dict(ema)
+    te.load_state_dict(ema_te)
+    if args.eval_every:  # the shipped (averaged) weights on the same held-out batch
+        log["eval_ema"] = round(held_out_loss(), 5)
     unet.eval()
     te.eval()
     final = args.out / "pipeline"
     pipe.save_pretrained(final, safe_serialization=True)
     log["scaling_factor"] = vae.config.scaling_factor
+    log["seconds"]["total"] = round(sum(v for k, v in log["seconds"].items() if k != "total"), 1)
     (args.out / "recipe.json").write_text(json.dumps(log, indent=1) + "\n")
     if args.samples:
         contact_sheet(pipe, args.out, args.seed, args.samples, args.preset)
+    if args.ship:
+        ship(args.out, args.ship)
     print("done", final, flush=True)
+
+
+def ship(out: Path, dest: Path) -> None:
+    """The pipeline as the package ships it: fp16 safetensors (half the bytes; loaded back as
+    fp32), with the recipe and the contact sheet beside it."""
+    import shutil
+
+    from diffusers import StableDiffusionPipeline
+
+    pipe = StableDiffusionPipeline.from_pretrained(out / "pipeline", safety_checker=None, requires_safety_checker=False)
+    pipe.to(torch.float16)
+    shutil.rmtree(dest, ignore_errors=True)
+    pipe.save_pretrained(dest, safe_serialization=True)
+    for name in ("recipe.json", "samples.png", "samples.txt"):
+        if (out / name).exists():
+            shutil.copy(out / name, dest / name)
 
 
 if __name__ == "__main__":

@@ -127,6 +127,7 @@ def add(
         augmented,
         resume=state,
         checkpoint=lambda s: checkpoint.save(lib.store, name, s, meta),
+        reserve=lib.reserve_directions(commit),
     )
     concept = _record(lib, commit, name, r, ranks, method, frozen, records, config, result)
     if preview and distributed.is_main():
@@ -141,6 +142,13 @@ def add(
 
 def plan_ranks(commit: Version, r: int, when_full: str, warn: Warn, projects: bool = True) -> list[int]:
     """Each layer's rank; a concept without projection (plain LoRA) takes no capacity."""
+    narrowest = min(commit.library.layers, key=lambda layer: layer.in_features)
+    if r > narrowest.in_features // 2:  # --when-full shrink would hand it (almost) every free dimension
+        raise UsageError(
+            f"--rank {r} is more than half the width {narrowest.in_features} of {narrowest.name}: one concept "
+            f"would take most of the library's room; use a rank up to {narrowest.in_features // 2} "
+            f"(the library's is {commit.library.rank})"
+        )
     ranks = [r] * len(commit.library.layers)
     if projects:
         ranks, short = layer_ranks(commit, r, when_full)

@@ -57,7 +57,9 @@ def import_lora(
     fmt, factors = from_lora_file(path, {x.name: (x.out_features, x.in_features) for x in layers})
     _refuse_duplicate(lib, commit, path, (file_sha256, file_tensors), factors)
     ranks = plan_ranks(commit, r, when_full, warn)
-    A, B, errors = _fit(layers, factors, earlier_concepts(lib, commit, bases_only=True), ranks)
+    A, B, errors = _fit(
+        layers, factors, earlier_concepts(lib, commit, bases_only=True), ranks, lib.reserve_directions(commit)
+    )
     if errors["overall"] > max_error and not force:
         raise ImportRejectedError(
             f"{path.name} fits the free space only with relative error {errors['overall']:.2f} "
@@ -127,7 +129,7 @@ def _refuse_duplicate(lib: Library, commit, path: Path, hashes: tuple[str, str],
             )
 
 
-def _fit(layers, factors: dict, earlier: list, ranks: list[int]):
+def _fit(layers, factors: dict, earlier: list, ranks: list[int], reserve: dict | None = None):
     """(A, B, relative error per layer and "overall") of the rank-r fit in each free space,
     r per layer from ``ranks`` (0: the layer is left out)."""
     import numpy as np
@@ -139,7 +141,7 @@ def _fit(layers, factors: dict, earlier: list, ranks: list[int]):
     gen = torch.Generator().manual_seed(0)
     A, B, errors, num, den = {}, {}, {}, 0.0, 0.0
     for layer, r in zip(layers, ranks):
-        Q, _ = taken_space(layer.name, layer.in_features, earlier, 0)
+        Q, _ = taken_space(layer.name, layer.in_features, earlier, 0, reserve)
         up, down = factors.get(layer.name, (None, None))
         if up is None or not torch.any(up) or not torch.any(down):  # untouched: zero residual, free basis
             B[layer.name] = random_basis(layer.in_features, r, Q, gen).float().numpy()

@@ -16,6 +16,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from seqlib import adding, adopt, capacity, crosstalk, notes, render
+from seqlib import reserve as shared_reserve
 from seqlib.backends import is_url
 from seqlib.capacity import Status, WidthGroup
 from seqlib.config import LAYER_SETS, default_layer_set
@@ -268,6 +269,28 @@ class Library:
         arrays = self.payload_arrays(concept, payload.basis_arrays(layers))
         return {k: torch.from_numpy(v) for k, v in payload.unpack_bases(layers, arrays).items()}
 
+    def reserve_directions(self, commit: Version) -> dict | None:
+        """The shared reserve per layer, (m, dims) float64 torch tensors; None without one."""
+        import torch
+
+        from seqlib.errors import ChecksumMismatch
+        from seqlib.store import array_sha256
+
+        record = commit.library.reserve
+        if record is None:
+            return None
+        try:
+            arrays = self.store.read_payload(record.payload)
+        except Exception as e:  # missing or unreadable files: zarr raises many kinds
+            where = f"{self.store.root}/objects/payloads/{record.payload}"
+            raise StoreDamagedError(where, f"the shared reserve is unreadable: {e}") from None
+        for array in record.arrays:
+            got = array_sha256(arrays[array.name]) if array.name in arrays else "missing"
+            if got != array.sha256:
+                raise ChecksumMismatch(f"array {array.name} of the shared reserve", array.sha256, got)
+        U = shared_reserve.unpack(commit.library.layers, record, arrays)
+        return {k: torch.from_numpy(v).double() for k, v in U.items()}
+
     def input_summary(self, concept: ConceptRecord, commit: Version) -> dict:
         """Per layer: (principal input directions (m, k), energies (k,)) as numpy arrays."""
         from seqlib import payload
@@ -282,6 +305,7 @@ class Library:
         return load_base(commit.library, local, device, override=base)
 
     add = adding.add
+    reserve = shared_reserve.reserve
 
     def export(self, selection, out: str | Path, fmt: str = "kohya") -> list[Path]:
         """One LoRA file of rank Σr for the selected concepts (with weights), a sidecar, and

@@ -1,7 +1,8 @@
 """Capacity: the sole owner of used / free / fits (format_spec.md, "Capacity").
 
-A layer of input width m holds floor(m / r) rank-r concepts. Every orthogonal concept takes
-its rank plus what ``--protect`` reserved on each layer; plain-LoRA concepts take nothing.
+A layer of input width m holds floor(m / r) rank-r concepts. The library's shared reserve
+(``seqlib.reserve``) takes its directions; every orthogonal concept takes its rank plus what
+``--protect`` reserved on each layer; plain-LoRA concepts take nothing.
 ``status`` groups the layers by width, names the bottleneck and counts what still fits.
 """
 
@@ -20,8 +21,9 @@ def capacity(in_features: int, rank: int) -> int:
 
 
 def used_dims(commit: Version) -> dict[str, int]:
-    """Dimensions taken on each layer: the orthogonal concepts' bases plus what --protect reserved."""
-    used = {layer.name: 0 for layer in commit.library.layers}
+    """Dimensions taken on each layer: the shared reserve, the orthogonal concepts' bases and
+    what --protect reserved."""
+    used = {layer.name: k for layer, k in zip(commit.library.layers, commit.library.reserved_dims)}
     for concept in commit.concepts:
         if concept.orthogonal:
             ranks = concept.ranks or [concept.rank] * len(used)
@@ -116,6 +118,7 @@ class Status:
                 for c in self.commit.concepts
             ],
             "widths": [g.__dict__ for g in self.groups],
+            "reserve": lib.reserve.model_dump(mode="json") if lib.reserve else None,
             "bottleneck": {"layer": self.bottleneck, "free": self.bottleneck_free},
             "fits": self.fits,
             "fits_by_policy": self.fits_by_policy,

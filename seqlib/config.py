@@ -99,6 +99,15 @@ class TrainConfig:
             raise UsageError(f"`protect` needs a method that projects its basis, not {self.method}")
         if "{token}" not in self.prompt_template:
             raise UsageError("`prompt_template` must contain {token}")
+        try:  # before the base loads: a stray brace or an unknown field is the user's typo
+            self.prompt_template.format(token="<x>")
+        except (KeyError, IndexError, ValueError) as e:
+            raise UsageError(
+                f"`prompt_template` {self.prompt_template!r} is not a template with only {{token}} in braces "
+                f"({type(e).__name__}: {e}); write a literal brace as {{{{ or }}}}"
+            ) from None
+        if self.resolution % 8:
+            raise UsageError(f"`resolution` must be a multiple of 8 (the VAE's latent grid), not {self.resolution}")
 
     def record(self) -> dict:
         return asdict(self)

@@ -14,7 +14,7 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
-from seqlib.errors import ImportRejectedError, UsageError
+from seqlib.errors import EnvironmentProblem, ImportRejectedError, UsageError
 from seqlib.format import LORA_FORMATS
 
 FORMATS = LORA_FORMATS
@@ -175,12 +175,15 @@ def write_export(
     ``modelspec.thumbnail``, a data URI as the modelspec asks."""
     import base64
 
-    from safetensors.torch import save_file
+    from safetensors.torch import save
 
     if fmt not in FORMATS:
         raise UsageError(f"unknown format {fmt!r}; choose from {', '.join(FORMATS)}")
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise EnvironmentProblem(f"cannot create the folder {path.parent}: {e.strerror or e}") from None
     rank = next(iter(factors.values()))[1].shape[0]
     description = description or f"seqlib export of {', '.join(tokens)}"
     trigger = ", ".join(x for x in (" ".join(tokens), trigger) if x)
@@ -192,7 +195,7 @@ def write_export(
         "ss_network_module": "networks.lora",
         "ss_network_dim": str(rank),
         "ss_network_alpha": str(float(rank)),
-        "ss_base_model_version": f"seqlib_{meta['base']}" if embedded else "sd_v1",
+        "ss_base_model_version": base_tag(meta["base"]) if embedded else "sd_v1",
         "ss_output_name": path.stem,
         "modelspec.sai_model_spec": "1.0.0",
         "modelspec.architecture": f"{meta['base']}/lora" if embedded else "stable-diffusion-v1/lora",
@@ -211,31 +214,55 @@ def write_export(
         # diffusers keys the adapter config by component prefix, as its save_lora_weights does
         config = {"r": rank, "lora_alpha": rank, "target_modules": sorted(factors), "use_dora": False}
         header["lora_adapter_metadata"] = json.dumps({f"unet.{k}": v for k, v in config.items()}, sort_keys=True)
-    from safetensors.torch import save
-
     digest = tensor_sha256(save(tensors))  # the data section does not depend on the header
     header |= {"sshs_model_hash": digest, "modelspec.hash_sha256": f"0x{digest}"}
-    save_file(tensors, str(path), metadata=header)
+    write_file(path, save(tensors, metadata=header))
     written = [path]
-    written.append(_write_sidecar(path, description, trigger, weight))
+    written.append(_write_sidecar(path, description, trigger, weight, embedded))
     emb_dir = path.with_name(f"{path.stem}.embeddings")
-    emb_dir.mkdir(exist_ok=True)
+    try:
+        emb_dir.mkdir(exist_ok=True)
+    except OSError as e:
+        raise EnvironmentProblem(f"cannot write {emb_dir}: {e.strerror or e}") from None
     for token, vector in tokens.items():
         emb = emb_dir / f"{token.strip('<>')}.safetensors"
-        save_file({"emb_params": vector.float().reshape(1, -1).contiguous()}, str(emb), metadata={"token": token})
+        write_file(emb, save({"emb_params": vector.float().reshape(1, -1).contiguous()}, metadata={"token": token}))
         written.append(emb)
     return written
 
 
-def _write_sidecar(path: Path, description: str, trigger: str, weight: float) -> Path:
-    """A1111's `<file>.json` beside the LoRA: what its LoRA page shows and pre-fills."""
+def base_tag(base_id: str) -> str:
+    """``ss_base_model_version`` of an export from an embedded base: its id, prefixed once with
+    ``seqlib_`` so tools filtering by base never offer it beside SD1.5 checkpoints."""
+    return base_id.replace("-", "_") if base_id.startswith("seqlib") else f"seqlib_{base_id}"
+
+
+def write_file(path: Path, data: bytes) -> None:
+    """Write ``data`` to ``path`` as the user's other files (mode from the umask), whole or not
+    at all: a read-only folder or a full disk is one line, and no half file is left behind."""
+    import os
+
+    tmp = path.with_name(f".{path.name}.partial")
+    try:
+        with open(tmp, "wb") as f:
+            f.write(data)
+        os.replace(tmp, path)
+    except OSError as e:
+        tmp.unlink(missing_ok=True)
+        raise EnvironmentProblem(f"cannot write {path}: {e.strerror or e}") from None
+
+
+def _write_sidecar(path: Path, description: str, trigger: str, weight: float, embedded: bool = False) -> Path:
+    """A1111's `<file>.json` beside the LoRA: what its LoRA page shows and pre-fills. An embedded
+    base's export says "Unknown", as its metadata does not say SD1.5 (A1111 then offers it under
+    every base instead of hiding it or claiming SD1)."""
     sidecar = path.with_suffix(".json")
     info = {
         "description": description,
-        "sd version": "SD1",
+        "sd version": "Unknown" if embedded else "SD1",
         "activation text": trigger,
         "preferred weight": weight,
         "notes": "Load the textual-inversion files beside it for the concept tokens.",
     }
-    sidecar.write_text(json.dumps(info, indent=2, sort_keys=True) + "\n")
+    write_file(sidecar, (json.dumps(info, indent=2, sort_keys=True) + "\n").encode())
     return sidecar

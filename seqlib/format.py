@@ -12,7 +12,7 @@ import re
 from datetime import UTC, datetime
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_serializer
 
 from seqlib._version import __version__
 from seqlib.choices import (
@@ -30,9 +30,10 @@ from seqlib.choices import (
 from seqlib.errors import FormatVersionError, InvalidNameError, StoreDamagedError
 from seqlib.methods import METHODS
 
-FORMAT_VERSION = 3  # what this seqlib writes
-# What it reads: versions 1 and 2 hold the records inside each commit (`seqlib.format_v2`).
-READABLE_VERSIONS = (1, 2, 3)
+FORMAT_VERSION = 4  # what this seqlib writes
+# What it reads: versions 1 and 2 hold the records inside each commit (`seqlib.format_v2`);
+# version 4 is version 3 plus the library's shared reserve (LibraryConfig.reserve).
+READABLE_VERSIONS = (1, 2, 3, 4)
 # The LoRA file layouts seqlib writes (`export`) and reads (`import`): one definition for both.
 LoraFormat = Literal[LORA_FORMATS]
 
@@ -93,10 +94,43 @@ class LayerRecord(_Model):
     out_features: int = Field(description="n: the height of the coefficients A (n x r).")
 
 
+class ReserveRecord(_Model):
+    """(v4) Input directions the base gives every input, reserved for no concept (``seqlib reserve``).
+
+    Orthogonal bases silence concept j only on inputs inside span(B_j); trained bases settle on
+    the directions every concept's inputs share, so residual j fires on concept i's inputs. The
+    reserve takes those directions out of every later basis's free complement."""
+
+    payload: str = Field(description="Id of the zarr group under objects/payloads/ holding `R_m<m>`.")
+    arrays: list[ArrayRecord]
+    dims: list[int] = Field(description="Per layer (library order): reserved directions, the leading columns of R.")
+    captured: list[float] = Field(
+        description="Per layer: the share of the generic inputs' energy (trace of Σ) the reserved directions hold."
+    )
+    energy: float = Field(gt=0, le=1, description="Target share: each layer reserves until it holds this much ...")
+    max_fraction: float = Field(ge=0, lt=1, description="... or floor(max_fraction x m) directions, if fewer.")
+    inputs: str = Field(description="What the generic inputs were (images, prompts, timesteps).")
+    created: str
+
+
 class LibraryConfig(_Model):
     base: BaseRecord
     rank: int = Field(gt=0, description="Default rank r of a new concept.")
     layers: list[LayerRecord]
+    reserve: ReserveRecord | None = Field(None, description="v4: the shared reserve; absent (not null) when unset.")
+
+    @model_serializer(mode="wrap")
+    def _absent_when_unset(self, handler):
+        # a version-3 commit has no `reserve` key: re-encoding it must give back its exact bytes
+        data = handler(self)
+        if data.get("reserve") is None:
+            data.pop("reserve", None)
+        return data
+
+    @property
+    def reserved_dims(self) -> list[int]:
+        """Per layer: the dimensions the shared reserve takes (0 without one)."""
+        return list(self.reserve.dims) if self.reserve else [0] * len(self.layers)
 
     @property
     def layer_names(self) -> list[str]:

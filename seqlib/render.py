@@ -26,6 +26,11 @@ if TYPE_CHECKING:
 # to that concept's own residual) is flagged by `compose` and `status`. A judgement call on the
 # embedded base, to be re-measured on a pretrained one.
 CROSSTALK_WARN = 0.5
+# A residual weighted beyond this swamps the base (usual LoRA weights are 0.3-1.5): the image is
+# saturated or black, never what a user meant.
+MAX_WEIGHT = 10.0
+MAX_PROMPT_CHARS = 1000  # CLIP reads 77 tokens: more is certainly cut, and surely a mistake
+MIN_SIZE = 32  # pixels: below it the latent grid is a few cells, and nothing is drawn
 
 
 def _parse(spec: str | list[str] | dict[str, float]) -> dict[str, float | None]:
@@ -44,6 +49,8 @@ def _parse(spec: str | list[str] | dict[str, float]) -> dict[str, float | None]:
             raise UsageError(f"weight of {name!r} must be a number, not {weight!r}") from None
         if value is not None and not math.isfinite(value):
             raise UsageError(f"weight of {name!r} must be a finite number, not {weight!r}")
+        if value is not None and abs(value) > MAX_WEIGHT:  # far past any useful scale: black or noise
+            raise UsageError(f"weight of {name!r} is {weight}; use a weight between -{MAX_WEIGHT} and {MAX_WEIGHT}")
         out[name.strip()] = value
     if not out:
         raise UsageError("no concepts selected; name one or more, e.g. `mydog,cat`")
@@ -202,6 +209,9 @@ def compose(
     pick_device(device)
     sampling = (steps, guidance, size, negative_prompt)
     pipe, render = _renderer(lib, weights, commit, prompt, tile_prompts, sampling, device, base)
+    tokens, limit = len(pipe.tokenizer(prompt).input_ids), pipe.tokenizer.model_max_length
+    if warn and tokens > limit:
+        warn(f"the prompt is {tokens} tokens; the text encoder reads the first {limit}, the rest is ignored")
     if scheduler is not None:
         pipe.scheduler = make_scheduler(scheduler, pipe.scheduler.config)
     out = Path(out)
@@ -260,8 +270,15 @@ def check_request(prompt: str, weights: dict[str, float], commit: Version, layou
     tile_prompts = _row_prompts(prompt, weights, commit) if layout == "row" else None
     if tile_prompts is None:
         _check_prompt(prompt, weights, commit)
-    if size % 8:  # diffusers' pipelines need it; every SD VAE's factor divides 8
-        raise UsageError(f"--size {size}: must be a multiple of 8, e.g. {max(8, size // 8 * 8)}")
+    if len(prompt) > MAX_PROMPT_CHARS:
+        raise UsageError(
+            f"the prompt has {len(prompt)} characters; the text encoder reads 77 tokens (a few hundred "
+            f"characters), so keep it under {MAX_PROMPT_CHARS}"
+        )
+    if size % 8 or size < MIN_SIZE:  # diffusers' pipelines need it; every SD VAE's factor divides 8
+        raise UsageError(
+            f"--size {size}: must be a multiple of 8 and at least {MIN_SIZE}, e.g. {max(64, size // 8 * 8)}"
+        )
     if not math.isfinite(guidance):
         raise UsageError(f"--guidance must be a finite number, not {guidance}")
     return tile_prompts

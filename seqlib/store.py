@@ -374,7 +374,10 @@ class Store(Objects):
                 keep["pages"] |= {f"{p}.json" for p in commit.pages}
                 for pid in commit.pages:
                     keep["concepts"] |= {f"{r}.json" for r in self.read_object("pages", pid, Page).concepts}
-            for c in self.version_of(commit).concepts:
+            version = self.version_of(commit)
+            if version.library.reserve:
+                keep["payloads"].add(version.library.reserve.payload)
+            for c in version.concepts:
                 keep["payloads"].add(c.payload)
                 if c.preview:
                     keep["previews"].add(f"{c.preview}.png")

@@ -54,14 +54,18 @@ class Earlier:
     protect: int = 0  # the --protect it was trained with: those directions stay reserved
 
 
-def taken_space(name: str, in_features: int, earlier: list[Earlier], protect: int) -> tuple[Tensor, int]:
+def taken_space(
+    name: str, in_features: int, earlier: list[Earlier], protect: int, reserve: dict[str, Tensor] | None = None
+) -> tuple[Tensor, int]:
     """Orthonormal Q of what a new concept must avoid on one layer, and how many of its
     dimensions the new concept's own ``protect`` adds (its capacity cost beyond its rank).
 
-    Avoided: every orthogonal concept's basis, plus the input directions each earlier
-    ``--protect`` reserved (kept reserved so later concepts cannot undo the protection).
+    Avoided: the library's shared reserve (``seqlib.reserve``), every orthogonal concept's
+    basis, plus the input directions each earlier ``--protect`` reserved (kept reserved so later
+    concepts cannot undo the protection).
     """
-    cols = [c.B[name].double() for c in earlier if c.orthogonal]
+    cols = [reserve[name].double()] if reserve is not None and name in reserve else []
+    cols += [c.B[name].double() for c in earlier if c.orthogonal]
     for i, c in enumerate(earlier):
         cols += [e.U[name][:, : c.protect].double() for e in earlier[:i] if c.protect and e.U is not None]
     new = [e.U[name][:, :protect].double() for e in earlier if protect and e.U is not None]
@@ -88,6 +92,7 @@ def train_concept(
     resume: dict | None = None,
     checkpoint: Callable[[dict], None] | None = None,
     checkpoint_every: int = 5,
+    reserve: dict[str, Tensor] | None = None,
 ) -> TrainResult:
     """Learn one concept; returns its factors. Touches nothing on disk.
 
@@ -96,7 +101,8 @@ def train_concept(
     ``train_images``: augmented views to draw batches from (default: ``image_tensor``, which
     always serves the evaluation batch). ``checkpoint`` receives the training state every
     ``checkpoint_every`` rounds; passing such a state back as ``resume`` continues exactly
-    where it left off (same factors, same random stream).
+    where it left off (same factors, same random stream). ``reserve``: the library's shared
+    reserve per layer (m, k), avoided like an earlier basis.
     """
     start = time.perf_counter()
     for module in (pipe.unet, pipe.vae, pipe.text_encoder):
@@ -111,7 +117,7 @@ def train_concept(
     # Earlier concepts are frozen: patch them into W once instead of running them live.
     context = earlier if cfg.context == "library" else []
     with patched(pipe, summed_factors([(c.A, c.B, 1.0) for c in context])):
-        Q, reserved = _space_to_avoid(layers, earlier, method, cfg.protect, ranks)
+        Q, reserved = _space_to_avoid(layers, earlier, method, cfg.protect, ranks, reserve)
         emb, embed_hook = init_token(pipe, token, cfg.init_word)
         try:
             ids = prompt_ids(pipe.tokenizer, cfg.prompt_template.format(token=token), pipe.unet.device)
@@ -138,7 +144,7 @@ def train_concept(
     )
 
 
-def _space_to_avoid(layers, earlier: list[Earlier], method: Method, protect: int, ranks: dict[str, int]):
+def _space_to_avoid(layers, earlier: list[Earlier], method: Method, protect: int, ranks: dict[str, int], reserve=None):
     """Per layer the space to avoid (nothing for plain LoRA) and what --protect adds; checks
     that every layer has room for its rank."""
     Q, reserved = {}, []
@@ -146,7 +152,7 @@ def _space_to_avoid(layers, earlier: list[Earlier], method: Method, protect: int
         if not method.projects:
             Q[name], extra = torch.zeros(module.in_features, 0, dtype=torch.float64), 0
         else:
-            Q[name], extra = taken_space(name, module.in_features, earlier, protect)
+            Q[name], extra = taken_space(name, module.in_features, earlier, protect, reserve)
         reserved.append(extra)
     full = [n for n, m in layers if m.in_features - Q[n].shape[1] < ranks[n]]
     if full:

@@ -177,6 +177,51 @@ def _check_version(
     return value, a, b, layer
 
 
+def _check_reserve(lib: Library, version: int, commit: Version, verified: dict, problems: list[str], read: dict):
+    """The shared reserve (format 4): its payload, one entry per layer, orthonormal directions no
+    more than max_fraction of the width, and every orthogonal concept's basis outside it."""
+    from seqlib import payload
+
+    record, layers = commit.library.reserve, commit.library.layers
+    if record is None:
+        return
+    where = f"version {version}: reserve"
+    if len(record.dims) != len(layers) or len(record.captured) != len(layers):
+        problems.append(
+            f"{where}: dims/captured have {len(record.dims)}/{len(record.captured)} entries for {len(layers)} layers"
+        )
+        return
+    if record.payload not in read:
+        if sha256_hex(canonical_json({"arrays": [r.model_dump() for r in record.arrays]})) != record.payload:
+            problems.append(f"{where}: payload id {record.payload[:12]} is not its arrays' hash")
+        try:
+            read[record.payload] = {k: v.numpy() for k, v in lib.reserve_directions(commit).items()}
+        except SeqlibError as e:
+            problems.append(f"{where}: {e}")
+            read[record.payload] = None
+    R = read[record.payload]
+    if R is None:
+        return
+    for layer, dims, share in zip(layers, record.dims, record.captured):
+        u = R[layer.name].astype(np.float64)
+        if u.shape != (layer.in_features, dims):
+            problems.append(f"{where}: {layer.name} holds {u.shape[1]} directions, dims says {dims}")
+        elif dims and np.abs(u.T @ u - np.eye(dims)).max() > 1e-4:
+            problems.append(f"{where}: the directions of {layer.name} are not orthonormal")
+        if dims > int(record.max_fraction * layer.in_features) or not 0 <= share <= 1 + 1e-6:
+            problems.append(f"{where}: {layer.name} reserves {dims} dims (captured {share}), outside its bounds")
+    for c in commit.concepts:
+        if not c.orthogonal or c.payload not in verified:
+            continue
+        for name, B in payload.unpack_bases(layers, verified[c.payload]).items():
+            B = B.astype(np.float64)
+            B = B / np.maximum(np.linalg.norm(B, axis=0, keepdims=True), 1e-30)
+            overlap = float(np.abs(B.T @ R[name]).max(initial=0.0)) if R[name].shape[0] == B.shape[0] else 0.0
+            if overlap > 1e-4:
+                problems.append(f"{where}: concept {c.name}'s basis uses reserved directions on {name} ({overlap:.2e})")
+                break
+
+
 def _check_crosstalk(
     store, verified: dict[str, dict], commit: Version, problems: list[str], seen: set, checked: set
 ) -> None:
@@ -293,12 +338,14 @@ def verify_library(lib: Library, check_base: bool = True) -> dict:
         problems.append(str(e))
     seen: set = set()
     checked: set = set()  # records (shared across versions) whose crosstalk was recomputed
+    reserves: dict = {}  # reserve payload id -> its directions (None: unreadable), read once
     layers = next(iter(commits.values())).library.layers if commits else []
     overlaps = Overlaps([x.name for x in layers], {pid: payload.unpack_bases(layers, a) for pid, a in verified.items()})
     for version, commit_id in entries:
         if commit_id in commits:
             _check_crosstalk(store, verified, commits[commit_id], problems, seen, checked)
             result = _check_version(verified, overlaps, version, commits[commit_id], problems)
+            _check_reserve(lib, version, commits[commit_id], verified, problems, reserves)
             if commit_id == read_id:
                 worst = result
 

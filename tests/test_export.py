@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
 
 import pytest
@@ -41,13 +42,20 @@ def test_diffusers_loads_the_export_to_exactly_the_composed_weights(seqlora_stor
         rank = 3 * 4
         assert meta["ss_network_dim"] == str(rank)
         base = json.loads(meta["seqlib"])["base"]  # the embedded base: not offered beside SD1.5 checkpoints
-        assert meta["ss_base_model_version"] == f"seqlib_{base}" and meta["modelspec.architecture"] == f"{base}/lora"
+        assert meta["ss_base_model_version"] == "seqlib_world_tiny_sd_v3" == base.replace("-", "_")  # prefixed once
+        assert meta["modelspec.architecture"] == f"{base}/lora"
         assert meta["modelspec.trigger_phrase"] == "<mascot> <emblem> <robot>"
         assert json.loads(meta["seqlib"])["concepts"] == SELECTION
         if fmt == "diffusers":
             assert json.loads(meta["lora_adapter_metadata"])["unet.lora_alpha"] == rank
     sidecar = json.loads(file.with_suffix(".json").read_text())
     assert sidecar["activation text"] == "<mascot> <emblem> <robot>"
+    assert sidecar["sd version"] == "Unknown"  # as the metadata: not an SD1.5 LoRA
+    # readable like any file the user writes: the mode comes from the umask, the sidecar's too
+    umask = os.umask(0)
+    os.umask(umask)
+    for written in (file, file.with_suffix(".json")):
+        assert written.stat().st_mode & 0o777 == 0o666 & ~umask, written
 
 
 def test_textual_inversion_files_load_into_diffusers(seqlora_store, tmp_path):
@@ -147,3 +155,23 @@ def test_a_concepts_hash_is_the_sha256_of_its_exported_tensors(seqlora_store, tm
     text = Image.open(png).text
     assert f'Lora hashes: "emblem: {reference[:10]}"' in text["parameters"]
     assert _json.loads(text["seqlib"])["lora_hashes"] == {"emblem": reference}
+
+
+def test_an_export_that_cannot_be_written_is_one_line_and_leaves_no_partial_file(
+    seqlora_store, tmp_path, monkeypatch, capsys
+):
+    """A full disk (safetensors' own error is no OSError) and a parent that is a file."""
+    from seqlib.errors import EnvironmentProblem
+
+    def full(*_):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(os, "replace", full)
+    with pytest.raises(EnvironmentProblem, match="No space left on device"):
+        Library.open(seqlora_store).export(["mascot"], tmp_path / "out" / "m.safetensors")
+    assert not [p for p in (tmp_path / "out").iterdir() if p.name.endswith(".partial")]
+    monkeypatch.undo()
+    (tmp_path / "afile").write_text("x")
+    code = main(["--store", str(seqlora_store), "export", "mascot", "-o", str(tmp_path / "afile" / "m.safetensors")])
+    err = capsys.readouterr().err
+    assert code == 4 and "Traceback" not in err and "afile" in err

@@ -87,6 +87,6 @@ def test_a_record_of_a_newer_format_is_refused_by_its_version(store_copy):
     store = Store(store_copy)
     page = json.loads((store_copy / "objects" / "pages").glob("*.json").__next__().read_text())
     record = store_copy / "objects" / "concepts" / f"{page['concepts'][0]}.json"
-    record.write_text(json.dumps(json.loads(record.read_text()) | {"format_version": 4, "new_field": 1}))
-    with pytest.raises(FormatVersionError, match="format version 4"):
+    record.write_text(json.dumps(json.loads(record.read_text()) | {"format_version": 5, "new_field": 1}))
+    with pytest.raises(FormatVersionError, match="format version 5"):
         Store(store_copy).read_object("concepts", page["concepts"][0], type(store.head().concepts[0]))

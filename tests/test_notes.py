@@ -80,10 +80,10 @@ def test_a_version_1_commit_cannot_hold_version_2_fields(v1_store):
     with pytest.raises(ValueError, match="version-1 commit cannot hold tensor_sha256"):
         CommitV2.model_validate(data)
     data = json.loads(raw)
-    data["format_version"] = 4
+    data["format_version"] = 5
     key = "objects/commits/" + "f" * 64 + ".json"
     (v1_store / key).write_bytes(json.dumps(data).encode())
-    with pytest.raises(Exception, match="format version 4; this seqlib reads versions 1, 2 and 3"):
+    with pytest.raises(Exception, match="format version 5; this seqlib reads versions 1, 2, 3 and 4"):
         store.read_version("f" * 64)
     (v1_store / key).write_bytes(b'{"format_version": 1, "concepts": 3}')
     with pytest.raises(StoreDamagedError):
@@ -97,7 +97,7 @@ def test_annotate_changes_only_notes_and_the_history_stays_valid(v1_store, capsy
     args = ["--store", str(v1_store), "annotate", "mascot", "--description", "our mascot", "--trigger", "round"]
     assert main([*args, "--weight", "0.5", "--tags", "pets, demo"]) == 0
     after = lib.head()
-    assert after.format_version == 3 and after.message == "annotate mascot"
+    assert after.format_version == 4 and after.message == "annotate mascot"
     old, new = before.concept("mascot"), after.concept("mascot")
     assert new.notes.weight == 0.5 and new.notes.tags == ["pets", "demo"] and new.notes.trigger == "round"
     assert new.model_dump(exclude={"notes"}) == old.model_dump(exclude={"notes"})  # same payload, arrays, all

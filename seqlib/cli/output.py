@@ -32,7 +32,7 @@ SAMPLING = [  # compose's settings; `recipe save` records the same ones
         "--size",
         type=click.IntRange(8, 4096),
         default=None,
-        help="Image (row: tile) side, px (default: the base's); a multiple of the base's latent grid (64 px: 16).",
+        help="Image (row: tile) side, px (default: the base's); a multiple of 8, at least 32.",
     ),
     click.option(
         "--scheduler",

@@ -67,6 +67,13 @@ def status_command(ctx, as_json: bool, at: str | None) -> None:
         )
     console.print(widths)
     console.print(f"[bold]bottleneck[/] {s.bottleneck} ({s.bottleneck_free} dims free)")
+    if lib.reserve:
+        r = lib.reserve
+        console.print(
+            f"[bold]reserved[/]  {sum(r.dims)} dims over {len(r.dims)} layers for no concept (the shared reserve: "
+            f"{min(r.dims)}-{max(r.dims)} per layer, holding {min(r.captured):.0%}-{max(r.captured):.0%} of the "
+            "generic inputs' energy); counted in dims used"
+        )
     loose = [c.token for c in s.commit.concepts if not c.orthogonal]
     if loose and len(s.commit.concepts) > 1:
         warn(
