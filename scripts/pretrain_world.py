@@ -112,10 +112,11 @@ def batches(args, stage: str, start: int, stop: int, clutter_share: float, drop_
     pool (each is a pure function of its step, so the weights do not depend on the count)."""
     from functools import partial
 
-    make = partial(_batch_at, args.seed, stage, args.batch, clutter_share, drop_caption, args.preset)
-    if args.workers <= 1:
-        yield from map(make, range(start, stop))
+    if args.workers <= 1:  # in this process: not through _batch_at, which pins a worker to one thread
+        for step in range(start, stop):
+            yield batch(args.seed, stage, step, args.batch, clutter_share, drop_caption, args.preset)
         return
+    make = partial(_batch_at, args.seed, stage, args.batch, clutter_share, drop_caption, args.preset)
     import multiprocessing
 
     with multiprocessing.get_context("spawn").Pool(args.workers) as pool:

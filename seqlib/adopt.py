@@ -56,6 +56,8 @@ def import_lora(
     file_sha256, file_tensors = hashlib.sha256(data).hexdigest(), tensor_sha256(data)
     fmt, factors = from_lora_file(path, {x.name: (x.out_features, x.in_features) for x in layers})
     _refuse_duplicate(lib, commit, path, (file_sha256, file_tensors), factors)
+    if not any(bool(up.any()) and bool(down.any()) for up, down in factors.values()):
+        raise ImportRejectedError(f"{path.name} changes no weight (every LoRA tensor is zero); nothing to import")
     ranks = plan_ranks(commit, r, when_full, warn)
     A, B, errors = _fit(
         layers, factors, earlier_concepts(lib, commit, bases_only=True), ranks, lib.reserve_directions(commit)

@@ -22,8 +22,9 @@ from seqlib.capacity import Status, WidthGroup
 from seqlib.config import LAYER_SETS, default_layer_set
 from seqlib.errors import ConceptNotFoundError, StoreDamagedError, UsageError
 from seqlib.format import ConceptRecord, LibraryConfig, Recipe, Version, check_concept_name, token_for
-from seqlib.render import CROSSTALK_WARN, parse_selection, weights_for
-from seqlib.store import STORE_DIRNAME, Store, find_store
+from seqlib.render import CROSSTALK_WARN
+from seqlib.selection import parse_selection, weights_for
+from seqlib.store import STORE_DIRNAME, Store, find_store, lost_store_json
 
 __all__ = ["CROSSTALK_WARN", "Library", "Status", "WidthGroup", "check_concept_name", "parse_selection", "token_for"]
 
@@ -49,7 +50,7 @@ class Library:
             return p / STORE_DIRNAME
         for folder in (p, p / STORE_DIRNAME):
             if (folder / "refs").is_dir() and (folder / "objects").is_dir():  # a store that lost store.json
-                raise StoreDamagedError(f"{folder}/store.json", "missing")
+                raise lost_store_json(folder)
         return find_store(p) if p.is_dir() else p
 
     @classmethod
@@ -158,8 +159,13 @@ class Library:
         commit = commit or self.head()
         found = commit.concept(name)
         if found is None:
-            known = ", ".join(c.name for c in commit.concepts) or "none yet"
-            raise ConceptNotFoundError(f"no concept named {name!r} (concepts: {known})")
+            import difflib
+
+            names = [c.name for c in commit.concepts]
+            close = difflib.get_close_matches(name, names, n=1, cutoff=0.6)
+            hint = f"did you mean {close[0]!r}? " if close else ""
+            known = ", ".join(names[:20]) + (f" … ({len(names)} in all; `seqlib list`)" if len(names) > 20 else "")
+            raise ConceptNotFoundError(f"no concept named {name!r}; {hint}concepts: {known or 'none yet'}")
         return found
 
     def status(self) -> Status:
@@ -234,7 +240,8 @@ class Library:
                 if record.name in missing:
                     got = array_sha256(arrays[record.name]) if record.name in arrays else "missing"
                     if got != record.sha256:
-                        raise ChecksumMismatch(f"array {record.name} of concept {concept.name!r}", record.sha256, got)
+                        where = f"{self.store.root}/objects/payloads/{concept.payload}/{record.name}"
+                        raise ChecksumMismatch(f"{where} (of concept {concept.name!r})", record.sha256, got)
             cached.update({n: arrays[n] for n in missing})
         return {n: cached[n] for n in wanted}
 

@@ -19,7 +19,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from seqlib.errors import EnvironmentProblem
+from seqlib.errors import EnvironmentProblem, UsageError
 
 
 def _fsync_dir(path: Path) -> None:
@@ -189,6 +189,20 @@ class LocalBackend(Backend):
         return sorted(p.relative_to(self.root).as_posix() for p in (self.root / prefix).rglob("*") if p.is_file())
 
 
+def _provider_reason(e: Exception) -> str:
+    """What went wrong, in the user's words and with the way out, instead of the provider's
+    chain of causes (instance-metadata URLs, "resolve_deny", retry counts)."""
+    text = str(e).lower()
+    if any(w in text for w in ("credential", "metadata", "169.254", "unauthor", "forbidden", "403", "401", "denied")):
+        return "no access: the credentials are missing or refused (set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY)"
+    if any(w in text for w in ("dns", "resolve", "connect", "timed out", "timeout", "unreachable", "refused")):
+        return "cannot reach the endpoint (check the network and AWS_ENDPOINT_URL)"
+    if "bucket" in text and ("not" in text or "no such" in text):
+        return "the bucket does not exist or is not visible with these credentials"
+    first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+    return f"{first[:200]} (check the network, AWS_ENDPOINT_URL and the credentials)"
+
+
 class ObjectBackend(Backend):
     """S3 (or any obstore URL). Credentials and endpoint come from the usual ``AWS_*``
     environment variables (``AWS_ENDPOINT_URL``, ``AWS_ALLOW_HTTP=true`` for a local emulator)."""
@@ -222,10 +236,7 @@ class ObjectBackend(Backend):
         except NotFoundError:
             raise FileNotFoundError(f"{self.url}/{key}") from None
         except BaseError as e:
-            first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-            raise EnvironmentProblem(
-                f"object store {self.url}: {first} (check the network, AWS_ENDPOINT_URL and the credentials)"
-            ) from None
+            raise EnvironmentProblem(f"object store {self.url}: {_provider_reason(e)}") from None
 
     def read(self, key: str) -> bytes:
         import obstore
@@ -381,7 +392,18 @@ def is_url(location: str | Path) -> bool:
     return isinstance(location, str) and "://" in location
 
 
+OBJECT_STORE_SCHEMES = ("s3", "gs", "az", "abfs", "https", "http")  # what obstore's from_url opens
+
+
 def open_backend(location: str | Path) -> Backend:
     if not is_url(location):
         return LocalBackend(Path(location))
-    return MemoryBackend(str(location)) if str(location).startswith("memory://") else ObjectBackend(str(location))
+    if str(location).startswith("memory://"):
+        return MemoryBackend(str(location))
+    scheme = str(location).split("://", 1)[0].lower()
+    if scheme not in OBJECT_STORE_SCHEMES:
+        raise UsageError(
+            f"{location}: a library lives in a folder or an object store "
+            f"({', '.join(f'{x}://' for x in OBJECT_STORE_SCHEMES)}), not at a {scheme}:// URL"
+        )
+    return ObjectBackend(str(location))

@@ -94,6 +94,13 @@ def load_pipeline(kind: str, source: str, config: str | None, embedded_dir: Path
     try:
         if kind == "embedded":
             assert embedded_dir is not None
+            if not (Path(embedded_dir) / "model_index.json").is_file():
+                shipped = next((path for base_id, path in EMBEDDED_BASES.values() if base_id == source), None)
+                copy = f"; the package ships it: `cp -r {shipped} {embedded_dir}`" if shipped else ""
+                raise BaseLoadError(
+                    f"{embedded_dir} (the library's copy of its embedded base {source}) is missing or incomplete; "
+                    f"restore it from a backup{copy}"
+                )
             pipe = StableDiffusionPipeline.from_pretrained(embedded_dir, **common)
         elif kind == "diffusers":
             pipe = StableDiffusionPipeline.from_pretrained(source, **common)

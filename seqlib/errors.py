@@ -123,7 +123,8 @@ class TrainingDivergedError(DataError):
 class ChecksumMismatch(StoreError):
     def __init__(self, what: str, expected: str, got: str) -> None:
         self.expected, self.got = expected, got
-        super().__init__(f"{what}: checksum mismatch (expected {expected[:12]}…, got {got[:12]}…)")
+        found = "missing" if got == "missing" else f"checksum mismatch (expected {expected[:12]}…, got {got[:12]}…)"
+        super().__init__(f"{what}: {found}; run `seqlib verify` to see every problem")
 
 
 class ImportRejectedError(DataError):

@@ -18,6 +18,7 @@ from seqlib.choices import LAYOUTS, SCHEDULERS
 from seqlib.crosstalk import pairs_among
 from seqlib.errors import UsageError
 from seqlib.format import Version, token_for
+from seqlib.selection import MAX_WEIGHT, example_prompt, parse_selection, weights_for  # noqa: F401  (re-exported)
 
 if TYPE_CHECKING:
     from seqlib.api import Library
@@ -26,50 +27,8 @@ if TYPE_CHECKING:
 # to that concept's own residual) is flagged by `compose` and `status`. A judgement call on the
 # embedded base, to be re-measured on a pretrained one.
 CROSSTALK_WARN = 0.5
-# A residual weighted beyond this swamps the base (usual LoRA weights are 0.3-1.5): the image is
-# saturated or black, never what a user meant.
-MAX_WEIGHT = 10.0
 MAX_PROMPT_CHARS = 1000  # CLIP reads 77 tokens: more is certainly cut, and surely a mistake
 MIN_SIZE = 32  # pixels: below it the latent grid is a few cells, and nothing is drawn
-
-
-def _parse(spec: str | list[str] | dict[str, float]) -> dict[str, float | None]:
-    """``"mydog=0.8,cat"`` or ``["mydog", "cat"]`` -> {name: weight, or None where none is given}."""
-    if isinstance(spec, dict):
-        return dict(spec)
-    items = spec.split(",") if isinstance(spec, str) else list(spec)
-    out: dict[str, float | None] = {}
-    for item in (i.strip() for i in items):
-        if not item:
-            continue
-        name, _, weight = item.partition("=")
-        try:
-            value = float(weight) if weight else None
-        except ValueError:
-            raise UsageError(f"weight of {name!r} must be a number, not {weight!r}") from None
-        if value is not None and not math.isfinite(value):
-            raise UsageError(f"weight of {name!r} must be a finite number, not {weight!r}")
-        if value is not None and abs(value) > MAX_WEIGHT:  # far past any useful scale: black or noise
-            raise UsageError(f"weight of {name!r} is {weight}; use a weight between -{MAX_WEIGHT} and {MAX_WEIGHT}")
-        out[name.strip()] = value
-    if not out:
-        raise UsageError("no concepts selected; name one or more, e.g. `mydog,cat`")
-    return out
-
-
-def parse_selection(spec: str | list[str] | dict[str, float]) -> dict[str, float]:
-    """``"mydog=0.8,cat"`` or ``["mydog", "cat"]`` -> {name: weight} (1 where none is given)."""
-    return {name: 1.0 if w is None else w for name, w in _parse(spec).items()}
-
-
-def weights_for(spec: str | list[str] | dict[str, float], commit: Version) -> dict[str, float]:
-    """Like ``parse_selection``, but a concept without a weight gets its preferred weight
-    (``seqlib annotate --weight``)."""
-    weights = {}
-    for name, w in _parse(spec).items():
-        concept = commit.concept(name)
-        weights[name] = w if w is not None else concept.weight if concept else 1.0
-    return weights
 
 
 def make_scheduler(name: str, config):

@@ -9,6 +9,7 @@ JavaScript and no chart library: three chart kinds of a few shapes each did not 
 from __future__ import annotations
 
 import base64
+import math
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -110,6 +111,7 @@ def write_report(lib: Library, out: str | Path) -> Path:
     from seqlib.backends import atomic_write
 
     env = jinja2.Environment(autoescape=True, undefined=jinja2.StrictUndefined, trim_blocks=True, lstrip_blocks=True)
+    env.filters["log10"] = lambda x: math.log10(max(float(x), 1e-12))
     page = env.from_string(TEMPLATE.read_text()).render(**report_data(lib))
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)

@@ -47,6 +47,7 @@ from seqlib.backends import (
 from seqlib.errors import (
     ChecksumMismatch,
     ConflictError,
+    EnvironmentProblem,
     InvalidNameError,
     StoreDamagedError,
     StoreExistsError,
@@ -89,12 +90,23 @@ def check_tag_name(name: str) -> None:
         raise InvalidNameError(f"tag {name!r} would be confused with a version number or the branch")
 
 
+def lost_store_json(root: str | Path) -> StoreDamagedError:
+    """A library whose ``store.json`` is gone while its objects and refs are there."""
+    return StoreDamagedError(
+        f"{root}/store.json",
+        "missing, while the library's objects and refs are there",
+        "restore it from a backup (`seqlib init` refuses the folder: a library is in it)",
+    )
+
+
 def find_store(start: Path | None = None) -> Path:
     """The nearest ``.seqlib`` in ``start`` or its parents, like git finds ``.git``."""
     start = Path(start or Path.cwd()).resolve()
     for folder in (start, *start.parents):
         if (folder / STORE_DIRNAME / "store.json").is_file():
             return folder / STORE_DIRNAME
+        if (folder / STORE_DIRNAME / "refs").is_dir() or (folder / STORE_DIRNAME / "objects").is_dir():
+            raise lost_store_json(folder / STORE_DIRNAME)
     raise StoreNotFoundError(f"no seqlib library in {start} or its parents; create one with `seqlib init`")
 
 
@@ -111,6 +123,8 @@ class Store(Objects):
         try:
             raw = self.backend.read("store.json")
         except FileNotFoundError:
+            if self.backend.list("refs/heads/main") or self.backend.exists("HEAD"):
+                raise lost_store_json(root) from None
             raise StoreNotFoundError(f"{root} is not a seqlib store (no store.json)") from None
         self.info = self._parse(raw, "store.json", StoreInfo)
 
@@ -196,6 +210,20 @@ class Store(Objects):
             shutil.rmtree(staging, ignore_errors=True)
             raise
         _fsync_dir(root.parent)
+
+    def check_writable(self) -> None:
+        """Fail now, not after minutes of training, when the library's folder cannot be written
+        (a read-only mount, another user's files). Object stores answer at the write itself."""
+        if not self.is_local:
+            return
+        probe = Path(self.root) / "objects" / f".write-test.{uuid.uuid4().hex}.partial"
+        try:
+            probe.write_bytes(b"")
+            probe.unlink()
+        except OSError as e:
+            raise EnvironmentProblem(
+                f"cannot write to the library {self.root} ({e.strerror or e}); nothing was trained"
+            ) from None
 
     # ---- commits and refs ------------------------------------------------------
 
@@ -299,8 +327,13 @@ class Store(Objects):
     # ---- versions, tags, checkout ----------------------------------------------
 
     def entries(self) -> list[tuple[int, str]]:
-        """(version, commit id) of every commit on the branch, oldest first."""
-        return [(int(e), self._entry(e)) for e in self._ref_entries()]
+        """(version, commit id) of every commit on the branch, oldest first; a missing entry is
+        damage (the history would read as if a version never existed)."""
+        found = [(int(e), self._entry(e)) for e in self._ref_entries()]
+        for expected, (version, _) in enumerate(found, start=1):
+            if version != expected:
+                raise StoreDamagedError(self._where(f"{self._BRANCH_PREFIX}/{expected:0{_SEQ_WIDTH}d}"), "missing")
+        return found
 
     def tags(self) -> dict[str, str]:
         """Tag name -> commit id."""
@@ -332,7 +365,14 @@ class Store(Objects):
         """The commit a read-only checkout pins (``HEAD``), or None when on the branch tip."""
         if not self.backend.exists("HEAD"):
             return None
-        return self.read_ref("HEAD")
+        pinned = self.read_ref("HEAD")
+        if pinned not in {cid for _, cid in self.entries()}:
+            raise StoreDamagedError(
+                self._where("HEAD"),
+                f"it pins commit {pinned[:12]}…, which is not on the branch",
+                "`seqlib checkout main` reads the tip again; `seqlib verify` checks the rest",
+            )
+        return pinned
 
     def set_checkout(self, ref: str | None) -> None:
         if ref is None or ref == BRANCH:

@@ -153,3 +153,40 @@ def test_library_api_raises_typed_errors_naming_the_file(store_copy):
     _commit_file(store_copy, 4).write_text("{}")
     with pytest.raises(StoreDamagedError, match=r"objects/commits/.*\.json is damaged"):
         Library.open(store_copy).status()
+
+
+def test_damage_messages_name_the_file_and_the_way_out(tagged_store, seqlora_store, tmp_path, capsys):
+    """The outside battery's misleading messages (issue 27), each one line naming what to do."""
+    store = tmp_path / "a" / ".seqlib"
+    shutil.copytree(tagged_store, store)
+    (store / "refs" / "heads" / "main" / f"{2:012d}").unlink()  # a version silently skipped before
+    code, _, err = _run(store, capsys, "log")
+    _one_line_or_works(code, err, "ref entry")
+    assert code == 3 and f"{2:012d}" in err and "verify" in err
+
+    store = tmp_path / "b" / ".seqlib"
+    shutil.copytree(tagged_store, store)
+    (store / "HEAD").write_text("deadbeef" * 8 + "\n")  # a pin the user never typed
+    code, _, err = _run(store, capsys, "status")
+    _one_line_or_works(code, err, "HEAD")
+    assert code == 3 and "HEAD" in err and "seqlib checkout main" in err
+
+    store = tmp_path / "c" / ".seqlib"
+    shutil.copytree(tagged_store, store)
+    (store / "store.json").unlink()
+    code, _, err = _run(tmp_path / "c", capsys, "status")
+    assert code == 3 and "store.json" in err and "backup" in err and "create one with" not in err
+
+    store = tmp_path / "d" / ".seqlib"
+    shutil.copytree(seqlora_store, store)
+    shutil.rmtree(store / "base")
+    before = _digest(store)
+    code, _, err = _run(store, capsys, "compose", "mascot", "-p", "a photo of <mascot>", "-o", str(tmp_path / "o"))
+    assert code == 4 and "Traceback" not in err and "cp -r" in err and _digest(store) == before
+
+    store = tmp_path / "e" / ".seqlib"
+    shutil.copytree(seqlora_store, store)
+    _payload_file(store, "array").unlink()
+    code, _, err = _run(store, capsys, "compose", "robot", "-p", "a photo of <robot>", "-o", str(tmp_path / "o"))
+    _one_line_or_works(code, err, "payload chunk")
+    assert code == 3 and "objects/payloads/" in err and "B_m64" in err and "seqlib verify" in err

@@ -107,6 +107,7 @@ def _lora_cases(layer) -> dict[str, dict[str, torch.Tensor]]:
         "no up matrix": {down: torch.zeros(4, m)},
         "nan": {down: nan, up: torch.ones(n, 4)},
         "one-dimensional": {down: torch.zeros(4 * m), up: torch.zeros(n, 4)},
+        "all zero": {down: torch.zeros(4, m), up: torch.zeros(n, 4)},
     }
 
 
@@ -116,6 +117,7 @@ EXPECTED = {
     "no up matrix": "has no up",
     "nan": "NaN or infinite",
     "one-dimensional": "expected 2-D matrices",
+    "all zero": "changes no weight",
 }
 
 
@@ -145,6 +147,13 @@ def test_hostile_lora_files_are_refused_before_the_store_is_touched(store_copy, 
         (["add", "café", "."], "may contain only a-z"),
         (["export", "mascot", "-o", "x.safetensors", "--format", "pickle"], "--format"),
         (["checkout", "99"], "no version, tag or commit '99'"),
+        (["compose", "mascot=1e30", "-p", "<mascot>"], "between -10.0 and 10.0"),
+        (["compose", "mascot", "-p", "<mascot>", "--size", "8"], "at least 32"),
+        (["compose", "mascot", "-p", "a photo of <mascot> " * 800], "characters"),
+        (["add", "newone", ".", "--prompt-template", "a photo of {token} by {artist}"], "only {token} in braces"),
+        (["add", "newone", ".", "--prompt-template", "a photo of {token} }"], "only {token} in braces"),
+        (["add", "newone", ".", "--resolution", "12"], "multiple of 8"),
+        (["add", "newone", ".", "--rank", "1000"], "more than half the width"),
     ],
 )
 def test_impossible_arguments_are_usage_errors(store_copy, capsys, args, message):

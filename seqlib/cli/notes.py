@@ -9,6 +9,7 @@ import click
 from seqlib.cli._common import Finite, cli, console, json_option, open_library
 from seqlib.cli.output import sampling_options
 from seqlib.errors import UsageError
+from seqlib.selection import example_prompt
 
 
 @cli.command("annotate", short_help="Describe a concept: description, trigger, preferred weight, tags.")
@@ -69,7 +70,7 @@ def recipe_save(ctx, name, concepts, replace, **sampling) -> None:
       seqlib compose @beach-day
     """
     if sampling["prompt"] is None:
-        raise UsageError('--prompt is needed, e.g. --prompt "a photo of <mydog>"')
+        raise UsageError(f"--prompt is needed, e.g. --prompt {example_prompt(concepts)!r}")
     recipe = open_library(ctx).save_recipe(name, concepts, replace=replace, **sampling)
     weights = ", ".join(f"{n}={w:g}" for n, w in recipe.concepts)
     console.print(f"Saved recipe @{name}: {weights}; replay with `seqlib compose @{name}`")

@@ -20,6 +20,7 @@ from seqlib.cli._common import (
     warn,
 )
 from seqlib.errors import UsageError
+from seqlib.selection import example_prompt
 
 SAMPLING = [  # compose's settings; `recipe save` records the same ones
     click.option("--prompt", "-p", default=None, help='Mention the concepts by token, e.g. "a photo of <mydog>".'),
@@ -90,7 +91,7 @@ def compose_command(ctx, concepts, out, grid, device, at, **sampling) -> None:
         if given:
             raise UsageError(f"a recipe replays its own settings; drop {', '.join(given)} (or save a new recipe)")
     elif sampling["prompt"] is None:
-        raise UsageError('--prompt is needed, e.g. --prompt "a photo of <mydog>" (or compose a recipe: @NAME)')
+        raise UsageError(f"--prompt is needed, e.g. --prompt {example_prompt(concepts)!r} (or compose a recipe: @NAME)")
     lib = open_library(ctx, at)
     with console.status("rendering…"):
         paths = lib.compose(concepts, out=out, device=device, warn=warn, grid=grid, **sampling)

@@ -1,0 +1,59 @@
+"""Selections and prompts: ``"mydog=0.8,cat"`` -> {name: weight}. Torch-free, so the CLI can
+check what it was asked before anything heavy loads."""
+
+from __future__ import annotations
+
+import math
+
+from seqlib.errors import UsageError
+from seqlib.format import Version, token_for
+
+# A residual weighted beyond this swamps the base (usual LoRA weights are 0.3-1.5): the image is
+# saturated or black, never what a user meant.
+MAX_WEIGHT = 10.0
+
+
+def _parse(spec: str | list[str] | dict[str, float]) -> dict[str, float | None]:
+    """``"mydog=0.8,cat"`` or ``["mydog", "cat"]`` -> {name: weight, or None where none is given}."""
+    if isinstance(spec, dict):
+        return dict(spec)
+    items = spec.split(",") if isinstance(spec, str) else list(spec)
+    out: dict[str, float | None] = {}
+    for item in (i.strip() for i in items):
+        if not item:
+            continue
+        name, _, weight = item.partition("=")
+        try:
+            value = float(weight) if weight else None
+        except ValueError:
+            raise UsageError(f"weight of {name!r} must be a number, not {weight!r}") from None
+        if value is not None and not math.isfinite(value):
+            raise UsageError(f"weight of {name!r} must be a finite number, not {weight!r}")
+        if value is not None and abs(value) > MAX_WEIGHT:  # far past any useful scale: black or noise
+            raise UsageError(f"weight of {name!r} is {weight}; use a weight between -{MAX_WEIGHT} and {MAX_WEIGHT}")
+        out[name.strip()] = value
+    if not out:
+        raise UsageError("no concepts selected; name one or more, e.g. `mydog,cat`")
+    return out
+
+
+def parse_selection(spec: str | list[str] | dict[str, float]) -> dict[str, float]:
+    """``"mydog=0.8,cat"`` or ``["mydog", "cat"]`` -> {name: weight} (1 where none is given)."""
+    return {name: 1.0 if w is None else w for name, w in _parse(spec).items()}
+
+
+def example_prompt(spec: str) -> str:
+    """A prompt naming the selected concepts, for hints: ``"mascot,robot=0.5"`` ->
+    ``a photo of <mascot> and <robot>``."""
+    names = [item.partition("=")[0].strip() for item in spec.split(",") if item.strip()] or ["mydog"]
+    return "a photo of " + " and ".join(token_for(n) for n in names[:3])
+
+
+def weights_for(spec: str | list[str] | dict[str, float], commit: Version) -> dict[str, float]:
+    """Like ``parse_selection``, but a concept without a weight gets its preferred weight
+    (``seqlib annotate --weight``)."""
+    weights = {}
+    for name, w in _parse(spec).items():
+        concept = commit.concept(name)
+        weights[name] = w if w is not None else concept.weight if concept else 1.0
+    return weights
