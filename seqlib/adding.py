@@ -241,7 +241,7 @@ def _record(lib: Library, commit: Version, name, r, ranks, method, frozen, recor
     # every process must hold the same factors: the gradients were averaged before each step
     if not distributed.same_everywhere(payload.digest(arrays)):
         raise EnvironmentProblem("the training processes ended with different factors; nothing was committed")
-    crosstalk_from, crosstalk_onto = _crosstalk_with_earlier(lib, commit, result)
+    crosstalk_from, crosstalk_onto = crosstalk_with_earlier(lib, commit, result)
     values = Crosstalk(crosstalk_from=crosstalk_from, crosstalk_onto=crosstalk_onto)
     lib.store.keep(values)  # written with the commit
     if distributed.is_main():
@@ -308,7 +308,7 @@ def _commit_everywhere(lib: Library, seq, parent_id, commit: Version, concept: C
         raise SeqlibError(relayed)
 
 
-def _crosstalk_with_earlier(lib: Library, commit: Version, result) -> tuple[dict[str, float], dict[str, float]]:
+def crosstalk_with_earlier(lib: Library, commit: Version, result) -> tuple[dict[str, float], dict[str, float]]:
     """Crosstalk between a freshly trained concept and each earlier one, both directions."""
     from seqlib.activations import crosstalk
 

@@ -9,9 +9,10 @@ in the free space closest to ΔW (Eckart–Young), computed on the factors
 from __future__ import annotations
 
 from pathlib import Path
+from types import SimpleNamespace
 from typing import TYPE_CHECKING
 
-from seqlib.adding import Warn, append, begin, earlier_concepts, plan_ranks, with_preview
+from seqlib.adding import Warn, append, begin, crosstalk_with_earlier, earlier_concepts, plan_ranks, with_preview
 from seqlib.crosstalk import record_fields
 from seqlib.errors import ImportRejectedError
 from seqlib.format import ConceptRecord, Crosstalk, ImportRecord, now_iso, token_for
@@ -70,7 +71,12 @@ def import_lora(
     embedding = initial_embedding(*lib.load_text_side(commit, device), init_word)
     arrays = payload.pack(layers, A, B, embedding.cpu().numpy(), *payload.empty_summary(layers))
     payload_id, array_records = lib.store.write_payload(arrays, {"concept": name, "rank": r})
-    none_measured = Crosstalk(crosstalk_from={}, crosstalk_onto={})  # it records no inputs
+    # It records no inputs, so nothing measures crosstalk onto it (0); its residual's onto the
+    # earlier concepts' recorded inputs is computed as for a trained concept.
+    U, energies = payload.empty_summary(layers)
+    factors_only = SimpleNamespace(A=A, B=B, U=U, energies=energies)
+    crosstalk_from, crosstalk_onto = crosstalk_with_earlier(lib, commit, factors_only)
+    none_measured = Crosstalk(crosstalk_from=crosstalk_from, crosstalk_onto=crosstalk_onto)
     lib.store.keep(none_measured)
     concept = ConceptRecord(
         name=name,

@@ -295,7 +295,11 @@ class Library:
             got = array_sha256(arrays[array.name]) if array.name in arrays else "missing"
             if got != array.sha256:
                 raise ChecksumMismatch(f"array {array.name} of the shared reserve", array.sha256, got)
-        U = shared_reserve.unpack(commit.library.layers, record, arrays)
+        try:
+            U = shared_reserve.unpack(commit.library.layers, record, arrays)
+        except (KeyError, IndexError):
+            where = f"{self.store.root}/objects/payloads/{record.payload}"
+            raise StoreDamagedError(where, "its arrays are not the shared reserve's R_m<m> stacks") from None
         return {k: torch.from_numpy(v).double() for k, v in U.items()}
 
     def input_summary(self, concept: ConceptRecord, commit: Version) -> dict:
@@ -387,6 +391,11 @@ class Library:
         """Commit ``state`` (library, concepts, recipes) with ``changes`` on top of the tip read
         as (seq, parent_id); fails if it moved since."""
         fields = {"library": state.library, "concepts": state.concepts, "recipes": state.recipes} | changes
+        # records upgraded from version 1 get their identifier: format 3 records always carry one
+        fields["concepts"] = [
+            c if c.tensor_sha256 else c.model_copy(update={"tensor_sha256": self.tensor_hash(c, state)})
+            for c in fields["concepts"]
+        ]
         new = Version(parent=parent_id, message=message, **fields)
         self.store.commit(new, expected_seq=seq)
         return new

@@ -130,7 +130,8 @@ class LibraryConfig(_Model):
     @property
     def reserved_dims(self) -> list[int]:
         """Per layer: the dimensions the shared reserve takes (0 without one)."""
-        return list(self.reserve.dims) if self.reserve else [0] * len(self.layers)
+        dims = list(self.reserve.dims) if self.reserve else []
+        return (dims + [0] * len(self.layers))[: len(self.layers)]  # a damaged record: verify reports its length
 
     @property
     def layer_names(self) -> list[str]:

@@ -91,6 +91,11 @@ def fit_factors_in_free_space(
     Qd, Rd = torch.linalg.qr(project_out(D.T, Q))
     _, _, Vh = torch.linalg.svd(Ru @ Rd.T)
     B = project_out(Qd @ Vh[:r].T, Q)
+    # Directions of ΔW inside span(Q) leave only round-off after the projection (an export of
+    # the library's own concepts): QR then returns arbitrary vectors, shrunk by the projection
+    # to norms of 0.1-0.5. Keep the ones that survived whole; free room completes the rest.
+    B = B[:, B.norm(dim=0) > 0.5]
+    B = torch.linalg.qr(B)[0] if B.shape[1] else B
     if B.shape[1] < r:  # a LoRA of smaller rank than ours: the rest of B is free room, unused
         B = torch.cat([B, random_basis(D.shape[1], r - B.shape[1], orthonormal_basis(torch.cat([Q, B], 1)), gen)], 1)
     A = U @ (D @ B)

@@ -121,7 +121,7 @@ def train_concept(
         emb, embed_hook = init_token(pipe, token, cfg.init_word)
         try:
             ids = prompt_ids(pipe.tokenizer, cfg.prompt_template.format(token=token), pipe.unet.device)
-            run = _Run(pipe, layers, cfg, embed_hook, ids)
+            run = _Run(pipe, layers, cfg, embed_hook, ids, position=len(earlier))
             run.encode_images(image_tensor, train_images)
             state = resume or run.start(Q, ranks, method, frozen_columns, emb)
             Qs = [Q[n].to(pipe.unet.device) for n, _ in layers]
@@ -163,8 +163,9 @@ def _space_to_avoid(layers, earlier: list[Earlier], method: Method, protect: int
 class _Run:
     """One concept's training: the encoded images, the batch stream, the objective."""
 
-    def __init__(self, pipe, layers, cfg: TrainConfig, embed_hook, ids: Tensor) -> None:
+    def __init__(self, pipe, layers, cfg: TrainConfig, embed_hook, ids: Tensor, position: int = 0) -> None:
         self.pipe, self.layers, self.cfg, self.hook, self.ids = pipe, layers, cfg, embed_hook, ids
+        self.position = position  # how many concepts the library held before this one
         self.device = pipe.unet.device
         self.objective = Objective(pipe, LiveResiduals(layers))
         # Batches differ per process (data parallel); the basis init does not.
@@ -204,7 +205,10 @@ class _Run:
 
     def start(self, Q, ranks, method: Method, frozen_columns, emb: Tensor) -> dict:
         """A = 0, B orthonormal in the free complement (the residual starts at 0)."""
-        gen, device = torch.Generator().manual_seed(self.cfg.seed), self.device
+        # without a projection the free space is the same for every concept: seed by position, or
+        # two plain-LoRA concepts of one library would start from one basis
+        offset = 0 if method.projects else 1_000_003 * self.position
+        gen, device = torch.Generator().manual_seed(self.cfg.seed + offset), self.device
         if method.basis == "frozen":
             Bs = [frozen_basis(m.in_features, frozen_columns[: ranks[n]], Q[n]) for n, m in self.layers]
         else:

@@ -100,8 +100,12 @@ def test_annotate_changes_only_notes_and_the_history_stays_valid(v1_store, capsy
     assert after.format_version == 4 and after.message == "annotate mascot"
     old, new = before.concept("mascot"), after.concept("mascot")
     assert new.notes.weight == 0.5 and new.notes.tags == ["pets", "demo"] and new.notes.trigger == "round"
-    assert new.model_dump(exclude={"notes"}) == old.model_dump(exclude={"notes"})  # same payload, arrays, all
-    assert after.concepts[1] == before.concepts[1] and after.library == before.library
+    # same payload, arrays, all; the version-1 records get their identifier as they become format-4 objects
+    assert new.model_dump(exclude={"notes", "tensor_sha256"}) == old.model_dump(exclude={"notes", "tensor_sha256"})
+    assert old.tensor_sha256 is None and new.tensor_sha256 == identifier
+    other = after.concepts[1]
+    assert other.model_dump(exclude={"tensor_sha256"}) == before.concepts[1].model_dump(exclude={"tensor_sha256"})
+    assert other.tensor_sha256 == lib.tensor_hash(before.concepts[1], before) and after.library == before.library
     assert lib.tensor_hash(new, after) == identifier
     assert main(["--store", str(v1_store), "verify", "--skip-base"]) == 0  # a v1 history, then a v2 commit
     capsys.readouterr()

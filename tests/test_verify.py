@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import shutil
 from collections.abc import Callable
 from pathlib import Path
 
@@ -123,6 +124,120 @@ CASES = {
 }
 
 
+def _robot(**changes) -> Callable[[dict], None]:
+    """Set (or with None for a nested path, clear) fields of robot's record; ``training__x``
+    reaches into the training record."""
+
+    def edit(data: dict) -> None:
+        robot = concept(data, "robot")
+        for key, value in changes.items():
+            target, *rest = key.split("__")
+            if rest:
+                robot[target][rest[0]] = value
+            else:
+                robot[key] = value
+
+    return edit
+
+
+def _each(key: str, value_of: Callable[[list], list]) -> Callable[[dict], None]:
+    def edit(data: dict) -> None:
+        robot = concept(data, "robot")
+        robot[key] = value_of(robot[key] if robot[key] is not None else [4] * len(data["library"]["layers"]))
+
+    return edit
+
+
+def _crosstalk_key_dropped(data: dict) -> None:
+    from seqlib.crosstalk import summarize
+    from seqlib.format import Crosstalk
+
+    robot = concept(data, "robot")
+    del robot["crosstalk_from"]["mascot"]
+    values = Crosstalk(crosstalk_from=robot["crosstalk_from"], crosstalk_onto=robot["crosstalk_onto"])
+    robot["crosstalk_worst"] = [list(p) for p in summarize("robot", values)]  # re-derived: only the key rule breaks
+
+
+def _duplicate_name(data: dict) -> None:
+    emblem = concept(data, "emblem")
+    emblem["name"], emblem["token"] = "mascot", "<mascot>"
+
+
+def _recipe(name: str, **changes) -> Callable[[dict], None]:
+    def edit(data: dict) -> None:
+        data["recipes"][name] = {
+            "concepts": [["mascot", 1.0]], "prompt": "a photo of <mascot>", "negative_prompt": None, "seed": 0,
+            "num_images": 1, "steps": 10, "guidance": 4.0, "size": None, "scheduler": None, "layout": "sum",
+            "created": "2026-12-01T10:00:00+00:00",
+        } | changes  # fmt: skip
+
+    return edit
+
+
+def _forged_reserve(**changes) -> Callable[[dict], None]:
+    def edit(data: dict) -> None:
+        layers = len(data["library"]["layers"])
+        data["library"]["reserve"] = {
+            "payload": concept(data, "mascot")["payload"], "arrays": concept(data, "mascot")["arrays"],
+            "dims": [1] * layers, "captured": [0.5] * layers, "energy": 0.5, "max_fraction": 0.0625,
+            "inputs": "forged", "created": "2026-12-01T10:00:00+00:00",
+        } | changes  # fmt: skip
+
+    return edit
+
+
+UTC_LATER = "2026-12-01T12:00:00+02:00"
+CASES |= {
+    "frozen_columns null on a frozen-basis concept": (4, _robot(training__method="frozen-basis"), "frozen_columns"),
+    "frozen_columns repeated": (
+        4,
+        _robot(training__method="frozen-basis", frozen_columns=[0, 0, 1, 2]),
+        "4 distinct frozen_columns",
+    ),
+    "frozen_columns too few": (4, _robot(training__method="frozen-basis", frozen_columns=[8, 9]), "distinct frozen"),
+    "reserved without protect": (4, _each("reserved", lambda r: [1] * len(r)), "without --protect"),
+    "reserved negative": (
+        4,
+        lambda d: (_robot(training__protect=1)(d), _each("reserved", lambda r: [-1] * len(r))(d)),
+        "negative reserved",
+    ),
+    "tensor_sha256 null": (4, _robot(tensor_sha256=None), "tensor_sha256 is missing"),
+    "crosstalk key missing": (4, _crosstalk_key_dropped, "crosstalk from lacks ['mascot']"),
+    "rank disagrees with the payload": (4, _robot(rank=3), "does not hold rank"),
+    "ranks disagree with the zero columns": (4, _each("ranks", lambda r: [*r[:-1], 3]), "then zeros"),
+    "ranks of the wrong length": (4, _robot(ranks=[4]), "ranks must be"),
+    "ranks above the rank": (4, _each("ranks", lambda r: [5] * len(r)), "ranks must be"),
+    "orthogonal flag cleared": (4, _robot(orthogonal=False), "orthogonal is False for a seqlora"),
+    "orthogonal flag set on plain LoRA": (4, _robot(training__method="lora"), "orthogonal is True for a lora"),
+    "commit timestamp not in UTC": (4, lambda d: d.update(timestamp=UTC_LATER), "is not in UTC"),
+    "record created not in UTC": (4, _robot(created=UTC_LATER), "is not in UTC"),
+    "recipe with a bad name": (4, _recipe("Beach Day!"), "recipe name"),
+    "recipe created not in UTC": (4, _recipe("beach", created=UTC_LATER), "is not in UTC"),
+    "image path with a folder": (
+        4,
+        lambda d: concept(d, "robot")["images"][0].update(file="../../etc/x.png"),
+        "not a bare file name",
+    ),  # fmt: skip
+    "image path empty": (4, lambda d: concept(d, "robot")["images"][0].update(file=""), "not a bare file name"),
+    "duplicated concept name": (4, _duplicate_name, "concept name mascot appears 2 times"),
+    "neither trained nor imported": (4, _robot(training=None), "neither trained nor imported"),
+    "dtype label in the record": (
+        4,
+        lambda d: concept(d, "robot")["arrays"][0].update(dtype="float16"),
+        "recorded as float16",
+    ),
+    "reserve whose payload is not its arrays": (
+        4,
+        _forged_reserve(payload="0" * 64),
+        "reserve: payload id",
+    ),
+    "reserve with dims for too few layers": (4, _forged_reserve(dims=[1]), "entries for"),
+    "reserve over its max_fraction": (4, _forged_reserve(max_fraction=0.0), "outside its bounds"),
+    "reserve that is a concept's basis": (4, _forged_reserve(), "reserve: "),
+    "concept name against the rule": (4, _robot(name="Robot", token="<Robot>"), "must start with a lower-case"),
+}
+
+
 @pytest.mark.parametrize("case", list(CASES))
 def test_verify_catches_forgeries_at_any_version(store_copy, capsys, case):
     version, edit, expected = CASES[case]
@@ -162,3 +277,67 @@ def test_verify_names_an_altered_record_and_a_missing_page(store_copy, capsys):
 def test_an_untouched_store_verifies(seqlora_store, capsys):
     assert main(["--store", str(seqlora_store), "verify", "--skip-base"]) == 0
     assert "ok" in capsys.readouterr().out
+
+
+def _payload_folder(store: Path, name: str = "robot") -> Path:
+    head = _expand(
+        store, _read(store, "commits", sorted((store / "refs" / "heads" / "main").iterdir())[-1].read_text().strip())
+    )
+    return store / "objects" / "payloads" / concept(head, name)["payload"]
+
+
+def _stray_array(store: Path) -> None:
+    folder = _payload_folder(store)
+    shutil.copytree(folder / "embedding", folder / "X_m1")
+
+
+def _rechunked(store: Path) -> None:
+    """B_m64 rewritten in several chunks: the same decoded values (checksums hold)."""
+    import zarr
+
+    group = zarr.open_group(str(_payload_folder(store)), mode="r+")
+    data = group["B_m64"][...]
+    del group["B_m64"]
+    group.create_array("B_m64", shape=data.shape, dtype=data.dtype, chunks=(1, *data.shape[1:]))[...] = data
+
+
+def _retyped(store: Path) -> None:
+    """B_m64 stored as float64 with the same values: the checksum of the decoded bytes changes, so
+    the forger re-records it (and re-hashes the payload id, the record, the chain)."""
+    import zarr
+
+    from seqlib.store import array_sha256
+
+    folder = _payload_folder(store)
+    group = zarr.open_group(str(folder), mode="r+")
+    data = group["B_m64"][...].astype("float64")
+    del group["B_m64"]
+    group.create_array("B_m64", shape=data.shape, dtype=data.dtype, chunks=data.shape)[...] = data
+
+    def edit(d: dict) -> None:
+        robot = concept(d, "robot")
+        record = next(a for a in robot["arrays"] if a["name"] == "B_m64")
+        record["sha256"] = array_sha256(data)  # the dtype label stays float32: the lie
+        robot["payload"] = hashlib.sha256(_canonical({"arrays": robot["arrays"]}).encode()).hexdigest()
+        shutil.copytree(folder, folder.parent / robot["payload"])
+
+    forge(store, 4, edit)
+
+
+PAYLOAD_CASES = {
+    "stray array in a payload": (_stray_array, "arrays the record does not list: X_m1"),
+    "array in several chunks": (_rechunked, "not as one chunk"),
+    "array dtype mislabelled": (_retyped, "is float64"),
+}
+
+
+@pytest.mark.parametrize("case", list(PAYLOAD_CASES))
+def test_verify_catches_forged_payloads(store_copy, capsys, case):
+    damage, expected = PAYLOAD_CASES[case]
+    damage(store_copy)
+    code = main(["--store", str(store_copy), "verify", "--skip-base", "--json"])
+    out, err = capsys.readouterr()
+    assert "Traceback" not in err
+    problems = json.loads(out)["problems"]
+    assert code == 3 and any(expected in p for p in problems), problems
+
