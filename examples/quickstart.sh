@@ -10,10 +10,10 @@ rm -rf .seqlib out
 
 set -x
 seqlib init
-# --context base: each concept is learned on the bare base (its basis still orthogonal to the
-# others'), so it renders as itself alone; the paper's default learns on top of the earlier ones.
+# each concept is learned on the bare base (--context base, the default; its basis still orthogonal
+# to the others'), so it renders as itself alone; --context library learns on top of the earlier ones.
 for concept in mascot emblem robot; do
-    seqlib add "$concept" "$examples/$concept" --context base
+    seqlib add "$concept" "$examples/$concept"
 done
 seqlib status
 for concept in mascot emblem robot; do

@@ -111,12 +111,7 @@ def add(
     _prepare_for_training(pipe, config, warn)
     token = token_for(name)
     if warn and config.init_word != TrainConfig.init_word:  # the default is neutral on purpose
-        unknown = _unknown_words(commit.library.base.source, pipe.tokenizer, config.init_word)
-        if unknown:
-            warn(
-                f"the base never learned the word {unknown[0]!r} (--init-word): {token} starts from an "
-                "embedding with no meaning to it; use a word from its captions, or leave the default"
-            )
+        _warn_unknown_words(commit.library.base.source, pipe.tokenizer, config.init_word, token, warn)
     if token in pipe.tokenizer.get_vocab():
         raise InvalidNameError(f"{token} is already a token of the base's tokenizer; pick another name")
     frozen = _frozen_columns(commit, r) if method.basis == "frozen" else None
@@ -148,16 +143,22 @@ def add(
     return concept
 
 
-def _unknown_words(base_source: str, tokenizer, words: str) -> list[str]:
-    """Words of ``words`` the base has no meaning for: for an embedded base, those its pretraining
-    captions never used; for others, those its tokenizer splits into pieces."""
+def _warn_unknown_words(base_source: str, tokenizer, words: str, token: str, warn) -> None:
+    """Warn about a word of ``--init-word`` the base has no meaning for: for an embedded base, one
+    its pretraining captions never used; for others, one its tokenizer splits into pieces."""
     from seqlib import world, world_lab
     from seqlib.embedded import EMBEDDED_BASE_ID, LAB_BASE_ID
 
     captions = {EMBEDDED_BASE_ID: world.VOCABULARY, LAB_BASE_ID: world_lab.VOCABULARY}.get(base_source)
     if captions is not None:
-        return [w for w in words.split() if w.lower() not in captions]
-    return [w for w in words.split() if len(tokenizer(w, add_special_tokens=False).input_ids) > 1]
+        unknown = [w for w in words.split() if w.lower() not in captions]
+    else:
+        unknown = [w for w in words.split() if len(tokenizer(w, add_special_tokens=False).input_ids) > 1]
+    if unknown:
+        warn(
+            f"the base never learned the word {unknown[0]!r} (--init-word): {token} starts from an "
+            "embedding with no meaning to it; use a word from its captions, or leave the default"
+        )
 
 
 def plan_ranks(commit: Version, r: int, when_full: str, warn: Warn, projects: bool = True) -> list[int]:

@@ -57,8 +57,7 @@ def import_lora(
     file_sha256, file_tensors = hashlib.sha256(data).hexdigest(), tensor_sha256(data)
     fmt, factors = from_lora_file(path, {x.name: (x.out_features, x.in_features) for x in layers})
     _refuse_duplicate(lib, commit, path, (file_sha256, file_tensors), factors)
-    if not any(bool(up.any()) and bool(down.any()) for up, down in factors.values()):
-        raise ImportRejectedError(f"{path.name} changes no weight (every LoRA tensor is zero); nothing to import")
+    _refuse_zero(path, factors)
     ranks = plan_ranks(commit, r, when_full, warn)
     A, B, errors = _fit(
         layers, factors, earlier_concepts(lib, commit, bases_only=True), ranks, lib.reserve_directions(commit)
@@ -71,12 +70,7 @@ def import_lora(
     embedding = initial_embedding(*lib.load_text_side(commit, device), init_word)
     arrays = payload.pack(layers, A, B, embedding.cpu().numpy(), *payload.empty_summary(layers))
     payload_id, array_records = lib.store.write_payload(arrays, {"concept": name, "rank": r})
-    # It records no inputs, so nothing measures crosstalk onto it (0); its residual's onto the
-    # earlier concepts' recorded inputs is computed as for a trained concept.
-    U, energies = payload.empty_summary(layers)
-    factors_only = SimpleNamespace(A=A, B=B, U=U, energies=energies)
-    crosstalk_from, crosstalk_onto = crosstalk_with_earlier(lib, commit, factors_only)
-    none_measured = Crosstalk(crosstalk_from=crosstalk_from, crosstalk_onto=crosstalk_onto)
+    none_measured = Crosstalk(**dict(zip(("crosstalk_from", "crosstalk_onto"), _crosstalk(lib, commit, A, B))))
     lib.store.keep(none_measured)
     concept = ConceptRecord(
         name=name,
@@ -135,6 +129,20 @@ def _refuse_duplicate(lib: Library, commit, path: Path, hashes: tuple[str, str],
                 f"{path.name}: its tensors are already in the library as concept {concept.name!r} "
                 f"(tensor sha256 {file_tensors[:10]}); nothing imported"
             )
+
+
+def _refuse_zero(path: Path, factors: dict) -> None:
+    if not any(bool(up.any()) and bool(down.any()) for up, down in factors.values()):
+        raise ImportRejectedError(f"{path.name} changes no weight (every LoRA tensor is zero); nothing to import")
+
+
+def _crosstalk(lib: Library, commit, A: dict, B: dict) -> tuple[dict, dict]:
+    """An import records no inputs, so nothing measures crosstalk onto it (0); its residual's
+    onto the earlier concepts' recorded inputs is computed as for a trained concept."""
+    from seqlib import payload
+
+    U, energies = payload.empty_summary(commit.library.layers)
+    return crosstalk_with_earlier(lib, commit, SimpleNamespace(A=A, B=B, U=U, energies=energies))
 
 
 def _fit(layers, factors: dict, earlier: list, ranks: list[int], reserve: dict | None = None):

@@ -20,11 +20,11 @@ from seqlib import reserve as shared_reserve
 from seqlib.backends import is_url
 from seqlib.capacity import Status, WidthGroup
 from seqlib.config import LAYER_SETS, default_layer_set
-from seqlib.errors import ConceptNotFoundError, StoreDamagedError, UsageError
+from seqlib.errors import LostStoreInfo, StoreDamagedError, UsageError
 from seqlib.format import ConceptRecord, LibraryConfig, Recipe, Version, check_concept_name, token_for
 from seqlib.render import CROSSTALK_WARN
-from seqlib.selection import parse_selection, weights_for
-from seqlib.store import STORE_DIRNAME, Store, find_store, lost_store_json
+from seqlib.selection import parse_selection, unknown_concept
+from seqlib.store import STORE_DIRNAME, Store, find_store
 
 __all__ = ["CROSSTALK_WARN", "Library", "Status", "WidthGroup", "check_concept_name", "parse_selection", "token_for"]
 
@@ -50,7 +50,7 @@ class Library:
             return p / STORE_DIRNAME
         for folder in (p, p / STORE_DIRNAME):
             if (folder / "refs").is_dir() and (folder / "objects").is_dir():  # a store that lost store.json
-                raise lost_store_json(folder)
+                raise LostStoreInfo(folder)
         return find_store(p) if p.is_dir() else p
 
     @classmethod
@@ -159,13 +159,7 @@ class Library:
         commit = commit or self.head()
         found = commit.concept(name)
         if found is None:
-            import difflib
-
-            names = [c.name for c in commit.concepts]
-            close = difflib.get_close_matches(name, names, n=1, cutoff=0.6)
-            hint = f"did you mean {close[0]!r}? " if close else ""
-            known = ", ".join(names[:20]) + (f" … ({len(names)} in all; `seqlib list`)" if len(names) > 20 else "")
-            raise ConceptNotFoundError(f"no concept named {name!r}; {hint}concepts: {known or 'none yet'}")
+            raise unknown_concept(name, [c.name for c in commit.concepts])
         return found
 
     def status(self) -> Status:
@@ -278,29 +272,7 @@ class Library:
 
     def reserve_directions(self, commit: Version) -> dict | None:
         """The shared reserve per layer, (m, dims) float64 torch tensors; None without one."""
-        import torch
-
-        from seqlib.errors import ChecksumMismatch
-        from seqlib.store import array_sha256
-
-        record = commit.library.reserve
-        if record is None:
-            return None
-        try:
-            arrays = self.store.read_payload(record.payload)
-        except Exception as e:  # missing or unreadable files: zarr raises many kinds
-            where = f"{self.store.root}/objects/payloads/{record.payload}"
-            raise StoreDamagedError(where, f"the shared reserve is unreadable: {e}") from None
-        for array in record.arrays:
-            got = array_sha256(arrays[array.name]) if array.name in arrays else "missing"
-            if got != array.sha256:
-                raise ChecksumMismatch(f"array {array.name} of the shared reserve", array.sha256, got)
-        try:
-            U = shared_reserve.unpack(commit.library.layers, record, arrays)
-        except (KeyError, IndexError):
-            where = f"{self.store.root}/objects/payloads/{record.payload}"
-            raise StoreDamagedError(where, "its arrays are not the shared reserve's R_m<m> stacks") from None
-        return {k: torch.from_numpy(v).double() for k, v in U.items()}
+        return shared_reserve.read_directions(self.store, commit)
 
     def input_summary(self, concept: ConceptRecord, commit: Version) -> dict:
         """Per layer: (principal input directions (m, k), energies (k,)) as numpy arrays."""
@@ -320,33 +292,10 @@ class Library:
 
     def export(self, selection, out: str | Path, fmt: str = "kohya") -> list[Path]:
         """One LoRA file of rank Σr for the selected concepts (with weights), a sidecar, and
-        their token embeddings as textual-inversion files. Returns the paths written.
+        their token embeddings as textual-inversion files (``seqlib.export.export_library``)."""
+        from seqlib.export import export_library
 
-        One concept is written at weight 1 unless a weight is given (its tensors then hash to
-        its identifier; its preferred weight goes into the metadata, for loading it at), a
-        composition with each concept's preferred weight unless given."""
-        from seqlib import payload
-        from seqlib.export import stack_factors, write_export
-
-        commit = self.head()
-        weights = parse_selection(selection)
-        if len(weights) > 1:
-            weights = weights_for(selection, commit)
-        chosen = [(self.concept(n, commit), w) for n, w in weights.items()]
-        self.prefetch([c for c, _ in chosen], payload.factor_arrays(commit.library.layers))
-        loaded = [(self.factors(c, commit), w) for c, w in chosen]
-        stacked = stack_factors([(A, B, w) for (A, B, _), w in loaded])
-        tokens = {c.token: f[2] for (c, _), (f, _) in zip(chosen, loaded)}
-        meta = {"concepts": weights, **self.provenance(commit)}
-        extra: dict = {}
-        if len(chosen) == 1:
-            concept = chosen[0][0]
-            if concept.notes:
-                n = concept.notes
-                extra = {"description": n.description, "trigger": n.trigger, "weight": n.weight}
-            if concept.preview:
-                extra["thumbnail"] = self.store.read_preview(concept.preview)
-        return write_export(Path(out), fmt, stacked, tokens, meta, **extra)
+        return export_library(self, selection, out, fmt)
 
     def provenance(self, commit: Version | None = None) -> dict:
         """Which library state made a file: written into exports and every rendered PNG

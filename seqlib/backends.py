@@ -19,7 +19,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from seqlib.errors import EnvironmentProblem, UsageError
+from seqlib.errors import EnvironmentProblem, UsageError, object_store_reason
 
 
 def _fsync_dir(path: Path) -> None:
@@ -189,20 +189,6 @@ class LocalBackend(Backend):
         return sorted(p.relative_to(self.root).as_posix() for p in (self.root / prefix).rglob("*") if p.is_file())
 
 
-def _provider_reason(e: Exception) -> str:
-    """What went wrong, in the user's words and with the way out, instead of the provider's
-    chain of causes (instance-metadata URLs, "resolve_deny", retry counts)."""
-    text = str(e).lower()
-    if any(w in text for w in ("credential", "metadata", "169.254", "unauthor", "forbidden", "403", "401", "denied")):
-        return "no access: the credentials are missing or refused (set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY)"
-    if any(w in text for w in ("dns", "resolve", "connect", "timed out", "timeout", "unreachable", "refused")):
-        return "cannot reach the endpoint (check the network and AWS_ENDPOINT_URL)"
-    if "bucket" in text and ("not" in text or "no such" in text):
-        return "the bucket does not exist or is not visible with these credentials"
-    first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-    return f"{first[:200]} (check the network, AWS_ENDPOINT_URL and the credentials)"
-
-
 class ObjectBackend(Backend):
     """S3 (or any obstore URL). Credentials and endpoint come from the usual ``AWS_*``
     environment variables (``AWS_ENDPOINT_URL``, ``AWS_ALLOW_HTTP=true`` for a local emulator)."""
@@ -236,7 +222,7 @@ class ObjectBackend(Backend):
         except NotFoundError:
             raise FileNotFoundError(f"{self.url}/{key}") from None
         except BaseError as e:
-            raise EnvironmentProblem(f"object store {self.url}: {_provider_reason(e)}") from None
+            raise EnvironmentProblem(f"object store {self.url}: {object_store_reason(e)}") from None
 
     def read(self, key: str) -> bytes:
         import obstore

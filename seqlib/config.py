@@ -61,8 +61,9 @@ class TrainConfig:
     K: int = 3  # bilevel iterations per round (paper: 3)
     S_B: int = 2  # local B iterations (paper: 2)
     S_A: int = 2  # local A iterations (paper: 2)
-    # library: learn on top of W0 + Σ earlier residuals (the paper) | base: on W0 alone (bases still orthogonal)
-    context: str = "library"
+    # base: learn on W0 alone, bases still orthogonal (what a user's `add mine ./photos` needs: measured,
+    # README "Defaults, and why") | library: on top of W0 + Σ earlier residuals (the paper's setting)
+    context: str = "base"
     eps: float = 1e-8  # ε of the paper's regularised projector; see subspace.regularized_projector
     steps: int = 60  # training rounds, each on a fresh batch
     batch_size: int = 4

@@ -59,6 +59,17 @@ class StoreDamagedError(StoreError):
         super().__init__(f"{path} is damaged ({what}); {advice}")
 
 
+class LostStoreInfo(StoreDamagedError):
+    """A library whose ``store.json`` is gone while its objects and refs are there."""
+
+    def __init__(self, root) -> None:
+        super().__init__(
+            f"{root}/store.json",
+            "missing, while the library's objects and refs are there",
+            "restore it from a backup (`seqlib init` refuses the folder: a library is in it)",
+        )
+
+
 class FormatVersionError(StoreError):
     def __init__(self, path: str, found: int, supported: tuple[int, ...]) -> None:
         self.found, self.supported = found, supported
@@ -129,3 +140,17 @@ class ChecksumMismatch(StoreError):
 
 class ImportRejectedError(DataError):
     pass
+
+
+def object_store_reason(e: Exception) -> str:
+    """What went wrong, in the user's words and with the way out, instead of the provider's
+    chain of causes (instance-metadata URLs, "resolve_deny", retry counts)."""
+    text = str(e).lower()
+    if any(w in text for w in ("credential", "metadata", "169.254", "unauthor", "forbidden", "403", "401", "denied")):
+        return "no access: the credentials are missing or refused (set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY)"
+    if any(w in text for w in ("dns", "resolve", "connect", "timed out", "timeout", "unreachable", "refused")):
+        return "cannot reach the endpoint (check the network and AWS_ENDPOINT_URL)"
+    if "bucket" in text and ("not" in text or "no such" in text):
+        return "the bucket does not exist or is not visible with these credentials"
+    first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+    return f"{first[:200]} (check the network, AWS_ENDPOINT_URL and the credentials)"

@@ -157,6 +157,34 @@ def concept_hash(layers, arrays: dict) -> str:
     return lora_hash(stack_factors([(A, B, 1.0)]))
 
 
+def export_library(lib, selection, out: str | Path, fmt: str = "kohya") -> list[Path]:
+    """``Library.export``: one concept at weight 1 unless a weight is given (its tensors then hash
+    to its identifier; its preferred weight goes into the metadata, for loading it at), a
+    composition with each concept's preferred weight unless given."""
+    from seqlib import payload
+    from seqlib.selection import parse_selection, weights_for
+
+    commit = lib.head()
+    weights = parse_selection(selection)
+    if len(weights) > 1:
+        weights = weights_for(selection, commit)
+    chosen = [(lib.concept(n, commit), w) for n, w in weights.items()]
+    lib.prefetch([c for c, _ in chosen], payload.factor_arrays(commit.library.layers))
+    loaded = [(lib.factors(c, commit), w) for c, w in chosen]
+    stacked = stack_factors([(A, B, w) for (A, B, _), w in loaded])
+    tokens = {c.token: f[2] for (c, _), (f, _) in zip(chosen, loaded)}
+    meta = {"concepts": weights, **lib.provenance(commit)}
+    extra: dict = {}
+    if len(chosen) == 1:
+        concept = chosen[0][0]
+        if concept.notes:
+            n = concept.notes
+            extra = {"description": n.description, "trigger": n.trigger, "weight": n.weight}
+        if concept.preview:
+            extra["thumbnail"] = lib.store.read_preview(concept.preview)
+    return write_export(Path(out), fmt, stacked, tokens, meta, **extra)
+
+
 def write_export(
     path: Path,
     fmt: str,

@@ -6,11 +6,12 @@ recipe (not history). A mixin of :class:`seqlib.store.Store`, which supplies ``b
 
 from __future__ import annotations
 
+import uuid
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from seqlib.backends import Backend
-from seqlib.errors import ChecksumMismatch, StoreDamagedError
+from seqlib.errors import ChecksumMismatch, EnvironmentProblem, StoreDamagedError
 from seqlib.format import ArrayRecord, ConceptRecord, Crosstalk, _Object, canonical_json, sha256_hex
 
 if TYPE_CHECKING:
@@ -154,6 +155,20 @@ class Objects:
         return {k: group[k][...] for k in keys}
 
     # ---- previews --------------------------------------------------------------
+
+    def check_writable(self) -> None:
+        """Fail now, not after minutes of training, when the library's folder cannot be written
+        (a read-only mount, another user's files). Object stores answer at the write itself."""
+        if not self.is_local:
+            return
+        probe = Path(self.root) / "objects" / f".write-test.{uuid.uuid4().hex}.partial"
+        try:
+            probe.write_bytes(b"")
+            probe.unlink()
+        except OSError as e:
+            raise EnvironmentProblem(
+                f"cannot write to the library {self.root} ({e.strerror or e}); nothing was trained"
+            ) from None
 
     def write_preview(self, png: bytes) -> str:
         """Store a preview image, content-addressed and immutable; returns its id (sha256)."""

@@ -80,6 +80,33 @@ def unpack(layers: list[LayerRecord], record: ReserveRecord, arrays: dict[str, n
     return out
 
 
+def read_directions(store, commit: Version) -> dict | None:
+    """The shared reserve of ``commit`` per layer, (m, dims) float64 torch tensors, each array
+    checked against its record; None without one."""
+    import torch
+
+    from seqlib.errors import ChecksumMismatch, StoreDamagedError
+    from seqlib.objects import array_sha256
+
+    record = commit.library.reserve
+    if record is None:
+        return None
+    where = f"{store.root}/objects/payloads/{record.payload}"
+    try:
+        arrays = store.read_payload(record.payload)
+    except Exception as e:  # missing or unreadable files: zarr raises many kinds
+        raise StoreDamagedError(where, f"the shared reserve is unreadable: {e}") from None
+    for array in record.arrays:
+        got = array_sha256(arrays[array.name]) if array.name in arrays else "missing"
+        if got != array.sha256:
+            raise ChecksumMismatch(f"{where}/{array.name} (the shared reserve)", array.sha256, got)
+    try:
+        U = unpack(commit.library.layers, record, arrays)
+    except (KeyError, IndexError):
+        raise StoreDamagedError(where, "its arrays are not the shared reserve's R_m<m> stacks") from None
+    return {k: torch.from_numpy(v).double() for k, v in U.items()}
+
+
 def generic_inputs(base_source: str, count: int, template: str, resolution: int):
     """(images as a (count, 3, H, W) tensor in [-1, 1], prompts): the lab world's (or the tiny
     world's) scenes the pretraining never drew, every fourth one caption-free clutter; half the

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import math
 
-from seqlib.errors import UsageError
+from seqlib.errors import ConceptNotFoundError, UsageError
 from seqlib.format import Version, token_for
 
 # A residual weighted beyond this swamps the base (usual LoRA weights are 0.3-1.5): the image is
@@ -57,3 +57,13 @@ def weights_for(spec: str | list[str] | dict[str, float], commit: Version) -> di
         concept = commit.concept(name)
         weights[name] = w if w is not None else concept.weight if concept else 1.0
     return weights
+
+
+def unknown_concept(name: str, names: list[str]) -> ConceptNotFoundError:
+    """The error for a name the version lacks, with the nearest name (a typo) and the known ones."""
+    import difflib
+
+    close = difflib.get_close_matches(name, names, n=1, cutoff=0.6)
+    hint = f"did you mean {close[0]!r}? " if close else ""
+    known = ", ".join(names[:20]) + (f" … ({len(names)} in all; `seqlib list`)" if len(names) > 20 else "")
+    return ConceptNotFoundError(f"no concept named {name!r}; {hint}concepts: {known or 'none yet'}")

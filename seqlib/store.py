@@ -28,7 +28,6 @@ import json
 import os
 import re
 import shutil
-import time
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -47,8 +46,8 @@ from seqlib.backends import (
 from seqlib.errors import (
     ChecksumMismatch,
     ConflictError,
-    EnvironmentProblem,
     InvalidNameError,
+    LostStoreInfo,
     StoreDamagedError,
     StoreExistsError,
     StoreNotFoundError,
@@ -90,15 +89,6 @@ def check_tag_name(name: str) -> None:
         raise InvalidNameError(f"tag {name!r} would be confused with a version number or the branch")
 
 
-def lost_store_json(root: str | Path) -> StoreDamagedError:
-    """A library whose ``store.json`` is gone while its objects and refs are there."""
-    return StoreDamagedError(
-        f"{root}/store.json",
-        "missing, while the library's objects and refs are there",
-        "restore it from a backup (`seqlib init` refuses the folder: a library is in it)",
-    )
-
-
 def find_store(start: Path | None = None) -> Path:
     """The nearest ``.seqlib`` in ``start`` or its parents, like git finds ``.git``."""
     start = Path(start or Path.cwd()).resolve()
@@ -106,7 +96,7 @@ def find_store(start: Path | None = None) -> Path:
         if (folder / STORE_DIRNAME / "store.json").is_file():
             return folder / STORE_DIRNAME
         if (folder / STORE_DIRNAME / "refs").is_dir() or (folder / STORE_DIRNAME / "objects").is_dir():
-            raise lost_store_json(folder / STORE_DIRNAME)
+            raise LostStoreInfo(folder / STORE_DIRNAME)
     raise StoreNotFoundError(f"no seqlib library in {start} or its parents; create one with `seqlib init`")
 
 
@@ -124,7 +114,7 @@ class Store(Objects):
             raw = self.backend.read("store.json")
         except FileNotFoundError:
             if self.backend.list("refs/heads/main") or self.backend.exists("HEAD"):
-                raise lost_store_json(root) from None
+                raise LostStoreInfo(root) from None
             raise StoreNotFoundError(f"{root} is not a seqlib store (no store.json)") from None
         self.info = self._parse(raw, "store.json", StoreInfo)
 
@@ -210,20 +200,6 @@ class Store(Objects):
             shutil.rmtree(staging, ignore_errors=True)
             raise
         _fsync_dir(root.parent)
-
-    def check_writable(self) -> None:
-        """Fail now, not after minutes of training, when the library's folder cannot be written
-        (a read-only mount, another user's files). Object stores answer at the write itself."""
-        if not self.is_local:
-            return
-        probe = Path(self.root) / "objects" / f".write-test.{uuid.uuid4().hex}.partial"
-        try:
-            probe.write_bytes(b"")
-            probe.unlink()
-        except OSError as e:
-            raise EnvironmentProblem(
-                f"cannot write to the library {self.root} ({e.strerror or e}); nothing was trained"
-            ) from None
 
     # ---- commits and refs ------------------------------------------------------
 
@@ -403,38 +379,7 @@ class Store(Objects):
     # ---- garbage collection ----------------------------------------------------
 
     def gc(self, grace_seconds: float = 3600.0, dry_run: bool = False) -> list[str]:
-        """Delete objects (commits, pages, records, crosstalk, payloads, previews) that no version
-        or tag reaches, and leftovers of interrupted writes, once older than ``grace_seconds`` (a
-        concurrent add may be writing them right now). Returns the keys removed (or that would be)."""
-        reachable_commits = {cid for _, cid in self.entries()} | set(self.tags().values())
-        keep: dict[str, set[str]] = {kind: set() for kind in ("payloads", "previews", "pages", "concepts", "crosstalk")}
-        for cid in reachable_commits:
-            commit, _ = self.read_commit_bytes(cid)
-            if isinstance(commit, Commit):
-                keep["pages"] |= {f"{p}.json" for p in commit.pages}
-                for pid in commit.pages:
-                    keep["concepts"] |= {f"{r}.json" for r in self.read_object("pages", pid, Page).concepts}
-            version = self.version_of(commit)
-            if version.library.reserve:
-                keep["payloads"].add(version.library.reserve.payload)
-            for c in version.concepts:
-                keep["payloads"].add(c.payload)
-                if c.preview:
-                    keep["previews"].add(f"{c.preview}.png")
-                if isinstance(commit, Commit):
-                    keep["crosstalk"].add(f"{c.crosstalk}.json")
-        now, removed = time.time(), []
-        keep["commits"] = {f"{c}.json" for c in reachable_commits}
-        for kind, kept in keep.items():
-            prefix = f"objects/{kind}"
-            for name, modified in self.backend.list(prefix).items():
-                if name not in kept and now - modified >= grace_seconds:
-                    removed.append(f"{prefix}/{name}")
-        for folder in (self._BRANCH_PREFIX, "refs/tags"):
-            for name, modified in self.backend.list(folder).items():
-                if ".partial" in name and now - modified >= grace_seconds:
-                    removed.append(f"{folder}/{name}")
-        if not dry_run:
-            for key in removed:
-                self.backend.delete(key)
-        return removed
+        """Delete what no version or tag reaches (``seqlib.collect``); returns the keys removed."""
+        from seqlib.collect import collect
+
+        return collect(self, grace_seconds, dry_run)

@@ -155,3 +155,21 @@ def cli_processes(tmp_path_factory):
     yield run
     server.stdin.close()
     server.wait(timeout=60)
+
+
+# The quick tier (`python -m pytest -q -m "not slow"`): the pure and store tests, for everyday
+# work. Slow: anything that trains a concept (the shared trained libraries, or the modules whose
+# tests train or pretrain themselves) or runs real processes.
+TRAINED_FIXTURES = {"seqlora_store", "lora_store", "store_copy", "tagged_store", "reserved_store"}
+SLOW_MODULES = {
+    "test_method", "test_methods", "test_trainer_options", "test_reliability", "test_world_base", "test_pretrain",
+    "test_interference", "test_compose", "test_export", "test_identity", "test_gpu_check", "test_lab", "test_cli",
+    "test_hostile", "test_damage", "test_reserve", "test_notes", "test_history",
+}  # fmt: skip
+
+
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        module = item.module.__name__.rsplit(".", 1)[-1]
+        if TRAINED_FIXTURES & set(item.fixturenames) or module in SLOW_MODULES:
+            item.add_marker(pytest.mark.slow)

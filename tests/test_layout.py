@@ -8,7 +8,15 @@ from pathlib import Path
 
 PACKAGE = Path(__file__).parents[1] / "seqlib"
 # The CLI may use the API and what defines its choices; never the store, trainer or math.
-CLI_MAY_IMPORT = {"seqlib.api", "seqlib.choices", "seqlib.config", "seqlib.methods", "seqlib.errors", "seqlib._version"}
+CLI_MAY_IMPORT = {
+    "seqlib.api",
+    "seqlib.choices",
+    "seqlib.config",
+    "seqlib.methods",
+    "seqlib.errors",
+    "seqlib._version",
+    "seqlib.selection",  # torch-free parsing of "a,b=0.5", for hints before anything loads
+}
 
 
 def _modules() -> dict[str, ast.Module]:

@@ -340,4 +340,3 @@ def test_verify_catches_forged_payloads(store_copy, capsys, case):
     assert "Traceback" not in err
     problems = json.loads(out)["problems"]
     assert code == 3 and any(expected in p for p in problems), problems
-

@@ -15,7 +15,7 @@ import click
 
 from seqlib import errors
 from seqlib._version import __version__
-from seqlib.cli import create, history, notes, output, reading  # noqa: F401  (each registers its commands)
+from seqlib.cli import create, history, notes, output, reading, room  # noqa: F401  (each registers its commands)
 from seqlib.cli._common import cli, err_console
 from seqlib.cli.create import _ARGV, add_command
 from seqlib.errors import SeqlibError
