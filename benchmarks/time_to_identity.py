@@ -23,6 +23,7 @@ import argparse
 import json
 import shutil
 import statistics
+import time
 from datetime import date
 from pathlib import Path
 
@@ -61,6 +62,7 @@ def main() -> None:
     parser.add_argument("--images", type=int, default=8)
     parser.add_argument("--base", default=None, help="seqlib init --base (default: the tiny embedded base)")
     parser.add_argument("--grids", action="store_true", help="save each point's images as PNG grids in --out")
+    parser.add_argument("--reserve", action="store_true", help="`seqlib reserve` each library before its concepts")
     args = parser.parse_args()
 
     from seqlib.identity import load_encoder, reference, to_tensor
@@ -80,6 +82,7 @@ def main() -> None:
         for steps in budgets:
             key = f"{variant} | {steps}" + ("" if len(names) == 1 else f" | {args.name}")
             key += f" | {args.base}" if args.base else ""
+            key += " | reserve" if args.reserve else ""
             if key not in done:
                 done[key] = _point(args, variant, steps, encoder, refs)
                 saved.write_text(json.dumps(done, indent=1) + "\n")
@@ -120,16 +123,28 @@ def _point(args, variant: str, steps: int, encoder, refs: dict) -> tuple[float, 
     from seqlib.identity import identity_scores
 
     names = list(refs)
-    tag = f"{variant}-{steps}" + (f"-{args.base}" if args.base else "")
+    tag = f"{variant}-{steps}" + (f"-{args.base}" if args.base else "") + ("-reserve" if args.reserve else "")
     folder = args.out / "libraries" / tag.replace(" ", "_").replace(":", "_").replace("/", "_")
     if args.fresh or not (folder / ".seqlib" / "store.json").is_file():
         shutil.rmtree(folder, ignore_errors=True)
         Library.init(folder, base=args.base)
+        if args.reserve:
+            Library.open(folder).reserve()
     lib = Library.open(folder)
     for name in names:  # a finished concept is reused: the run is resumable
         if lib.head().concept(name) is None:
+            start = time.perf_counter()
             lib.add(name, EXAMPLES / name, config=TrainConfig(steps=steps, **VARIANTS[variant]), preview=False)
+            print(f"add {name} ({tag}): {time.perf_counter() - start:.0f} s wall", flush=True)
     seconds = sum(lib.head().concept(n).train_seconds for n in names)
+    pairs = [v for n in names[1:] for v in lib.store.crosstalk(lib.head().concept(n)).crosstalk_from.values()]
+    pairs += [v for n in names[1:] for v in lib.store.crosstalk(lib.head().concept(n)).crosstalk_onto.values()]
+    if pairs:
+        print(
+            f"crosstalk between the {len(names)} concepts: median {statistics.median(pairs):.3g}, "
+            f"max {max(pairs):.3g} ({len(pairs)} values)",
+            flush=True,
+        )
     seeds = list(range(args.images))
 
     def scores(selection: dict[str, float]) -> list[float]:

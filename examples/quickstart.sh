@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The whole seqlib loop on the embedded (pretrained, offline) base: about five minutes on 2 CPU cores.
+# The whole seqlib loop on the embedded (pretrained, offline) base: 5-20 minutes on 2 CPU cores, by machine.
 # Usage: examples/quickstart.sh [WORKDIR]   (default: ./quickstart; its .seqlib and out/ are replaced)
 set -euo pipefail
 examples=$(cd "$(dirname "$0")" && pwd)

@@ -190,6 +190,8 @@ def _images(folder: Path, config: TrainConfig, warn: Warn):
         names = ", ".join(p.name for p in skipped[:5]) + (" …" if len(skipped) > 5 else "")
         warn(f"skipped {len(skipped)} files that are not images: {names}")
     records = data.image_records(files)
+    for message in data.photo_warnings(files, config.resolution) if warn else []:
+        warn(message)
     tensor = data.load_images(files, config.resolution)
     augmented = None
     if config.crop == "random" or config.flip:

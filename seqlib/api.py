@@ -139,7 +139,18 @@ class Library:
     def version(self) -> tuple[int, str]:
         """(version number, commit id) this library reads: --at, a checkout, or the tip."""
         pinned = self._pinned()
-        return self.store.resolve(pinned) if pinned else (self.store.head_seq(), self.store.head_id() or "")
+        if pinned:
+            return self.store.resolve(pinned)
+        seq, commit_id = self.store.tip()
+        return seq, commit_id or ""
+
+    def snapshot(self) -> tuple[int, str, Version]:
+        """(version number, commit id, the version itself), read once: what one request renders or
+        exports, and names in its provenance, even while another add lands."""
+        seq, commit_id = self.version()
+        if not commit_id:
+            return seq, commit_id, self.head()  # an uninitialised branch: head() says so
+        return seq, commit_id, self.store.read_version(commit_id)
 
     def head(self) -> Version:
         pinned = self._pinned()
@@ -297,10 +308,10 @@ class Library:
 
         return export_library(self, selection, out, fmt)
 
-    def provenance(self, commit: Version | None = None) -> dict:
+    def provenance(self, commit: Version | None = None, at: tuple[int, str] | None = None) -> dict:
         """Which library state made a file: written into exports and every rendered PNG
-        (``commit``: the one already read, to spare a second read)."""
-        version, commit_id = self.version()
+        (``commit`` and ``at``, its (version, id): the snapshot the request already read)."""
+        version, commit_id = at or self.version()
         b = (commit or self.head()).library.base
         base = {"base": b.source, "base_kind": b.kind, "base_fingerprint": b.fingerprint}
         return {"store_version": version, "commit": commit_id, **base}

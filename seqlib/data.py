@@ -38,6 +38,39 @@ def image_records(files: list[Path]) -> list[ImageRecord]:
     return [ImageRecord(file=p.name, sha256=hashlib.sha256(p.read_bytes()).hexdigest()) for p in files]
 
 
+def photo_warnings(files: list[Path], resolution: int) -> list[str]:
+    """What a careful user would want to hear about the photos before minutes of training: ones
+    far smaller than the training resolution (upscaled, they carry no detail) and ones whose
+    centre square keeps only a sliver of them. Reads headers only."""
+    from PIL import Image
+
+    small, thin = [], []
+    for path in files:
+        try:
+            with Image.open(path) as im:
+                width, height = im.size
+        except Exception:  # noqa: BLE001  (unreadable files are refused when loaded)
+            continue
+        if min(width, height) < resolution / 2:
+            small.append(f"{path.name} ({width}x{height})")
+        if max(width, height) > 3 * min(width, height):
+            thin.append(f"{path.name} ({width}x{height})")
+    out = []
+    if small:
+        out.append(
+            f"{len(small)} photos are under half the training resolution of {resolution} px and are upscaled: "
+            + ", ".join(small[:3])
+            + (" …" if len(small) > 3 else "")
+        )
+    if thin:
+        out.append(
+            f"{len(thin)} photos are over 3x longer than wide; the centre square keeps a sliver of each: "
+            + ", ".join(thin[:3])
+            + (" …" if len(thin) > 3 else "")
+        )
+    return out
+
+
 def load_images(
     files: list[Path], resolution: int, crop: str = "center", flip: bool = False, copies: int = 1, seed: int = 0
 ):

@@ -52,14 +52,15 @@ def with_tokens(lib: Library, weights: dict[str, float], commit: Version, device
     return pipe, [(A, B, w) for _, (A, B, _), w in loaded]
 
 
-def pipeline(lib: Library, selection, device: str = "cpu", base: str | None = None):
+def pipeline(lib: Library, selection, device: str = "cpu", base: str | None = None, commit: Version | None = None):
     """A standard diffusers StableDiffusionPipeline with the selected concepts applied.
 
-    Composition is a plain sum: W = W0 + Σ w_i A_i B_iᵀ, patched into the weights.
+    Composition is a plain sum: W = W0 + Σ w_i A_i B_iᵀ, patched into the weights. ``commit``:
+    the version to take them from (default: the one the library reads now).
     """
     from seqlib.lora import WeightPatch, summed_factors
 
-    commit = lib.head()
+    commit = commit or lib.head()
     pipe, factors = with_tokens(lib, weights_for(selection, commit), commit, device, base)
     WeightPatch(pipe.unet).apply(summed_factors(factors))
     return pipe
@@ -147,7 +148,8 @@ def compose(
     """
     from seqlib.base import pick_device
 
-    commit, recipe = lib.head(), None
+    seq, commit_id, commit = lib.snapshot()  # one version for the pixels and the provenance
+    recipe = None
     if isinstance(selection, str) and selection.startswith("@"):
         from seqlib.notes import recipe as find_recipe
 
@@ -186,7 +188,7 @@ def compose(
         "concepts": weights,
         "lora_hashes": {n: lib.tensor_hash(lib.concept(n, commit), commit) for n in weights},
         "recipe": recipe,
-        **lib.provenance(commit),
+        **lib.provenance(commit, (seq, commit_id)),
     }
     paths = _render_all(render, params, seed, num_images, out, f"@{recipe}" if recipe else "+".join(weights), grid)
     if recipe and not lib.read_only:  # the recipe's last render, for `seqlib report`
@@ -249,7 +251,7 @@ def _renderer(lib: Library, weights, commit: Version, prompt: str, tile_prompts,
 
     steps, guidance, size, negative_prompt = sampling
     if tile_prompts is None:
-        pipe = pipeline(lib, weights, device, base)
+        pipe = pipeline(lib, weights, device, base, commit)
 
         def render(generator):
             return pipe(

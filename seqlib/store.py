@@ -211,6 +211,12 @@ class Store(Objects):
     def _entry(self, name: str) -> str:
         return self.read_ref(f"{self._BRANCH_PREFIX}/{name}")
 
+    def tip(self) -> tuple[int, str | None]:
+        """(sequence number, commit id) of the branch tip, from one listing of the ref log (two
+        reads could straddle an add landing between them)."""
+        entries = self._ref_entries()
+        return (int(entries[-1]), self._entry(entries[-1])) if entries else (0, None)
+
     def head_seq(self) -> int:
         entries = self._ref_entries()
         return int(entries[-1]) if entries else 0

@@ -84,3 +84,24 @@ def test_a_row_is_one_overlapping_square_tile_per_concept(seqlora_store, tmp_pat
     assert image.size == (64 + 2 * 48, 64)  # 64-px tiles, a quarter overlapping
     meta = json.loads(image.text["seqlib"])
     assert meta["layout"] == "row" and meta["prompt"] == prompts
+
+
+def test_one_snapshot_per_compose_while_another_commit_lands(store_copy, tmp_path, monkeypatch):
+    """The PNG names the version its pixels came from, even when a commit lands mid-compose: here
+    another process sets mascot's preferred weight to 0.3 after the request read the library."""
+    lib = Library.open(store_copy)
+    seq, commit_id = lib.version()
+    reference = lib.compose("mascot", "a photo of <mascot>", out=tmp_path / "ref", steps=4)[0]
+    original = lib.load_base
+
+    def racing(*args, **kwargs):
+        monkeypatch.setattr(lib, "load_base", original)
+        Library.open(store_copy).annotate("mascot", weight=0.3)  # lands between the read and the render
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(lib, "load_base", racing)
+    raced = lib.compose("mascot", "a photo of <mascot>", out=tmp_path / "race", steps=4)[0]
+    assert Library.open(store_copy).version()[0] == seq + 1  # the other commit did land
+    params = json.loads(Image.open(raced).text["seqlib"])
+    assert params["commit"] == commit_id and params["store_version"] == seq and params["concepts"] == {"mascot": 1.0}
+    assert np.array_equal(np.asarray(Image.open(raced)), np.asarray(Image.open(reference)))

