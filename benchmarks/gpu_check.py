@@ -5,7 +5,7 @@ On SD1.5's UNet architecture with random weights (no download), at 512 px in bf1
 
 1. seconds and peak memory per bilevel iteration (K=1, S_B=S_A=2) for seqlora with the
    finite-difference cross-Hessian, alternating, and one plain LoRA step (the unit);
-2. a full `seqlib add` at the README's suggested SD1.5 settings, extrapolated from (1):
+2. a full `seqlib add` at the suggested SD1.5 settings (docs/method.md), extrapolated from (1):
    steps x K iterations (the text encoder and VAE add little beside the UNet's passes);
 3. composing 100 rank-4 concepts: seqlib's sum (one matmul per layer, added into the weights)
    against PEFT injecting the same 100 adapters and merging them (diffusers' load + fuse path
@@ -29,7 +29,7 @@ from pathlib import Path
 import torch
 from trainer import SD15_SHAPED_TINY, SD15_UNET, measure_variant
 
-SUGGESTED = {"steps": 150, "K": 3}  # README, "SD1.5: suggested settings"
+SUGGESTED = {"steps": 150, "K": 3}  # docs/method.md, "SD1.5: suggested settings"
 
 
 def _timed(fn) -> float:

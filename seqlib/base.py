@@ -88,9 +88,12 @@ def load_pipeline(kind: str, source: str, config: str | None, embedded_dir: Path
 
     ``embedded_dir`` is the local folder of an embedded base (the store's ``base/``)."""
     _quiet()
+    import torch
     from diffusers import StableDiffusionPipeline
 
-    common = dict(safety_checker=None, requires_safety_checker=False)
+    # fp32 whatever the files hold: the embedded lab base ships fp16 (half the bytes), and
+    # transformers would otherwise keep its text encoder in fp16 on the CPU
+    common = dict(safety_checker=None, requires_safety_checker=False, torch_dtype=torch.float32)
     try:
         if kind == "embedded":
             assert embedded_dir is not None
@@ -182,11 +185,12 @@ def load_text_side(library: LibraryConfig, embedded_dir: Path | None, device: st
         pipe = load_base(library, embedded_dir, device)
         return pipe.tokenizer, pipe.text_encoder
     _quiet()
+    import torch
     from transformers import CLIPTextModel, CLIPTokenizer
 
     try:
         tokenizer = CLIPTokenizer.from_pretrained(folder / "tokenizer")
-        text_encoder = CLIPTextModel.from_pretrained(folder / "text_encoder")
+        text_encoder = CLIPTextModel.from_pretrained(folder / "text_encoder", dtype=torch.float32)
     except (OSError, ValueError) as e:
         raise BaseLoadError(f"could not load the text encoder of base {source}: {str(e).splitlines()[0]}") from None
     return tokenizer, text_encoder.to(pick_device(device))

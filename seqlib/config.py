@@ -49,7 +49,7 @@ CHOICES = {
 class TrainConfig:
     """Hyper-parameters of one ``add``; every field is saved with the concept.
 
-    Defaults were picked by measurement on the embedded base (README, "Defaults"): Adam-
+    Defaults were picked by measurement on the embedded base (docs/method.md, "Defaults, and why"): Adam-
     preconditioned steps (``optimizer="sgd"``: the paper's plain steps, with α≈3 there).
     """
 
@@ -62,9 +62,8 @@ class TrainConfig:
     S_B: int = 2  # local B iterations (paper: 2)
     S_A: int = 2  # local A iterations (paper: 2)
     # base: learn on W0 alone, bases still orthogonal (what a user's `add mine ./photos` needs: measured,
-    # README "Defaults, and why") | library: on top of W0 + Σ earlier residuals (the paper's setting)
+    # docs/method.md, "Defaults, and why") | library: on top of W0 + Σ earlier residuals (the paper's setting)
     context: str = "base"
-    eps: float = 1e-8  # ε of the paper's regularised projector; see subspace.regularized_projector
     steps: int = 60  # training rounds, each on a fresh batch
     batch_size: int = 4
     lr_embed: float = 1e-3  # step size of the learned token embedding

@@ -1,7 +1,7 @@
 """Training methods as objects: one registry the trainer, the format, the CLI and the benchmarks
 derive their choices from (torch-free, so `seqlib --help` stays instant).
 
-A method is a set of answers to the questions the trainer asks (README, "Methods"): is the new
+A method is a set of answers to the questions the trainer asks (docs/method.md, "Methods"): is the new
 basis projected onto what earlier concepts left free (and so uses capacity), is B trained at
 all, does the reduced gradient take the cross-Hessian term, and where does B start. Adding a
 method is one ``register`` call; nothing else branches on method names.
@@ -16,7 +16,7 @@ from typing import Literal
 @dataclass(frozen=True)
 class Method:
     name: str
-    summary: str  # one sentence for --help and the README table
+    summary: str  # one sentence for --help and the methods table (docs/method.md)
     projects: bool  # B kept orthogonal to every earlier orthogonal concept; uses capacity
     moves_basis: bool  # B takes S_B steps per bilevel iteration (False: fixed after init)
     cross_hessian: bool  # the −α H[g_A] term of the reduced gradient ∇Φ

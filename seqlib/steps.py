@@ -54,7 +54,7 @@ def check_finite(loss: Tensor, where: str, cfg: TrainConfig) -> float:
     return value
 
 
-# Step sizes known to train on the embedded base, per optimizer (README, "Defaults").
+# Step sizes known to train on the embedded base, per optimizer (docs/method.md, "Defaults, and why").
 SAFE_STEPS = {"adam": 1e-3, "sgd": 3.0}
 
 

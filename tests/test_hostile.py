@@ -160,6 +160,12 @@ def test_impossible_arguments_are_usage_errors(store_copy, capsys, args, message
     _refused(store_copy, capsys, args, 2, message)
 
 
+def test_adding_an_existing_name_is_one_line_and_nothing_before_it(store_copy, photos, capsys):
+    _refused(store_copy, capsys, ["add", "mascot", str(photos / "mascot")], 2, "already exists")
+    assert main(["--store", str(store_copy), "add", "mascot", str(photos / "mascot")]) == 2
+    assert capsys.readouterr().err.startswith("Error: ")  # no empty progress bar above it
+
+
 # ---- the environment --------------------------------------------------------------------------
 
 

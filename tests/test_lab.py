@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 
 import numpy as np
-import pytest
+import torch
 
 from seqlib.cli import main
 from seqlib.world_lab import COLOURS, OBJECTS, render, scene
@@ -50,14 +50,22 @@ def test_the_lab_architecture_has_sd15_proportions(tmp_path):
     assert all(f"{word}</w>" in tokenizer for word in ("creature", "checkered", "inside", "floor"))
 
 
-def test_init_on_the_lab_base_says_how_to_get_its_weights(tmp_path, capsys):
+def test_the_lab_base_ships_and_inits_offline(tmp_path, capsys):
+    """`seqlib init --base embedded:lab` on a fresh install: the shipped fp16 weights load as fp32,
+    the library records 64-concept capacity on 256-wide layers, and every shipped weight together
+    stays within 90 MB."""
+    from seqlib.api import Library
     from seqlib.embedded import SHIPPED_LAB_BASE
 
-    if (SHIPPED_LAB_BASE / "model_index.json").is_file():
-        pytest.skip("the lab base's weights ship in this installation")
-    assert main(["init", str(tmp_path), "--base", "embedded:lab"]) == 4
-    err = capsys.readouterr().err
-    assert "pretrain_world.py --preset lab" in err and "Traceback" not in err
-    assert not (tmp_path / ".seqlib").exists()
-    assert main(["init", str(tmp_path), "--base", "embedded:huge"]) == 2
+    assert (SHIPPED_LAB_BASE / "model_index.json").is_file(), "the lab base's weights must ship in the package"
+    assets = SHIPPED_LAB_BASE.parent
+    shipped = sum(p.stat().st_size for p in assets.rglob("*.safetensors"))
+    assert shipped <= 90e6, f"{shipped / 1e6:.1f} MB of shipped weights"
+    assert main(["init", str(tmp_path), "--base", "embedded:lab"]) == 0
+    lib = Library.open(tmp_path)
+    head = lib.head()
+    assert min(layer.in_features for layer in head.library.layers) == 256 and lib.status().fits == 64
+    pipe = lib.load_base(head, "cpu", None)  # fingerprint checked
+    assert {pipe.unet.dtype, pipe.text_encoder.dtype, pipe.vae.dtype} == {torch.float32}
+    assert main(["init", str(tmp_path / "other"), "--base", "embedded:huge"]) == 2
     assert "embedded:tiny, embedded:lab" in capsys.readouterr().err

@@ -168,3 +168,13 @@ def test_gc_keeps_the_reserve_and_the_cli_shows_it(reserved_store, tmp_path, cap
     assert main(["--store", str(path), "reserve"]) == 2
     err = capsys.readouterr().err
     assert "already has a shared reserve" in err and "Traceback" not in err
+
+
+def test_init_with_reserve_records_it_before_any_concept(tmp_path, capsys):
+    from seqlib.cli import main
+
+    assert main(["init", str(tmp_path), "--reserve"]) == 0
+    assert "reserved for no concept" in capsys.readouterr().out
+    head = Library.open(tmp_path).head()
+    assert head.library.reserve is not None and len(head.concepts) == 0
+    assert [v.message.split(":")[0] for _, _, v in Library.open(tmp_path).log()] == ["reserve", "init"]

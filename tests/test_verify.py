@@ -186,6 +186,21 @@ def _forged_reserve(**changes) -> Callable[[dict], None]:
     return edit
 
 
+def _shared_columns(data: dict) -> None:
+    for name in ("emblem", "robot"):
+        c = concept(data, name)
+        c["training"]["method"], c["frozen_columns"] = "frozen-basis", [0, 1, 2, 3]
+
+
+def _as_imported(data: dict) -> None:
+    robot = concept(data, "robot")
+    robot["training"], robot["images"], robot["initial_loss"], robot["final_loss"] = None, [], None, None
+    robot["imported"] = {
+        "file": "robot.safetensors", "sha256": "0" * 64, "format": "kohya", "relative_error": 0.0,
+        "tensor_sha256": "1" * 64,
+    }  # fmt: skip
+
+
 UTC_LATER = "2026-12-01T12:00:00+02:00"
 CASES |= {
     "frozen_columns null on a frozen-basis concept": (4, _robot(training__method="frozen-basis"), "frozen_columns"),
@@ -235,6 +250,9 @@ CASES |= {
     "reserve over its max_fraction": (4, _forged_reserve(max_fraction=0.0), "outside its bounds"),
     "reserve that is a concept's basis": (4, _forged_reserve(), "reserve: "),
     "concept name against the rule": (4, _robot(name="Robot", token="<Robot>"), "must start with a lower-case"),
+    "two frozen-basis concepts on the same columns": (4, _shared_columns, "share columns of the shared basis"),
+    "image path '..'": (4, lambda d: concept(d, "robot")["images"][0].update(file=".."), "not a bare file name"),
+    "a trained basis passed off as imported": (4, _as_imported, "imported basis is not orthonormal"),
 }
 
 
@@ -324,7 +342,23 @@ def _retyped(store: Path) -> None:
     forge(store, 4, edit)
 
 
+def _reshaped_label(store: Path) -> None:
+    """The record says B_m64 is (…, 5) while the array is (…, 4); the forger re-hashes the payload
+    id (a copy of the folder under the new id) and the chain."""
+    folder = _payload_folder(store)
+
+    def edit(d: dict) -> None:
+        robot = concept(d, "robot")
+        record = next(a for a in robot["arrays"] if a["name"] == "B_m64")
+        record["shape"] = [*record["shape"][:-1], 5]
+        robot["payload"] = hashlib.sha256(_canonical({"arrays": robot["arrays"]}).encode()).hexdigest()
+        shutil.copytree(folder, folder.parent / robot["payload"])
+
+    forge(store, 4, edit)
+
+
 PAYLOAD_CASES = {
+    "array shape mislabelled": (_reshaped_label, "recorded float32"),
     "stray array in a payload": (_stray_array, "arrays the record does not list: X_m1"),
     "array in several chunks": (_rechunked, "not as one chunk"),
     "array dtype mislabelled": (_retyped, "is float64"),

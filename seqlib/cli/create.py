@@ -59,9 +59,15 @@ from seqlib.methods import METHODS
     "embedded base), or only "
     "the cross-attention keys and values (least bleed between concepts, least capacity to draw).",
 )
+@click.option(
+    "--reserve",
+    "with_reserve",
+    is_flag=True,
+    help="Also reserve the directions every input shares, before any concept (as `seqlib reserve` does).",
+)
 @click.option("--device", default="auto", show_default=True, help="Device to load the base on: " + DEVICE_HELP)
 @click.pass_context
-def init_command(ctx: click.Context, location, base, base_config, rank, layers, device) -> None:
+def init_command(ctx: click.Context, location, base, base_config, rank, layers, with_reserve, device) -> None:
     """Create a library in folder LOCATION (default: --store, or the current folder) on a base model.
 
     Like `git init DIR`, the library is the folder LOCATION/.seqlib (LOCATION may exist, empty or
@@ -92,11 +98,15 @@ def init_command(ctx: click.Context, location, base, base_config, rank, layers, 
     path = location or ctx.obj["store"]
     with console.status("building the library (loading and fingerprinting the base)…"):
         lib = Library.init(path, base=base, base_config=base_config, rank=rank, device=device, layers=layers)
+    if with_reserve:
+        with console.status("measuring the base's inputs on generic pictures…"):
+            lib.reserve(device=device)
     s = lib.status()
     console.print(
         f"Initialised [bold]{lib.root}[/] on {s.commit.library.base.kind} base "
         f"[cyan]{s.commit.library.base.source}[/]: {len(s.commit.library.layers)} adapted layers, "
-        f"rank {rank}, room for {s.fits} concepts."
+        f"rank {rank}, room for {s.fits} concepts"
+        + (f" ({sum(s.commit.library.reserved_dims)} dims reserved for no concept)." if with_reserve else ".")
     )
 
 
@@ -141,12 +151,6 @@ _METHOD_HELP = " ".join(f"{m.name}: {m.summary}." for m in METHODS.values())
 @_hyper("-K", "K", click.IntRange(1), "K: bilevel iterations per round (paper: 3).")
 @_hyper("--s-b", "S_B", click.IntRange(1), "S_B: local B iterations per bilevel iteration (paper: 2).")
 @_hyper("--s-a", "S_A", click.IntRange(1), "S_A: local A iterations per bilevel iteration (paper: 2).")
-@_hyper(
-    "--eps",
-    "eps",
-    NON_NEGATIVE,
-    "ε of the paper's regularised projector (recorded; seqlib projects with its exact ε→0 form I − QQᵀ).",
-)
 @_hyper("--lr-embed", "lr_embed", POSITIVE, "Step size of the learned token embedding.")
 @_hyper("--max-grad-norm", "max_grad_norm", NON_NEGATIVE, "sgd: clip each step's gradient norm (0: unclipped).")
 @_hyper(
@@ -313,7 +317,8 @@ class _TrainingProgress:
 
     def stop(self) -> None:
         self.waiting.stop()
-        self.bar.stop()
+        if self.task is not None:  # a bar never started would still print an empty line
+            self.bar.stop()
 
 
 @cli.command("import", short_help="Adopt a foreign LoRA into the library.")
