@@ -113,14 +113,18 @@ def run_method(
     settings: dict | None = None,
     base: str | None = None,
     layers: str | None = None,
+    reserve: bool = False,
 ) -> None:
-    """Learn the stream; keep every evaluation image (scored later, so the metric can change)."""
+    """Learn the stream; keep every evaluation image (scored later, so the metric can change).
+    ``reserve``: `seqlib reserve` the library before its first concept."""
     from safetensors.torch import save_file
 
     from seqlib.api import Library
     from seqlib.config import TrainConfig
 
     lib = Library.init(work / method / ".seqlib", base=base, layers=layers)
+    if reserve:
+        lib.reserve()
     names = list(concepts)
     seconds, images = {}, {}
     for t, name in enumerate(names, 1):
@@ -287,6 +291,7 @@ def main() -> None:
     parser.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="TrainConfig overrides, all methods.")
     parser.add_argument("--base", default=None, help="seqlib init --base (default: the tiny embedded base).")
     parser.add_argument("--layers", default=None, help="seqlib init --layers (default: the base's).")
+    parser.add_argument("--reserve", action="store_true", help="`seqlib reserve` each library before its concepts.")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -307,7 +312,18 @@ def main() -> None:
                 print(f"{method}: kept the saved run (delete {method}.json to rerun)")
                 continue
             settings = parse_settings(args.set)
-            run_method(method, concepts, photos, args.work, args.out, args.every, settings, args.base, args.layers)
+            run_method(
+                method,
+                concepts,
+                photos,
+                args.work,
+                args.out,
+                args.every,
+                settings,
+                args.base,
+                args.layers,
+                args.reserve,
+            )
     encoder = load_encoder()
     refs = {n: reference(encoder, to_tensor([photo(c, i) for i in range(PHOTOS)])) for n, c in concepts.items()}
     results = {m: score(m, args.out, refs, encoder) for m in METHODS if (args.out / f"{m}.json").exists()}

@@ -84,7 +84,7 @@ def report_data(lib: Library) -> dict:
             }
         )
     return {
-        "root": str(lib.root),
+        "root": _shown(lib.root),
         "version": status.version,
         "commit": status.commit_id,
         "base": commit.library.base.source,
@@ -102,6 +102,15 @@ def report_data(lib: Library) -> dict:
         "history": history,
         "recipes": recipes,
     }
+
+
+def _shown(root) -> str:
+    """The library's location as the page shows it: under the home folder as ``~/…`` (a page
+    passed around should not spell out the machine's user folder)."""
+    if isinstance(root, str):
+        return root  # an object-store URL
+    home = Path.home()
+    return f"~/{Path(root).resolve().relative_to(home)}" if Path(root).resolve().is_relative_to(home) else str(root)
 
 
 def write_report(lib: Library, out: str | Path) -> Path:

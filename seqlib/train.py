@@ -215,8 +215,11 @@ class _Run:
             Bs = [random_basis(m.in_features, ranks[n], Q[n], gen) for n, m in self.layers]
         Bs = [b.float().to(device) for b in Bs]
         As = [torch.zeros(m.out_features, ranks[n], device=device) for n, m in self.layers]
-        if self.cfg.basis_init == "activation" and method.basis == "init":
-            # B spans the top principal directions of the concept's inputs in the free space
+        # B spans the top principal directions of the concept's inputs in the free space. Not
+        # without a projection: the free space is then everything, and every concept of the
+        # library would start on the same few directions all inputs share (|cos| = 1 between
+        # two plain-LoRA concepts): they start random, seeded by position, as LoRA usually does.
+        if self.cfg.basis_init == "activation" and method.basis == "init" and method.projects:
             before = self.moments(As, Bs, emb)
             Bs = [activation_basis(before.moment(n), Q[n], ranks[n]).float().to(device) for n, _ in self.layers]
         return {"As": As, "Bs": Bs, "embedding": emb, "initial": self.loss(As, Bs, emb, "start"), "losses": []}

@@ -50,3 +50,17 @@ def test_pass_counts_follow_the_algorithm():
     assert seqlora.passes_per_iteration(2, 2, "autograd") == 1 + 2 * (1 + 3) + 2 == 11
     assert alternating.passes_per_iteration(2, 2, "finite-diff") == 5
     assert frozen.passes_per_iteration(2, 2, "autograd") == 3
+
+
+def test_plain_lora_concepts_of_one_library_start_from_different_bases(lora_store):
+    """Without a projection every concept's free space is the whole input space: seeded by its
+    position in the library, two plain-LoRA concepts no longer share one starting basis (the
+    baseline every comparison is made against had |cos| = 1.000 between them)."""
+    from seqlib.api import Library
+    from seqlib.subspace import max_cosine
+
+    lib = Library.open(lora_store)
+    head = lib.head()
+    first, second = (lib.bases(c, head) for c in head.concepts[:2])
+    layer = head.library.layer_names[0]
+    assert max_cosine(first[layer], second[layer]) < 0.9

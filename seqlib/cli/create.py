@@ -169,7 +169,8 @@ _METHOD_HELP = " ".join(f"{m.name}: {m.summary}." for m in METHODS.values())
     "--basis-init",
     "basis_init",
     click.Choice(BASIS_INITS),
-    "Start B random in the free space, or as the top principal directions of the concept's layer inputs there.",
+    "Start B random in the free space, or as the top principal directions of the concept's layer inputs there "
+    "(methods without a projection always start random: their free space is everything).",
 )
 @_hyper(
     "--protect",
