@@ -169,11 +169,7 @@ class TrainingRecord(_Model):
     K: int = Field(description="Bilevel iterations per training round.")
     S_B: int = Field(description="Local B iterations per bilevel iteration.")
     S_A: int = Field(description="Local A iterations per bilevel iteration.")
-    eps: float | None = Field(
-        None,
-        description="Until format 3: an ε that was recorded but never used (the trainer projects exactly, I − QQᵀ "
-        "with Q orthonormal: the paper's regularised projector at ε → 0). Null from format 4.",
-    )
+    eps: float | None = Field(None, description="Until format 3 an ε no trainer used (I − QQᵀ is exact); null since.")
     context: Literal[CONTEXTS] = Field(
         "library", description="library: learned on top of the earlier residuals (the paper); base: on W0 alone."
     )

@@ -32,7 +32,7 @@ def test_help_teaches_every_command(capsys):
     out = capsys.readouterr().out
     for command in ("init", "add", "compose", "status", "log"):
         assert command in out
-    for command, words in [("add", ["α", "β", "S_B", "S_A", "ε", "--hvp"]), ("compose", ["--seed", "weights"])]:
+    for command, words in [("add", ["α", "β", "S_B", "S_A", "--hvp", "--context"]), ("compose", ["--seed", "weights"])]:
         assert main([command, "--help"]) == 0
         help_text = capsys.readouterr().out
         assert all(w in help_text for w in words)
