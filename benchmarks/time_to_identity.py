@@ -37,6 +37,9 @@ VARIANTS = {
     "seqlora S_B=1 forward-diff": {"S_B": 1, "hvp": "forward-diff"},
     "alternating": {"method": "alternating"},
     "plain LoRA": {"method": "lora-joint"},
+    "seqlora token-local K/V": {"kv_scope": "token"},
+    "seqlora forward-diff": {"hvp": "forward-diff"},
+    "seqlora forward-diff token-local K/V": {"hvp": "forward-diff", "kv_scope": "token"},
 }
 THRESHOLDS = (0.5, 0.7)
 
@@ -63,6 +66,7 @@ def main() -> None:
     parser.add_argument("--base", default=None, help="seqlib init --base (default: the tiny embedded base)")
     parser.add_argument("--grids", action="store_true", help="save each point's images as PNG grids in --out")
     parser.add_argument("--reserve", action="store_true", help="`seqlib reserve` each library before its concepts")
+    parser.add_argument("--layers", default=None, help="seqlib init --layers (default: the base's default set)")
     args = parser.parse_args()
 
     from seqlib.identity import load_encoder, reference, to_tensor
@@ -83,6 +87,7 @@ def main() -> None:
             key = f"{variant} | {steps}" + ("" if len(names) == 1 else f" | {args.name}")
             key += f" | {args.base}" if args.base else ""
             key += " | reserve" if args.reserve else ""
+            key += f" | {args.layers}" if args.layers else ""
             if key not in done:
                 done[key] = _point(args, variant, steps, encoder, refs)
                 saved.write_text(json.dumps(done, indent=1) + "\n")
@@ -124,10 +129,11 @@ def _point(args, variant: str, steps: int, encoder, refs: dict) -> tuple[float, 
 
     names = list(refs)
     tag = f"{variant}-{steps}" + (f"-{args.base}" if args.base else "") + ("-reserve" if args.reserve else "")
+    tag += f"-{args.layers}" if args.layers else ""
     folder = args.out / "libraries" / tag.replace(" ", "_").replace(":", "_").replace("/", "_")
     if args.fresh or not (folder / ".seqlib" / "store.json").is_file():
         shutil.rmtree(folder, ignore_errors=True)
-        Library.init(folder, base=args.base)
+        Library.init(folder, base=args.base, layers=args.layers)
         if args.reserve:
             Library.open(folder).reserve()
     lib = Library.open(folder)

@@ -80,18 +80,29 @@ def crosstalk(
     source: tuple[dict, dict],
     target: tuple[dict, dict],
     summary: dict[str, tuple[np.ndarray, np.ndarray]],
+    silent: frozenset[str] = frozenset(),
 ) -> tuple[float, dict[str, float]]:
     """Crosstalk of concept ``source`` onto concept ``target``, overall and per layer.
 
     Per layer: the energy of the source's residual on the target's recorded inputs,
     relative to the target's own residual there. Overall: the same ratio of the sums over
     layers (an energy-weighted mean, so layers where the target barely acts don't dominate).
+    ``silent``: layers where the source's residual is zero on the target's prompt (its
+    ``--kv-scope token`` K/V layers: the target's prompt lacks the source's token).
     """
     (Ai, Bi), (Aj, Bj) = source, target
     per_layer, num, den = {}, 0.0, 0.0
     for name in layers:
         U, lam = summary[name]
-        cross, own = residual_energy(Ai[name], Bi[name], U, lam), residual_energy(Aj[name], Bj[name], U, lam)
+        cross = 0.0 if name in silent else residual_energy(Ai[name], Bi[name], U, lam)
+        own = residual_energy(Aj[name], Bj[name], U, lam)
         per_layer[name] = cross / own if own > 0 else float("inf") if cross > 0 else 0.0
         num, den = num + cross, den + own
     return (num / den if den > 0 else 0.0), per_layer
+
+
+def silent_layers(layers: list[str], kv_scope: str) -> frozenset[str]:
+    """The layers where a concept's residual is zero on prompts without its token."""
+    from seqlib.lora import reads_text
+
+    return frozenset(n for n in layers if reads_text(n)) if kv_scope == "token" else frozenset()

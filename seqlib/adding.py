@@ -60,6 +60,7 @@ def earlier_concepts(lib: Library, commit: Version, bases_only: bool = False) ->
             orthogonal=c.orthogonal,
             U={k: torch.from_numpy(u) for k, (u, _) in lib.input_summary(c, commit).items()} if inputs else None,
             protect=c.protect,
+            kv_scope=c.kv_scope,
         )
         for c in commit.concepts
     ]
@@ -244,7 +245,7 @@ def _record(lib: Library, commit: Version, name, r, ranks, method, frozen, recor
     # every process must hold the same factors: the gradients were averaged before each step
     if not distributed.same_everywhere(payload.digest(arrays)):
         raise EnvironmentProblem("the training processes ended with different factors; nothing was committed")
-    crosstalk_from, crosstalk_onto = crosstalk_with_earlier(lib, commit, result)
+    crosstalk_from, crosstalk_onto = crosstalk_with_earlier(lib, commit, result, config.kv_scope)
     values = Crosstalk(crosstalk_from=crosstalk_from, crosstalk_onto=crosstalk_onto)
     lib.store.keep(values)  # written with the commit
     if distributed.is_main():
@@ -281,7 +282,7 @@ def with_preview(lib: Library, commit: Version, concept: ConceptRecord, factors,
 
     A, B, embedding = factors
     as_torch = [{k: torch.as_tensor(v) for k, v in f.items()} for f in (A, B)]
-    png = preview_png(lib, commit, concept.token, (*as_torch, embedding), device)
+    png = preview_png(lib, commit, concept.token, (*as_torch, embedding), device, concept.kv_scope)
     return concept.model_copy(update={"preview": lib.store.write_preview(png)})
 
 
@@ -311,9 +312,11 @@ def _commit_everywhere(lib: Library, seq, parent_id, commit: Version, concept: C
         raise SeqlibError(relayed)
 
 
-def crosstalk_with_earlier(lib: Library, commit: Version, result) -> tuple[dict[str, float], dict[str, float]]:
+def crosstalk_with_earlier(
+    lib: Library, commit: Version, result, kv_scope: str = "all"
+) -> tuple[dict[str, float], dict[str, float]]:
     """Crosstalk between a freshly trained concept and each earlier one, both directions."""
-    from seqlib.activations import crosstalk
+    from seqlib.activations import crosstalk, silent_layers
 
     names = commit.library.layer_names
     new = (result.A, result.B)
@@ -322,8 +325,9 @@ def crosstalk_with_earlier(lib: Library, commit: Version, result) -> tuple[dict[
     for c in commit.concepts:
         A, B, _ = lib.factors(c, commit)
         old = ({k: v.numpy() for k, v in A.items()}, {k: v.numpy() for k, v in B.items()})
-        onto_new[c.name] = round(crosstalk(names, old, new, new_summary)[0], 6)
-        from_new[c.name] = round(crosstalk(names, new, old, lib.input_summary(c, commit))[0], 6)
+        onto_new[c.name] = round(crosstalk(names, old, new, new_summary, silent_layers(names, c.kv_scope))[0], 6)
+        mine = silent_layers(names, kv_scope)
+        from_new[c.name] = round(crosstalk(names, new, old, lib.input_summary(c, commit), mine)[0], 6)
     return onto_new, from_new
 
 

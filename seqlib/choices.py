@@ -14,6 +14,9 @@ HVP_OPTIONS = ("auto", *HVPS)  # what a user may ask for; `auto` is resolved bef
 BASIS_INITS = ("activation", "random")
 PRECISIONS = ("fp32", "fp16", "bf16")
 CROPS = ("center", "random")
+# Where a concept's cross-attention key/value residual acts: on every text position (a plain
+# LoRA) | only at its own token's positions (TARA's mask; needs seqlib's processor to compose).
+KV_SCOPES = ("all", "token")
 # What `add` does on a layer with fewer than r free dimensions.
 WHEN_FULL = ("shrink", "skip", "refuse")
 BASE_KINDS = ("embedded", "diffusers", "hub", "single_file")

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from seqlib.lora import LiveResiduals, named_layers
+from seqlib.lora import LiveResiduals, TokenPositions, named_layers
 
 OVERLAP = 4  # tiles overlap by 1/OVERLAP of their side
 
@@ -27,6 +27,7 @@ class Tile:
 
     prompt: str
     factors: dict[str, tuple[Tensor, Tensor]]  # layer name -> (A scaled by the concept's weight, B)
+    token_id: int | None = None  # set for a --kv-scope token concept: its K/V residual acts only there
 
 
 def row_columns(tile: int, n: int) -> list[slice]:
@@ -57,6 +58,7 @@ def sample_row(
     columns = row_columns(size // factor, len(tiles))
     width = columns[-1].stop * factor
     guided = guidance > 1
+    positions = TokenPositions(pipe.text_encoder) if any(tile.token_id is not None for tile in tiles) else None
     states = []
     for tile in tiles:
         positive, negative = pipe.encode_prompt(tile.prompt, device, 1, guided, negative_prompt)
@@ -65,13 +67,13 @@ def sample_row(
     latents = pipe.prepare_latents(1, unet.config.in_channels, size, width, states[0].dtype, device, generator)
     extra = pipe.prepare_extra_step_kwargs(generator, 0.0)
 
-    live = LiveResiduals(named_layers(unet, sorted(set().union(*(tile.factors for tile in tiles)))))
+    live = LiveResiduals(named_layers(unet, sorted(set().union(*(tile.factors for tile in tiles)))), positions)
     with live, pipe.progress_bar(total=len(scheduler.timesteps)) as bar:
         for t in scheduler.timesteps:
             noise = torch.zeros_like(latents)
             count = torch.zeros_like(latents)
             for tile, cols, state in zip(tiles, columns, states):
-                live.factors = tile.factors
+                live.factors, live.token_id = tile.factors, tile.token_id
                 x = latents[..., cols]
                 x = torch.cat([x, x]) if guided else x
                 x = scheduler.scale_model_input(x, t)
@@ -83,5 +85,7 @@ def sample_row(
                 count[..., cols] += 1
             latents = scheduler.step(noise / count, t, latents, **extra, return_dict=False)[0]
             bar.update()
+    if positions is not None:
+        positions.remove()
     image = pipe.vae.decode(latents / pipe.vae.config.scaling_factor, return_dict=False, generator=generator)[0]
     return pipe.image_processor.postprocess(image, output_type="pil", do_denormalize=[True])[0]

@@ -6,7 +6,7 @@ from __future__ import annotations
 import re
 from dataclasses import asdict, dataclass, fields
 
-from seqlib.choices import BASIS_INITS, CONTEXTS, CROPS, HVP_OPTIONS, OPTIMIZERS, PRECISIONS
+from seqlib.choices import BASIS_INITS, CONTEXTS, CROPS, HVP_OPTIONS, KV_SCOPES, OPTIMIZERS, PRECISIONS
 from seqlib.errors import UsageError
 from seqlib.methods import METHODS
 
@@ -42,6 +42,7 @@ CHOICES = {
     "basis_init": BASIS_INITS,
     "precision": PRECISIONS,
     "crop": CROPS,
+    "kv_scope": KV_SCOPES,
 }
 
 
@@ -83,6 +84,9 @@ class TrainConfig:
     crop: str = "center"  # center | random (random crops of 80-100% of the image side)
     flip: bool = False  # random horizontal flips (off by default: many concepts are not mirror-symmetric)
     aug_copies: int = 4  # augmented variants encoded per image when crop=random or flip
+    # all: the cross-attention K/V residual acts on every text position (a plain LoRA) | token:
+    # only at the concept's token (composes through seqlib's hook; a plain LoRA loader cannot mask)
+    kv_scope: str = "all"
 
     def __post_init__(self) -> None:
         if self.method not in METHODS:

@@ -21,6 +21,7 @@ from seqlib.choices import (
     CONTEXTS,
     CROPS,
     HVPS,
+    KV_SCOPES,
     LAYOUTS,
     LORA_FORMATS,
     OPTIMIZERS,
@@ -153,9 +154,7 @@ class ArrayRecord(_Model):
 class TrainingRecord(_Model):
     """The hyper-parameters a concept was trained with, named after the paper's symbols."""
 
-    method: str = Field(
-        description="A registered training method (`seqlib.methods`): seqlora, alternating, frozen-basis, lora."
-    )
+    method: str = Field(description="A registered training method (`seqlib.methods`).")
 
     @field_validator("method")
     @classmethod
@@ -177,9 +176,7 @@ class TrainingRecord(_Model):
     batch_size: int
     lr_embed: float = Field(description="Step size of the token embedding (updated with A).")
     max_grad_norm: float = Field(description="sgd: global-norm clip of each step's gradient; 0 = unclipped.")
-    optimizer: Literal[OPTIMIZERS] = Field(
-        "sgd", description="sgd: plain (clipped) steps; adam: Adam-preconditioned steps. Absent: sgd."
-    )
+    optimizer: Literal[OPTIMIZERS] = Field("sgd", description="sgd: plain clipped steps; adam: preconditioned.")
     hvp: Literal[HVPS] = Field(description="As used (`auto` is resolved before training).")
     seed: int
     init_word: str
@@ -191,6 +188,7 @@ class TrainingRecord(_Model):
     crop: Literal[CROPS] = "center"
     flip: bool = False
     aug_copies: int = 4
+    kv_scope: Literal[KV_SCOPES] = Field("all", description="token: K/V residual only at the concept's token.")
     protect: int = Field(0, description="Top input directions of each earlier concept B was kept orthogonal to.")
     activation_k: int = Field(8, description="Principal input directions stored per layer.")
 
@@ -311,6 +309,10 @@ class ConceptRecord(ConceptFields, _Object):
     crosstalk_worst: list[tuple[str, str, float]] = Field(
         description="The worst (source, target, value) of its Crosstalk, at most 5, worst first."
     )
+
+    @property
+    def kv_scope(self) -> str:
+        return self.training.kv_scope if self.training is not None else "all"
 
 
 class Page(_Object):

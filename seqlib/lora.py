@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import hashlib
+import re
+from collections import deque
 from collections.abc import Iterable
 
 import torch
@@ -46,25 +48,90 @@ def fingerprint(layers: list[tuple[str, nn.Linear]]) -> str:
     return h.hexdigest()
 
 
+_READS_TEXT = re.compile(r"\.attn2\.(to_k|to_v)$")
+
+
+def reads_text(name: str) -> bool:
+    """Whether an adapted layer's inputs are the prompt's text states (cross-attention K/V)."""
+    return _READS_TEXT.search(name) is not None
+
+
+class TokenPositions:
+    """The token ids behind the text states a cross-attention layer reads.
+
+    A forward hook on the text encoder keeps the last few calls' (ids, states); a row of text
+    states is found among them by value, so this works whatever a pipeline does with the states
+    in between (classifier-free guidance concatenates the negative prompt's, batches repeat them).
+    Rows found nowhere (states a caller made without this text encoder) get id -1: no token.
+    """
+
+    def __init__(self, text_encoder: nn.Module, keep: int = 8) -> None:
+        self.seen: deque[tuple[Tensor, Tensor]] = deque(maxlen=keep)
+        self._last: tuple[Tensor, Tensor] | None = None
+        self._handle = text_encoder.register_forward_hook(self._record, with_kwargs=True)
+
+    def _record(self, module: nn.Module, args: tuple, kwargs: dict, output) -> None:
+        ids = args[0] if args else kwargs["input_ids"]
+        self.seen.append((ids.detach(), output[0].detach()))
+        self._last = None
+
+    def ids_of(self, x: Tensor) -> Tensor:
+        """(rows, seq) ids for text states ``x`` (rows, seq, d)."""
+        x = x.detach()
+        if self._last is not None and self._last[0].shape == x.shape and torch.equal(self._last[0], x):
+            return self._last[1]  # every K/V layer of one UNet pass reads the same states
+        out = torch.full(x.shape[:2], -1, dtype=torch.long, device=x.device)
+        for r in range(x.shape[0]):
+            for ids, states in reversed(self.seen):
+                if states.shape[1:] != x.shape[1:]:
+                    continue
+                hit = (states.to(x.dtype) == x[r]).flatten(1).all(1).nonzero()
+                if len(hit):
+                    out[r] = ids[int(hit[0])].to(x.device)
+                    break
+        self._last = (x, out)
+        return out
+
+    def mask(self, x: Tensor, token_id: int) -> Tensor:
+        """(rows, seq, 1): 1 where ``token_id`` sits."""
+        return (self.ids_of(x) == token_id).unsqueeze(-1)
+
+    def remove(self) -> None:
+        self._handle.remove()
+
+
+def residual(x: Tensor, A: Tensor, B: Tensor, like: Tensor) -> Tensor:
+    return ((x.to(B.dtype) @ B) @ A.T).to(like.dtype)  # (..., m)->(..., r)->(..., n)
+
+
 class LiveResiduals:
     """Forward hooks that add ``x B Aᵀ`` to each adapted layer's output.
 
     The factors are read from ``self.factors`` at call time, so the trainer can evaluate
     the loss at (Ã, B), (A_k, B), … by swapping tensors, without touching the weights.
+    With ``positions`` and ``token_id`` (``--kv-scope token``), the cross-attention K/V
+    residuals act only where the concept's token sits in the prompt.
     """
 
-    def __init__(self, layers: list[tuple[str, nn.Linear]]) -> None:
-        self.layers = layers
+    def __init__(
+        self, layers: list[tuple[str, nn.Linear]], positions: TokenPositions | None = None, token_id: int | None = None
+    ) -> None:
+        self.layers, self.positions, self.token_id = layers, positions, token_id
         self.factors: dict[str, tuple[Tensor, Tensor]] = {}
         self._handles: list = []
 
     def _hook(self, name: str):
+        local = self.positions is not None and reads_text(name)
+
         def hook(module: nn.Module, args: tuple, output: Tensor) -> Tensor:
             if name not in self.factors:
                 return output
             A, B = self.factors[name]
             x = args[0]
-            return output + ((x.to(B.dtype) @ B) @ A.T).to(output.dtype)  # (..., m)->(..., r)->(..., n)
+            delta = residual(x, A, B, output)
+            if local and self.token_id is not None:
+                delta = delta * self.positions.mask(x, self.token_id).to(delta.dtype)
+            return output + delta
 
         return hook
 
@@ -134,3 +201,38 @@ def summed_factors(
         pairs = [(weight * As[name].float(), Bs[name].float()) for As, Bs, weight in concepts if name in As]
         out[name] = (torch.cat([a for a, _ in pairs], dim=1), torch.cat([b for _, b in pairs], dim=1))
     return out
+
+
+class TokenLocalPatch:
+    """Composition's half of ``--kv-scope token``: each such concept's cross-attention K/V
+    residual, added at its own token's positions only (a weight patch cannot mask, so these
+    run as forward hooks; everything else still goes into the weights)."""
+
+    def __init__(self, unet: nn.Module, text_encoder: nn.Module) -> None:
+        self.modules = dict(unet.named_modules())
+        self.positions = TokenPositions(text_encoder)
+        self.terms: dict[str, list[tuple[Tensor, Tensor, int]]] = {}
+        self._handles: list = []
+
+    def add(self, factors: dict[str, tuple[Tensor, Tensor]], token_id: int, weight: float = 1.0) -> None:
+        for name, (A, B) in factors.items():
+            if name not in self.terms:
+                self.terms[name] = []
+                self._handles.append(self.modules[name].register_forward_hook(self._hook(name)))
+            self.terms[name].append((weight * A.float(), B.float(), token_id))
+
+    def _hook(self, name: str):
+        def hook(module: nn.Module, args: tuple, output: Tensor) -> Tensor:
+            x = args[0]
+            for A, B, token_id in self.terms[name]:
+                A, B = A.to(x.device), B.to(x.device)
+                output = output + residual(x, A, B, output) * self.positions.mask(x, token_id).to(output.dtype)
+            return output
+
+        return hook
+
+    def remove(self) -> None:
+        for h in self._handles:
+            h.remove()
+        self.positions.remove()
+        self._handles, self.terms = [], {}

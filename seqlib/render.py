@@ -49,28 +49,46 @@ def with_tokens(lib: Library, weights: dict[str, float], commit: Version, device
     pipe = lib.load_base(commit, device, base)
     loaded = [(c, lib.factors(c, commit), w) for c, w in chosen]
     add_tokens(pipe, {c.token: embedding for c, (_, _, embedding), _ in loaded})
-    return pipe, [(A, B, w) for _, (A, B, _), w in loaded]
+    token_ids = [pipe.tokenizer.convert_tokens_to_ids(c.token) if c.kv_scope == "token" else None for c, _ in chosen]
+    return pipe, [(A, B, w) for _, (A, B, _), w in loaded], token_ids
 
 
 def pipeline(lib: Library, selection, device: str = "cpu", base: str | None = None, commit: Version | None = None):
     """A standard diffusers StableDiffusionPipeline with the selected concepts applied.
 
     Composition is a plain sum: W = W0 + Σ w_i A_i B_iᵀ, patched into the weights. ``commit``:
-    the version to take them from (default: the one the library reads now).
+    the version to take them from (default: the one the library reads now). The K/V residuals
+    of ``--kv-scope token`` concepts instead run as hooks that add them at their token only.
     """
-    from seqlib.lora import WeightPatch, summed_factors
-
     commit = commit or lib.head()
-    pipe, factors = with_tokens(lib, weights_for(selection, commit), commit, device, base)
-    WeightPatch(pipe.unet).apply(summed_factors(factors))
+    pipe, factors, token_ids = with_tokens(lib, weights_for(selection, commit), commit, device, base)
+    apply_residuals(pipe, factors, token_ids)
     return pipe
+
+
+def apply_residuals(pipe, factors: list, token_ids: list[int | None]) -> None:
+    """(A, B, weight) per concept into ``pipe``: summed into the weights, except the K/V
+    residuals of concepts with a ``token_id`` (``--kv-scope token``), hooked in at that token."""
+    from seqlib.lora import TokenLocalPatch, WeightPatch, reads_text, summed_factors
+
+    local = TokenLocalPatch(pipe.unet, pipe.text_encoder) if any(t is not None for t in token_ids) else None
+    summed = []
+    for (A, B, w), token_id in zip(factors, token_ids):
+        if token_id is None:
+            summed.append((A, B, w))
+            continue
+        local.add({n: (A[n], B[n]) for n in A if reads_text(n)}, token_id, w)
+        summed.append(({n: a for n, a in A.items() if not reads_text(n)}, B, w))
+    WeightPatch(pipe.unet).apply(summed_factors(summed))
 
 
 PREVIEW_SIDE = 256  # pixels at most: what modelspec.thumbnail carries
 PREVIEW_STEPS = 20
 
 
-def preview_png(lib: Library, commit: Version, token: str, factors, device: str = "cpu") -> bytes:
+def preview_png(
+    lib: Library, commit: Version, token: str, factors, device: str = "cpu", kv_scope: str = "all"
+) -> bytes:
     """A concept alone on the bare base: "a photo of <name>", seed 0, at the base's resolution
     (at most 256 px), as PNG bytes. ``factors``: its (A by layer, B by layer, embedding)."""
     import io
@@ -78,13 +96,13 @@ def preview_png(lib: Library, commit: Version, token: str, factors, device: str 
     import torch
     from PIL.PngImagePlugin import PngInfo
 
-    from seqlib.lora import WeightPatch, summed_factors
     from seqlib.tokens import add_tokens
 
     A, B, embedding = factors
     pipe = lib.load_base(commit, device)
     add_tokens(pipe, {token: torch.as_tensor(embedding)})
-    WeightPatch(pipe.unet).apply(summed_factors([(A, B, 1.0)]))
+    token_id = pipe.tokenizer.convert_tokens_to_ids(token) if kv_scope == "token" else None
+    apply_residuals(pipe, [(A, B, 1.0)], [token_id])
     size = commit.library.base.resolution
     prompt = f"a photo of {token}"
     image = pipe(
@@ -105,7 +123,7 @@ def preview(lib: Library, name: str, out: str | Path | None = None, save: bool =
 
     commit = lib.head()
     concept = lib.concept(name, commit)
-    png = preview_png(lib, commit, concept.token, lib.factors(concept, commit), device)
+    png = preview_png(lib, commit, concept.token, lib.factors(concept, commit), device, concept.kv_scope)
     if out is not None:
         Path(out).parent.mkdir(parents=True, exist_ok=True)
         Path(out).write_bytes(png)
@@ -265,11 +283,11 @@ def _renderer(lib: Library, weights, commit: Version, prompt: str, tile_prompts,
             ).images[0]
 
         return pipe, render
-    pipe, factors = with_tokens(lib, weights, commit, device, base)
+    pipe, factors, token_ids = with_tokens(lib, weights, commit, device, base)
     at = pipe.unet.device
     tiles = [
-        Tile(tile_prompt, {n: ((w * A[n]).to(at), B[n].to(at)) for n in A})
-        for tile_prompt, (A, B, w) in zip(tile_prompts, factors)
+        Tile(tile_prompt, {n: ((w * A[n]).to(at), B[n].to(at)) for n in A}, token_id)
+        for tile_prompt, (A, B, w), token_id in zip(tile_prompts, factors, token_ids)
     ]
     return pipe, lambda generator: sample_row(pipe, tiles, size, steps, guidance, generator, negative_prompt)
 

@@ -22,7 +22,7 @@ from seqlib import distributed
 from seqlib.activations import SecondMoments, activation_basis, top_directions
 from seqlib.config import TrainConfig
 from seqlib.errors import CapacityError, DataError
-from seqlib.lora import LiveResiduals, WeightPatch, named_layers, summed_factors
+from seqlib.lora import LiveResiduals, TokenPositions, WeightPatch, named_layers, reads_text, summed_factors
 from seqlib.methods import METHODS, Method
 from seqlib.steps import Adam, Objective, Optimizers, bilevel_iteration, check_finite
 from seqlib.subspace import frozen_basis, orthonormal_basis, random_basis
@@ -52,6 +52,12 @@ class Earlier:
     orthogonal: bool
     U: dict[str, Tensor] | None = None  # principal input directions (m, k), for --protect
     protect: int = 0  # the --protect it was trained with: those directions stay reserved
+    kv_scope: str = "all"  # token: its K/V residual acts only where its own token is
+
+    def in_context(self) -> tuple[dict[str, Tensor], dict[str, Tensor]]:
+        """(A, B) of its residual on a prompt without its token: token-local K/V residuals are silent there."""
+        kept = [n for n in self.A if not (self.kv_scope == "token" and reads_text(n))]
+        return {n: self.A[n] for n in kept}, {n: self.B[n] for n in kept}
 
 
 def taken_space(
@@ -116,12 +122,14 @@ def train_concept(
     ranks = dict(zip([n for n, _ in layers], rank if isinstance(rank, list) else [rank] * len(layers)))
     # Earlier concepts are frozen: patch them into W once instead of running them live.
     context = earlier if cfg.context == "library" else []
-    with patched(pipe, summed_factors([(c.A, c.B, 1.0) for c in context])):
+    with patched(pipe, summed_factors([(*c.in_context(), 1.0) for c in context])):
         Q, reserved = _space_to_avoid(layers, earlier, method, cfg.protect, ranks, reserve)
         emb, embed_hook = init_token(pipe, token, cfg.init_word)
+        positions = TokenPositions(pipe.text_encoder) if cfg.kv_scope == "token" else None
         try:
             ids = prompt_ids(pipe.tokenizer, cfg.prompt_template.format(token=token), pipe.unet.device)
-            run = _Run(pipe, layers, cfg, embed_hook, ids, position=len(earlier))
+            live = LiveResiduals(layers, positions, pipe.tokenizer.convert_tokens_to_ids(token))
+            run = _Run(pipe, layers, cfg, embed_hook, ids, live, position=len(earlier))
             run.encode_images(image_tensor, train_images)
             state = resume or run.start(Q, ranks, method, frozen_columns, emb)
             Qs = [Q[n].to(pipe.unet.device) for n, _ in layers]
@@ -129,6 +137,8 @@ def train_concept(
             final, summary = run.finish(state)
         finally:
             embed_hook.remove()
+            if positions is not None:
+                positions.remove()
     names = [n for n, _ in layers]
     return TrainResult(
         A={n: a.detach().cpu().numpy() for n, a in zip(names, state["As"])},
@@ -163,11 +173,11 @@ def _space_to_avoid(layers, earlier: list[Earlier], method: Method, protect: int
 class _Run:
     """One concept's training: the encoded images, the batch stream, the objective."""
 
-    def __init__(self, pipe, layers, cfg: TrainConfig, embed_hook, ids: Tensor, position: int = 0) -> None:
+    def __init__(self, pipe, layers, cfg: TrainConfig, embed_hook, ids: Tensor, live: LiveResiduals, position: int = 0):
         self.pipe, self.layers, self.cfg, self.hook, self.ids = pipe, layers, cfg, embed_hook, ids
         self.position = position  # how many concepts the library held before this one
         self.device = pipe.unet.device
-        self.objective = Objective(pipe, LiveResiduals(layers))
+        self.objective = Objective(pipe, live)
         # Batches differ per process (data parallel); the basis init does not.
         self.batches = torch.Generator().manual_seed(cfg.seed + 7919 * (distributed.rank() + 1))
 

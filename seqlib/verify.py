@@ -187,7 +187,7 @@ def _check_crosstalk(
     is checked in the first version that holds it: against the concepts its values were measured
     with (later versions share it, and a name may since belong to a re-added concept)."""
     from seqlib import payload
-    from seqlib.activations import crosstalk
+    from seqlib.activations import crosstalk, silent_layers
 
     layers = commit.library.layers
     names = commit.library.layer_names
@@ -225,9 +225,14 @@ def _check_crosstalk(
                 continue
             seen.add(key)
             mine, theirs = factors(c), factors(e)
+            quiet = {x.name: silent_layers(names, x.kv_scope) for x in (c, e)}
             recomputed = {
-                "from": crosstalk(names, theirs, mine, payload.unpack_summary(layers, verified[c.payload]))[0],
-                "onto": crosstalk(names, mine, theirs, payload.unpack_summary(layers, verified[e.payload]))[0],
+                "from": crosstalk(
+                    names, theirs, mine, payload.unpack_summary(layers, verified[c.payload]), quiet[e.name]
+                )[0],
+                "onto": crosstalk(
+                    names, mine, theirs, payload.unpack_summary(layers, verified[e.payload]), quiet[c.name]
+                )[0],
             }
             stored = {"from": stored_from, "onto": values.crosstalk_onto.get(name, float("nan"))}
             for way in ("from", "onto"):

@@ -14,6 +14,7 @@ from seqlib.choices import (
     CONTEXTS,
     CROPS,
     HVP_OPTIONS,
+    KV_SCOPES,
     OPTIMIZERS,
     PRECISIONS,
 )
@@ -193,6 +194,13 @@ _METHOD_HELP = " ".join(f"{m.name}: {m.summary}." for m in METHODS.values())
 @_hyper("--resolution", "resolution", click.IntRange(8), "Training resolution in pixels (default: the base's).")
 @_hyper("--crop", "crop", click.Choice(CROPS), "Square crop of each photo: centre, or random 80-100%.")
 @_hyper("--aug-copies", "aug_copies", click.IntRange(1), "Augmented views encoded per photo with --crop random/--flip.")
+@_hyper(
+    "--kv-scope",
+    "kv_scope",
+    click.Choice(KV_SCOPES),
+    "Where the cross-attention key/value residual acts: every text position (a plain LoRA), or only at "
+    "<NAME>'s token (nothing on prompts without it; composes in seqlib, exports apply it everywhere).",
+)
 @click.option("--flip", is_flag=True, default=None, help="Random horizontal flips (off: many concepts are asymmetric).")
 @click.option(
     "--gradient-checkpointing",

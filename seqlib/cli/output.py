@@ -20,7 +20,7 @@ from seqlib.cli._common import (
     warn,
 )
 from seqlib.errors import UsageError
-from seqlib.selection import example_prompt
+from seqlib.selection import example_prompt, parse_selection
 
 SAMPLING = [  # compose's settings; `recipe save` records the same ones
     click.option("--prompt", "-p", default=None, help='Mention the concepts by token, e.g. "a photo of <mydog>".'),
@@ -150,5 +150,13 @@ def export_command(ctx, concepts: str, out: str, fmt: str, at: str | None) -> No
       seqlib export mydog -o mydog.safetensors
       seqlib export mydog,cat=0.8 -o pets.safetensors --format diffusers
     """
-    for path in open_library(ctx, at).export(concepts, out, fmt):
+    lib = open_library(ctx, at)
+    paths = lib.export(concepts, out, fmt)
+    for path in paths:
         console.print(f"wrote {path}")
+    local = [n for n in parse_selection(concepts) if lib.concept(n).kv_scope == "token"]
+    if local:
+        warn(
+            f"{', '.join(local)} learned with --kv-scope token: a LoRA file cannot mask by token, so other tools apply "
+            "its cross-attention key/value residual at every position (seqlib compose applies it at its token only)"
+        )
