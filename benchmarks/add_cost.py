@@ -19,9 +19,9 @@ from pathlib import Path
 import torch
 
 from seqlib.api import Library
-from seqlib.concepts import examples, write_photos
 from seqlib.config import TrainConfig
 from seqlib.data import find_images, load_images
+from seqlib.heldout import examples, write_photos
 from seqlib.train import train_concept
 
 SETTINGS = {

@@ -71,8 +71,8 @@ def identity(encoder, pipe, name: str, ref: torch.Tensor) -> float:
 
 def run(layers: str, rank: int, args, concepts: dict, refs: dict, encoder) -> dict:
     from seqlib.api import Library
-    from seqlib.concepts import write_photos
     from seqlib.config import TrainConfig
+    from seqlib.heldout import write_photos
 
     work = args.work / f"{layers}-r{rank}"
     photos = args.work / "photos"
@@ -151,7 +151,7 @@ def main() -> None:
 
     from stream import PHOTOS
 
-    from seqlib.concepts import held_out, photo
+    from seqlib.heldout import held_out, photo
     from seqlib.identity import load_encoder, reference, to_tensor
 
     args.out.mkdir(parents=True, exist_ok=True)

@@ -44,10 +44,10 @@ def main() -> None:
     from stream import GUIDANCE, generate, to_uint8  # the stream benchmark's sampling settings
 
     from seqlib.api import Library
-    from seqlib.compose import row_columns
     from seqlib.config import TrainConfig, default_layer_set
     from seqlib.data import pil_to_tensor
     from seqlib.identity import found, identity_scores, load_encoder, reference, to_tensor
+    from seqlib.row import row_columns
 
     names = args.names.split(",")
     settings = parse_settings(args.set)

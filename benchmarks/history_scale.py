@@ -102,7 +102,7 @@ def main() -> None:
     for n in range(1, sizes[-1] + 1):
         concepts.append(record(store, n, [c.name for c in concepts], rng))
         before = history_bytes(root)
-        store.commit(Version(parent=store.head_id(), message=f"add c{n:04d}", library=config, concepts=concepts), n)
+        store.commit(Version(parent=store.tip()[1], message=f"add c{n:04d}", library=config, concepts=concepts), n)
         if n in sizes:
             middle = f"c{n // 2:04d}"
             row = {

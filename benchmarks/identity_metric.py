@@ -59,7 +59,7 @@ def main() -> None:
     parser.add_argument("--pairs", type=int, default=64)
     args = parser.parse_args()
 
-    from seqlib.concepts import held_out, pair_photo, photo
+    from seqlib.heldout import held_out, pair_photo, photo
     from seqlib.identity import found, load_encoder, reference, to_tensor
 
     encoder = load_encoder()

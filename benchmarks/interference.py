@@ -81,7 +81,7 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=None, help="Append the table to this markdown file.")
     args = parser.parse_args()
 
-    from seqlib.concepts import held_out, write_photos
+    from seqlib.heldout import held_out, write_photos
 
     specs = held_out(args.concepts)
     rows = []

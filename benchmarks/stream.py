@@ -1,7 +1,7 @@
 """The paper's continual benchmark, offline: identity, forgetting, text alignment and composition.
 
 For each method (seqlora, alternating, frozen-basis, lora = naive sum) one library learns a
-stream of held-out concepts (``seqlib.concepts``, 6 photos each) with the default settings.
+stream of held-out concepts (``seqlib.heldout``, 6 photos each) with the default settings.
 Measured with the identity metric (``seqlib.identity``, the stand-in for DINO), always on the
 whole library as it stands (every learned concept active — the continually updated model):
 
@@ -189,7 +189,7 @@ def sheet(lib, names: list[str], concepts: dict, path: Path) -> None:
     """Top row: a training photo of each concept; bottom: the library's image of it at the end."""
     from PIL import Image
 
-    from seqlib.concepts import photo
+    from seqlib.heldout import photo
 
     images = generate(
         lib.pipeline({c.name: 1.0 for c in lib.head().concepts}),
@@ -207,7 +207,7 @@ def sheet(lib, names: list[str], concepts: dict, path: Path) -> None:
 def calibration(concepts: dict, refs: dict, encoder, base: str | None) -> dict:
     """The metric's ceiling (other photos of the concept) and floor (the base without it)."""
     from seqlib.base import load_pipeline
-    from seqlib.concepts import photo
+    from seqlib.heldout import photo
     from seqlib.identity import identity_scores, to_tensor
 
     ceiling = [
@@ -299,7 +299,7 @@ def main() -> None:
 
     from _report import parse_settings
 
-    from seqlib.concepts import held_out, photo, write_photos
+    from seqlib.heldout import held_out, photo, write_photos
     from seqlib.identity import load_encoder, reference, to_tensor
 
     args.out.mkdir(parents=True, exist_ok=True)

@@ -149,9 +149,9 @@ def projector_cost(concepts: int = 100) -> dict:
 def quality(concepts: int, steps: int) -> list[tuple[str, dict]]:
     """Fit (gain when learned) and forgetting (loss increase after all later concepts) per method."""
     from seqlib.api import Library
-    from seqlib.concepts import held_out, write_photos
     from seqlib.config import TrainConfig
     from seqlib.data import find_images, load_images
+    from seqlib.heldout import held_out, write_photos
     from seqlib.lora import summed_factors
     from seqlib.train import concept_loss, evaluation_inputs
 

@@ -9,7 +9,6 @@ the ref with compare-and-swap. ``begin`` and ``append`` are shared with ``seqlib
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -20,29 +19,28 @@ from seqlib.errors import ConceptExistsError, EnvironmentProblem, InvalidNameErr
 from seqlib.format import ConceptRecord, Crosstalk, TrainingRecord, Version, check_concept_name, now_iso, token_for
 
 if TYPE_CHECKING:
-    from seqlib.api import Library
     from seqlib.config import TrainConfig
+    from seqlib.repo import Repository
+    from seqlib.store import Snapshot
 
 Warn = Callable[[str], None] | None
 
 
-def begin(lib: Library, name: str) -> tuple[int, str | None, Version]:
-    """(sequence, parent id, tip) a new concept ``name`` will be committed on top of."""
+def begin(lib: Repository, name: str) -> Snapshot:
+    """The tip a new concept ``name`` will be committed on top of."""
     check_concept_name(name)
-    seq, parent_id, commit = lib.writable_tip()
-    if commit.concept(name) is not None:
+    tip = lib.writable_tip()
+    if tip.version.concept(name) is not None:
         raise ConceptExistsError(f"concept {name!r} already exists; pick another name")
-    return seq, parent_id, commit
+    return tip
 
 
-def append(
-    lib: Library, seq: int, parent_id: str | None, commit: Version, concept: ConceptRecord, message: str
-) -> None:
-    """Commit ``commit`` plus ``concept``; fails if the library moved since ``begin``."""
-    lib.commit_state(seq, parent_id, message, commit, concepts=[*commit.concepts, concept])
+def append(lib: Repository, tip: Snapshot, concept: ConceptRecord, message: str) -> None:
+    """Commit ``tip`` plus ``concept``; fails if the library moved since ``begin``."""
+    lib.commit_state(tip, message, concepts=[*tip.version.concepts, concept])
 
 
-def earlier_concepts(lib: Library, commit: Version, bases_only: bool = False) -> list:
+def earlier_concepts(lib: Repository, commit: Version, bases_only: bool = False) -> list:
     """Every concept of ``commit`` as the trainer sees it (``seqlib.train.Earlier``: factors,
     input directions, its --protect). ``bases_only``: what a projection needs (B, and the input
     directions only if some concept reserved them with --protect), reading nothing else."""
@@ -56,7 +54,7 @@ def earlier_concepts(lib: Library, commit: Version, bases_only: bool = False) ->
     return [
         Earlier(
             {} if bases_only else lib.factors(c, commit)[0],
-            lib.bases(c, commit) if bases_only else lib.factors(c, commit)[1],
+            lib.basis(c, commit) if bases_only else lib.factors(c, commit)[1],
             orthogonal=c.orthogonal,
             U={k: torch.from_numpy(u) for k, (u, _) in lib.input_summary(c, commit).items()} if inputs else None,
             protect=c.protect,
@@ -67,7 +65,7 @@ def earlier_concepts(lib: Library, commit: Version, bases_only: bool = False) ->
 
 
 def add(
-    lib: Library,
+    lib: Repository,
     name: str,
     images: str | Path,
     config: TrainConfig | None = None,
@@ -91,13 +89,14 @@ def add(
     """
     from seqlib import checkpoint, distributed
     from seqlib.base import pick_device
-    from seqlib.config import TrainConfig, resolve_hvp
-    from seqlib.train import train_concept
+    from seqlib.config import TrainConfig
+    from seqlib.train import prepare, train_concept
 
     check_concept_name(name)
     pick_device(device)  # an unknown or absent device fails before any work
     device = distributed.device_for(device)
-    seq, parent_id, commit = begin(lib, name)
+    tip = begin(lib, name)
+    commit = tip.version
     lib.store.check_writable()
     r = rank or commit.library.rank
     config = config or TrainConfig(resolution=commit.library.base.resolution)
@@ -106,17 +105,14 @@ def add(
     records, tensor, augmented = _images(Path(images), config, warn)
     pipe = lib.load_base(commit, device, base)
     distributed.init_from_env(pipe.unet.device.type)
-    unet_params = sum(p.numel() for p in pipe.unet.parameters())
-    # resolved first: the CPU cost estimate counts the passes of the hvp actually used
-    config = replace(config, hvp=resolve_hvp(config.hvp, pipe.unet.device.type, unet_params))
-    _prepare_for_training(pipe, config, warn)
+    config = prepare(pipe, config, warn)
     token = token_for(name)
     if warn and config.init_word != TrainConfig.init_word:  # the default is neutral on purpose
         _warn_unknown_words(commit.library.base.source, pipe.tokenizer, config.init_word, token, warn)
     if token in pipe.tokenizer.get_vocab():
         raise InvalidNameError(f"{token} is already a token of the base's tokenizer; pick another name")
     frozen = _frozen_columns(commit, r) if method.basis == "frozen" else None
-    meta = {"parent": parent_id, "config": config.record(), "images": [i.sha256 for i in records], "ranks": ranks}
+    meta = {"parent": tip.id, "config": config.record(), "images": [i.sha256 for i in records], "ranks": ranks}
     state = _resume_state(lib, name, meta, warn) if resume else _fresh_start(lib, name, warn)
     result = train_concept(
         pipe,
@@ -140,7 +136,7 @@ def add(
         except (SeqlibError, RuntimeError) as e:  # e.g. out of memory: never lose the training for it
             if warn:
                 warn(f"no preview ({str(e).splitlines()[0]}); render one later with `seqlib preview {name} --save`")
-    _commit_everywhere(lib, seq, parent_id, commit, concept, f"add {name}" + (f": {message}" if message else ""))
+    _commit_everywhere(lib, tip, concept, f"add {name}" + (f": {message}" if message else ""))
     return concept
 
 
@@ -207,7 +203,7 @@ def _frozen_columns(commit: Version, r: int) -> list[int]:
     return list(range(start, start + r))
 
 
-def _fresh_start(lib: Library, name: str, warn: Warn) -> None:
+def _fresh_start(lib: Repository, name: str, warn: Warn) -> None:
     from seqlib import checkpoint
 
     if warn and checkpoint.exists(lib.store, name):
@@ -217,7 +213,7 @@ def _fresh_start(lib: Library, name: str, warn: Warn) -> None:
         )
 
 
-def _resume_state(lib: Library, name: str, meta: dict, warn: Warn) -> dict:
+def _resume_state(lib: Repository, name: str, meta: dict, warn: Warn) -> dict:
     """The checkpointed training state of an interrupted add with exactly these inputs."""
     from seqlib import checkpoint
 
@@ -236,7 +232,7 @@ def _resume_state(lib: Library, name: str, meta: dict, warn: Warn) -> dict:
     return state
 
 
-def _record(lib: Library, commit: Version, name, r, ranks, method, frozen, records, config, result) -> ConceptRecord:
+def _record(lib: Repository, commit: Version, name, r, ranks, method, frozen, records, config, result) -> ConceptRecord:
     """Write the payload (main process only) and describe the concept for its commit."""
     from seqlib import distributed, payload
     from seqlib.export import concept_hash
@@ -274,7 +270,7 @@ def _record(lib: Library, commit: Version, name, r, ranks, method, frozen, recor
     )
 
 
-def with_preview(lib: Library, commit: Version, concept: ConceptRecord, factors, device: str) -> ConceptRecord:
+def with_preview(lib: Repository, commit: Version, concept: ConceptRecord, factors, device: str) -> ConceptRecord:
     """The record with a freshly rendered preview stored and referenced."""
     import torch
 
@@ -294,14 +290,14 @@ def loss_curve(losses: list[float], points: int = 100) -> list[float]:
     return [float(f"{sum(b) / len(b):.5g}") for b in (losses[i : i + size] for i in range(0, len(losses), size))]
 
 
-def _commit_everywhere(lib: Library, seq, parent_id, commit: Version, concept: ConceptRecord, message: str) -> None:
+def _commit_everywhere(lib: Repository, tip: Snapshot, concept: ConceptRecord, message: str) -> None:
     """The main process commits and drops the checkpoint; every process reports the outcome."""
     from seqlib import checkpoint, distributed
 
     error: SeqlibError | None = None
     if distributed.is_main():
         try:
-            append(lib, seq, parent_id, commit, concept, message)
+            append(lib, tip, concept, message)
             checkpoint.clear(lib.store, concept.name)
         except SeqlibError as e:
             error = e
@@ -313,7 +309,7 @@ def _commit_everywhere(lib: Library, seq, parent_id, commit: Version, concept: C
 
 
 def crosstalk_with_earlier(
-    lib: Library, commit: Version, result, kv_scope: str = "all"
+    lib: Repository, commit: Version, result, kv_scope: str = "all"
 ) -> tuple[dict[str, float], dict[str, float]]:
     """Crosstalk between a freshly trained concept and each earlier one, both directions."""
     from seqlib.activations import crosstalk, silent_layers
@@ -329,27 +325,3 @@ def crosstalk_with_earlier(
         mine = silent_layers(names, kv_scope)
         from_new[c.name] = round(crosstalk(names, new, old, lib.input_summary(c, commit), mine)[0], 6)
     return onto_new, from_new
-
-
-def _prepare_for_training(pipe, config: TrainConfig, warn: Warn) -> None:
-    """Precision, gradient checkpointing, and an honest warning for big bases on a CPU."""
-    import torch
-
-    device = pipe.unet.device.type
-    if config.precision != "fp32":
-        if config.precision == "fp16" and device == "cpu":
-            raise UsageError("--precision fp16 needs a GPU; on a CPU use bf16 or fp32")
-        dtype = torch.float16 if config.precision == "fp16" else torch.bfloat16
-        for module in (pipe.unet, pipe.vae, pipe.text_encoder):
-            module.to(dtype)  # the frozen base only: LoRA factors and their updates stay fp32
-    if config.gradient_checkpointing:
-        pipe.unet.enable_gradient_checkpointing()
-    params = sum(p.numel() for p in pipe.unet.parameters())
-    if device == "cpu" and params > 100_000_000 and warn:
-        # measured: one SD1.5 forward+backward at 512 px takes ~20 s on 2 CPU cores
-        passes = config.K * methods.get(config.method).passes_per_iteration(config.S_B, config.S_A, config.hvp)
-        seconds = config.steps * passes * 20 * (config.resolution / 512) ** 2 * config.batch_size / 4 * params / 860e6
-        warn(
-            f"training a {params / 1e6:.0f}M-parameter UNet on the CPU: about {seconds / 3600:.1f} h "
-            "(use --device cuda on a GPU machine)"
-        )

@@ -18,11 +18,11 @@ from seqlib.errors import ImportRejectedError
 from seqlib.format import ConceptRecord, Crosstalk, ImportRecord, now_iso, token_for
 
 if TYPE_CHECKING:
-    from seqlib.api import Library
+    from seqlib.repo import Repository
 
 
 def import_lora(
-    lib: Library,
+    lib: Repository,
     name: str,
     path: str | Path,
     rank: int | None = None,
@@ -51,7 +51,7 @@ def import_lora(
     from seqlib.export import concept_hash, from_lora_file, tensor_sha256
     from seqlib.tokens import initial_embedding
 
-    seq, parent_id, commit = begin(lib, name)
+    commit = (tip := begin(lib, name)).version
     layers, r, path = commit.library.layers, rank or commit.library.rank, Path(path)
     data = path.read_bytes()
     file_sha256, file_tensors = hashlib.sha256(data).hexdigest(), tensor_sha256(data)
@@ -99,11 +99,11 @@ def import_lora(
     )
     if preview:
         concept = with_preview(lib, commit, concept, (A, B, embedding), device)
-    append(lib, seq, parent_id, commit, concept, f"import {name} from {path.name}")
+    append(lib, tip, concept, f"import {name} from {path.name}")
     return concept, errors
 
 
-def _refuse_duplicate(lib: Library, commit, path: Path, hashes: tuple[str, str], factors: dict) -> None:
+def _refuse_duplicate(lib: Repository, commit, path: Path, hashes: tuple[str, str], factors: dict) -> None:
     """Refuse a file whose tensors the library already holds: one imported before (same tensor
     bytes; a version-1 record: same file bytes) or a concept's own export (its identifier).
     Identical tensors only: a re-saved file with new metadata matches, a retrained one never."""
@@ -121,7 +121,7 @@ def _refuse_duplicate(lib: Library, commit, path: Path, hashes: tuple[str, str],
             same |= imported.tensor_sha256 == file_tensors if imported.tensor_sha256 else imported.sha256 == file_sha256
         if not same and concept.tensor_sha256 is None and first in factors:
             # a version-1 record stores no identifier: hash only a concept whose first basis is the file's
-            down, B = factors[first][1], lib.bases(concept, commit)[first]
+            down, B = factors[first][1], lib.basis(concept, commit)[first]
             if down.shape == B.T.shape and torch.equal(down, B.T):
                 same = lib.tensor_hash(concept, commit) == file_tensors
         if same:
@@ -136,7 +136,7 @@ def _refuse_zero(path: Path, factors: dict) -> None:
         raise ImportRejectedError(f"{path.name} changes no weight (every LoRA tensor is zero); nothing to import")
 
 
-def _crosstalk(lib: Library, commit, A: dict, B: dict) -> tuple[dict, dict]:
+def _crosstalk(lib: Repository, commit, A: dict, B: dict) -> tuple[dict, dict]:
     """An import records no inputs, so nothing measures crosstalk onto it (0); its residual's
     onto the earlier concepts' recorded inputs is computed as for a trained concept."""
     from seqlib import payload

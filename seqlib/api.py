@@ -4,9 +4,10 @@
     >>> lib.add("mydog", "photos/dog")                   # learns <mydog>
     >>> lib.compose(["mydog"], "a photo of <mydog>", out="out/")
 
-``Library`` reads the store and owns the history verbs; the heavy verbs live in their own
-modules and receive the library: ``seqlib.adding`` (add), ``seqlib.adopt`` (import),
-``seqlib.render`` (compose), ``seqlib.notes`` (annotate, recipes), ``seqlib.verify`` (fsck).
+``Library`` is the repository (``seqlib.repo``: reading, committing, the history verbs) with
+the verbs bound on top; each verb lives in its own module and takes the repository:
+``seqlib.adding`` (add), ``seqlib.adopt`` (import), ``seqlib.render`` (compose), ``seqlib.notes``
+(annotate, recipes), ``seqlib.reserve``, ``seqlib.verify`` (fsck), ``seqlib.report``.
 Module level imports stay torch-free so ``status`` and ``log`` answer instantly; training and
 sampling import torch when they run.
 """
@@ -15,288 +16,28 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from seqlib import adding, adopt, capacity, crosstalk, notes, render
+from seqlib import adding, adopt, notes, render
 from seqlib import reserve as shared_reserve
-from seqlib.backends import is_url
 from seqlib.capacity import Status, WidthGroup
-from seqlib.config import LAYER_SETS, default_layer_set
-from seqlib.errors import LostStoreInfo, StoreDamagedError, UsageError
-from seqlib.format import ConceptRecord, LibraryConfig, Recipe, Version, check_concept_name, token_for
+from seqlib.format import Recipe, check_concept_name, token_for
 from seqlib.render import CROSSTALK_WARN
-from seqlib.selection import parse_selection, unknown_concept
-from seqlib.store import STORE_DIRNAME, Store, find_store
+from seqlib.repo import Repository
+from seqlib.selection import parse_selection
 
-__all__ = ["CROSSTALK_WARN", "Library", "Status", "WidthGroup", "check_concept_name", "parse_selection", "token_for"]
+__all__ = [
+    "CROSSTALK_WARN",
+    "Library",
+    "Repository",
+    "Status",
+    "WidthGroup",
+    "check_concept_name",
+    "parse_selection",
+    "token_for",
+]
 
 
-class Library:
+class Library(Repository):
     """A versioned library of concepts on one base, stored in a ``.seqlib`` folder."""
-
-    def __init__(self, store: Store, at: str | None = None) -> None:
-        self.store = store
-        self.at = at  # a version, tag or commit to read instead of the branch tip
-        self._arrays: dict[str, dict] = {}  # payload id -> arrays; payloads are immutable
-
-    @staticmethod
-    def _resolve(path: str | Path | None) -> str | Path:
-        if path is None:
-            return find_store()
-        if is_url(path):
-            return str(path)
-        p = Path(path)
-        if (p / "store.json").is_file():
-            return p
-        if (p / STORE_DIRNAME / "store.json").is_file():
-            return p / STORE_DIRNAME
-        for folder in (p, p / STORE_DIRNAME):
-            if (folder / "refs").is_dir() and (folder / "objects").is_dir():  # a store that lost store.json
-                raise LostStoreInfo(folder)
-        return find_store(p) if p.is_dir() else p
-
-    @classmethod
-    def open(cls, path: str | Path | None = None, at: str | None = None) -> Library:
-        lib = cls(Store(cls._resolve(path)), at=at)
-        if at is not None:
-            lib.store.resolve(at)  # fail early on an unknown version
-        return lib
-
-    @classmethod
-    def init(
-        cls,
-        path: str | Path | None = None,
-        base: str | None = None,
-        base_config: str | None = None,
-        rank: int = 4,
-        device: str = "cpu",
-        layers: str | None = None,
-    ) -> Library:
-        """Create a library at ``path``/.seqlib (a path ending in .seqlib, or a URL, is used as
-        it is; default: the current folder); ``base=None`` is the embedded default (no download).
-
-        ``layers``: which linear layers concepts adapt (``seqlib.config.LAYER_SETS``); default:
-        ``seqlib.config.default_layer_set`` of the base's kind.
-        """
-        from seqlib import base as bases
-
-        root = (str(path) if is_url(path) else Path(path)) if path is not None else Path.cwd()
-        if not is_url(root) and root.name != STORE_DIRNAME:  # like `git init DIR`: the library is DIR/.seqlib
-            root = root / STORE_DIRNAME
-        if rank < 1:
-            raise UsageError("--rank must be at least 1")
-        kind, source = bases.classify(base, base_config)
-        layers = layers or default_layer_set(kind, source)
-        if layers not in LAYER_SETS:
-            raise UsageError(f"--layers must be one of {', '.join(LAYER_SETS)}, not {layers!r}")
-        config_dir = str(Path(base_config).resolve()) if base_config else None
-        with Store.create(root) as staging:
-            if kind == "embedded":
-                bases.place_embedded(staging, source)
-            pipe = bases.load_pipeline(kind, source, config_dir, staging.local_base_dir(), device)
-            record, records = bases.describe(pipe, kind, source, config_dir, layers)
-            narrowest = min(records, key=lambda layer: layer.in_features)
-            if capacity.capacity(narrowest.in_features, rank) < 1:
-                raise UsageError(f"--rank {rank} exceeds the width {narrowest.in_features} of {narrowest.name}")
-            commit = Version(
-                parent=None,
-                message=f"init: {kind} base {source}, rank {rank}, {layers} layers",
-                library=LibraryConfig(base=record, rank=rank, layers=records),
-                concepts=[],
-            )
-            staging.commit(commit, expected_seq=0)
-        return cls.open(root)
-
-    def _pinned(self) -> str | None:
-        return self.at or self.store.checked_out()
-
-    @property
-    def root(self) -> str | Path:
-        """Where the library lives: its .seqlib folder or its URL."""
-        return self.store.root
-
-    def tags(self) -> dict[str, str]:
-        """Tag name -> commit id."""
-        return self.store.tags()
-
-    @property
-    def read_only(self) -> bool:
-        """Whether this library object reads a pinned version (``at=``, or `seqlib checkout`)."""
-        return self._pinned() is not None
-
-    def checked_out(self) -> bool:
-        """Whether a read-only version is pinned (`seqlib checkout`)."""
-        return self.store.checked_out() is not None
-
-    def gc(self, grace_seconds: float = 3600.0, dry_run: bool = False) -> list[str]:
-        """Delete (or list) what no version reaches, once older than ``grace_seconds``."""
-        return self.store.gc(grace_seconds=grace_seconds, dry_run=dry_run)
-
-    def interrupted(self, name: str) -> bool:
-        """Whether an unfinished add of ``name`` left a checkpoint to `--resume` from."""
-        from seqlib import checkpoint
-
-        return checkpoint.exists(self.store, name)
-
-    def version(self) -> tuple[int, str]:
-        """(version number, commit id) this library reads: --at, a checkout, or the tip."""
-        pinned = self._pinned()
-        if pinned:
-            return self.store.resolve(pinned)
-        seq, commit_id = self.store.tip()
-        return seq, commit_id or ""
-
-    def snapshot(self) -> tuple[int, str, Version]:
-        """(version number, commit id, the version itself), read once: what one request renders or
-        exports, and names in its provenance, even while another add lands."""
-        seq, commit_id = self.version()
-        if not commit_id:
-            return seq, commit_id, self.head()  # an uninitialised branch: head() says so
-        return seq, commit_id, self.store.read_version(commit_id)
-
-    def head(self) -> Version:
-        pinned = self._pinned()
-        return self.store.read_version(self.store.resolve(pinned)[1]) if pinned else self.store.head()
-
-    def writable_tip(self) -> tuple[int, str | None, Version]:
-        """The tip a change starts from; refused while a read-only version is pinned."""
-        pinned = self._pinned()
-        if pinned:
-            version = self.store.resolve(pinned)[0]
-            raise UsageError(
-                f"version {version} is checked out read-only; `seqlib checkout main` to change the library"
-            )
-        return self.store.head_seq(), self.store.head_id(), self.store.head()
-
-    def concept(self, name: str, commit: Version | None = None) -> ConceptRecord:
-        commit = commit or self.head()
-        found = commit.concept(name)
-        if found is None:
-            raise unknown_concept(name, [c.name for c in commit.concepts])
-        return found
-
-    def status(self) -> Status:
-        """Capacity per layer width, the bottleneck, what still fits, the worst crosstalk."""
-        head = self.head()
-        worst = crosstalk.worst_pairs(head.concepts, 5, self.store.crosstalk)
-        return capacity.status(head, *self.version(), worst_pairs=worst)
-
-    def show(self, name: str) -> dict:
-        """Everything recorded about one concept, plus its size on disk and its interferers."""
-        commit = self.head()
-        concept = self.concept(name, commit)
-        pairs = crosstalk.pairs_with(commit.concepts, name, self.store.crosstalk)
-        return {
-            "concept": concept.model_dump(mode="json"),
-            "size_bytes": self.store.payload_size(concept.payload),
-            "tensor_sha256": self.tensor_hash(concept, commit),
-            "preview": self.store.preview_location(concept.preview) if concept.preview else None,
-            "interfered_by": [{"source": a, "crosstalk": x} for a, b, x in pairs if b == name],
-            "interferes_with": [{"target": b, "crosstalk": x} for a, b, x in pairs if a == name],
-        }
-
-    def tensor_hash(self, concept: ConceptRecord, commit: Version | None = None) -> str:
-        """The concept's identifier: sha256 of the tensors of its own kohya export at weight 1
-        (recorded since format version 2; computed from the payload for older records)."""
-        if concept.tensor_sha256:
-            return concept.tensor_sha256
-        from seqlib.export import concept_hash
-
-        return concept_hash((commit or self.head()).library.layers, self.payload_arrays(concept))
-
-    def load_text_side(self, commit: Version, device: str = "cpu"):
-        """(tokenizer, text encoder) of the base, without loading its UNet where the base is a
-        folder: all that `import` needs."""
-        from seqlib.base import load_text_side
-
-        local = self.store.local_base_dir() if commit.library.base.kind == "embedded" else None
-        return load_text_side(commit.library, local, device)
-
-    def log(self) -> list[tuple[int, str, Version]]:
-        """(version, commit id, commit), newest first."""
-        return self.store.log()
-
-    def factors(self, concept: ConceptRecord, commit: Version):
-        """(A by layer, B by layer, embedding) of a concept as float32 torch tensors."""
-        import torch
-
-        from seqlib import payload
-
-        layers = commit.library.layers
-        arrays = self.payload_arrays(concept, payload.factor_arrays(layers))
-        A = {k: torch.from_numpy(v) for k, v in payload.unpack_coeffs(layers, arrays).items()}
-        B = {k: torch.from_numpy(v) for k, v in payload.unpack_bases(layers, arrays).items()}
-        return A, B, torch.from_numpy(arrays[payload.EMBEDDING_ARRAY])
-
-    def payload_arrays(self, concept: ConceptRecord, names: list[str] | None = None) -> dict:
-        """A concept's arrays (``names``: only these), each checked against the checksum its
-        commit records; read once per library object (payloads are immutable)."""
-        from seqlib.errors import ChecksumMismatch
-        from seqlib.store import array_sha256
-
-        cached = self._arrays.setdefault(concept.payload, {})
-        wanted = [r.name for r in concept.arrays] if names is None else names
-        missing = [n for n in wanted if n not in cached]
-        if missing:
-            try:
-                arrays = self.store.read_payload(concept.payload, None if names is None else missing)
-            except Exception as e:  # missing or unreadable files: zarr raises many kinds
-                where = f"{self.store.root}/objects/payloads/{concept.payload}"
-                raise StoreDamagedError(where, f"payload of concept {concept.name!r} unreadable: {e}") from None
-            for record in concept.arrays:
-                if record.name in missing:
-                    got = array_sha256(arrays[record.name]) if record.name in arrays else "missing"
-                    if got != record.sha256:
-                        where = f"{self.store.root}/objects/payloads/{concept.payload}/{record.name}"
-                        raise ChecksumMismatch(f"{where} (of concept {concept.name!r})", record.sha256, got)
-            cached.update({n: arrays[n] for n in missing})
-        return {n: cached[n] for n in wanted}
-
-    def prefetch(self, concepts: list[ConceptRecord], names: list[str] | None = None) -> None:
-        """Read these concepts' payloads (``names``: only these arrays) all at once: a payload is
-        a few small files, so reading 100 one by one is mostly waiting. Damage is left for
-        ``payload_arrays`` to report, concept by concept."""
-        from seqlib.store import array_sha256
-
-        todo = {}
-        for c in concepts:
-            cached = self._arrays.get(c.payload, {})
-            missing = [r.name for r in c.arrays if (names is None or r.name in names) and r.name not in cached]
-            if missing:
-                todo[c.payload] = (c, missing)
-        try:
-            read = self.store.read_payloads({pid: missing for pid, (_, missing) in todo.items()})
-        except Exception:  # noqa: BLE001  (any damage: the one-by-one path names it)
-            return
-        for pid, arrays in read.items():
-            concept = todo[pid][0]
-            if all(array_sha256(arrays[r.name]) == r.sha256 for r in concept.arrays if r.name in arrays):
-                self._arrays.setdefault(pid, {}).update(arrays)
-
-    def bases(self, concept: ConceptRecord, commit: Version) -> dict:
-        """B by layer (float32 torch tensors), reading only the payload's basis arrays."""
-        import torch
-
-        from seqlib import payload
-
-        layers = commit.library.layers
-        arrays = self.payload_arrays(concept, payload.basis_arrays(layers))
-        return {k: torch.from_numpy(v) for k, v in payload.unpack_bases(layers, arrays).items()}
-
-    def reserve_directions(self, commit: Version) -> dict | None:
-        """The shared reserve per layer, (m, dims) float64 torch tensors; None without one."""
-        return shared_reserve.read_directions(self.store, commit)
-
-    def input_summary(self, concept: ConceptRecord, commit: Version) -> dict:
-        """Per layer: (principal input directions (m, k), energies (k,)) as numpy arrays."""
-        from seqlib import payload
-
-        return payload.unpack_summary(commit.library.layers, self.payload_arrays(concept))
-
-    def load_base(self, commit: Version, device: str, base: str | None = None):
-        """The base pipeline of ``commit`` (or ``base``, a local copy of it), without concepts."""
-        from seqlib.base import load_base
-
-        local = self.store.local_base_dir() if commit.library.base.kind == "embedded" else None
-        return load_base(commit.library, local, device, override=base)
 
     add = adding.add
     reserve = shared_reserve.reserve
@@ -304,17 +45,9 @@ class Library:
     def export(self, selection, out: str | Path, fmt: str = "kohya") -> list[Path]:
         """One LoRA file of rank Σr for the selected concepts (with weights), a sidecar, and
         their token embeddings as textual-inversion files (``seqlib.export.export_library``)."""
-        from seqlib.export import export_library
+        from seqlib.export import export_library  # torch: loaded when an export runs
 
         return export_library(self, selection, out, fmt)
-
-    def provenance(self, commit: Version | None = None, at: tuple[int, str] | None = None) -> dict:
-        """Which library state made a file: written into exports and every rendered PNG
-        (``commit`` and ``at``, its (version, id): the snapshot the request already read)."""
-        version, commit_id = at or self.version()
-        b = (commit or self.head()).library.base
-        base = {"base": b.source, "base_kind": b.kind, "base_fingerprint": b.fingerprint}
-        return {"store_version": version, "commit": commit_id, **base}
 
     import_lora = adopt.import_lora
 
@@ -327,52 +60,6 @@ class Library:
     def recipe(self, name: str) -> Recipe:
         """The recipe ``name`` (UsageError if unknown, or if one of its concepts was removed)."""
         return notes.recipe(self.head(), name)
-
-    def rm(self, name: str, message: str | None = None) -> Version:
-        """Remove a concept from the current version; its subspace returns to free capacity.
-
-        Later concepts stay valid: they were trained orthogonal to it, and still are to
-        everything that remains. Earlier versions keep it.
-        """
-        seq, parent_id, commit = self.writable_tip()
-        self.concept(name, commit)
-        kept = [c for c in commit.concepts if c.name != name]
-        return self.commit_state(seq, parent_id, f"rm {name}" + _colon(message), commit, concepts=kept)
-
-    def revert(self, ref: str, message: str | None = None) -> Version:
-        """A new commit whose state is that of version ``ref`` (history is kept)."""
-        seq, parent_id, _ = self.writable_tip()
-        version, commit_id = self.store.resolve(ref)
-        old = self.store.read_version(commit_id)
-        what = f"revert to version {version}" + _colon(message)
-        return self.commit_state(seq, parent_id, what, old)
-
-    def commit_state(self, seq: int, parent_id, message: str, state: Version, **changes) -> Version:
-        """Commit ``state`` (library, concepts, recipes) with ``changes`` on top of the tip read
-        as (seq, parent_id); fails if it moved since."""
-        fields = {"library": state.library, "concepts": state.concepts, "recipes": state.recipes} | changes
-        # records upgraded from version 1 get their identifier: format 3 records always carry one
-        fields["concepts"] = [
-            c if c.tensor_sha256 else c.model_copy(update={"tensor_sha256": self.tensor_hash(c, state)})
-            for c in fields["concepts"]
-        ]
-        new = Version(parent=parent_id, message=message, **fields)
-        self.store.commit(new, expected_seq=seq)
-        return new
-
-    def tag(self, name: str, ref: str | None = None) -> tuple[int, str]:
-        version, commit_id = self.store.resolve(ref) if ref else self.version()
-        self.store.tag(name, commit_id)
-        return version, commit_id
-
-    def checkout(self, ref: str | None) -> tuple[int, str] | None:
-        """Pin a read-only version for compose/status/show (``main`` or None: back to the tip)."""
-        if ref in (None, "main"):
-            self.store.set_checkout(None)
-            return None
-        version, commit_id = self.store.resolve(ref)
-        self.store.set_checkout(commit_id)
-        return version, commit_id
 
     def verify(self, check_base: bool = True) -> dict:
         """Recompute everything the format promises; ``problems`` lists each violation."""
@@ -391,7 +78,3 @@ class Library:
         return write_report(self, out)
 
     compose = render.compose
-
-
-def _colon(message: str | None) -> str:
-    return f": {message}" if message else ""

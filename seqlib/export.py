@@ -164,7 +164,8 @@ def export_library(lib, selection, out: str | Path, fmt: str = "kohya") -> list[
     from seqlib import payload
     from seqlib.selection import parse_selection, weights_for
 
-    commit = lib.head()
+    snapshot = lib.snapshot()  # one version for the tensors and the provenance
+    commit = snapshot.version
     weights = parse_selection(selection)
     if len(weights) > 1:
         weights = weights_for(selection, commit)
@@ -173,7 +174,7 @@ def export_library(lib, selection, out: str | Path, fmt: str = "kohya") -> list[
     loaded = [(lib.factors(c, commit), w) for c, w in chosen]
     stacked = stack_factors([(A, B, w) for (A, B, _), w in loaded])
     tokens = {c.token: f[2] for (c, _), (f, _) in zip(chosen, loaded)}
-    meta = {"concepts": weights, **lib.provenance(commit)}
+    meta = {"concepts": weights, **lib.provenance(snapshot)}
     extra: dict = {}
     if len(chosen) == 1:
         concept = chosen[0][0]

@@ -10,7 +10,7 @@ import hashlib
 import json
 import re
 from datetime import UTC, datetime
-from typing import Literal
+from typing import ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_serializer
 
@@ -32,7 +32,7 @@ from seqlib.errors import FormatVersionError, InvalidNameError, StoreDamagedErro
 from seqlib.methods import METHODS
 
 FORMAT_VERSION = 4  # what this seqlib writes
-# What it reads: versions 1 and 2 hold the records inside each commit (`seqlib.format_v2`);
+# What it reads: versions 1 and 2 hold the records inside each commit (`seqlib.format_legacy`);
 # version 4 is version 3 plus the library's shared reserve (LibraryConfig.reserve).
 READABLE_VERSIONS = (1, 2, 3, 4)
 # The LoRA file layouts seqlib writes (`export`) and reads (`import`): one definition for both.
@@ -56,6 +56,17 @@ class _Model(BaseModel):
     # Unknown keys are rejected: a file with fields we do not know was written by a
     # newer format, and format_version is what tells readers that, not silent drops.
     model_config = ConfigDict(extra="forbid", frozen=True)
+    # Fields a later format added, absent from the bytes while they hold this default: an object
+    # written before them re-encodes to its exact bytes, so its id stays valid.
+    _ABSENT_AT: ClassVar[dict[str, object]] = {}
+
+    @model_serializer(mode="wrap")
+    def _later_fields_absent_at_default(self, handler):
+        data = handler(self)
+        for name, default in self._ABSENT_AT.items():
+            if name in data and data[name] == default:
+                del data[name]
+        return data
 
 
 class _Object(_Model):
@@ -119,14 +130,7 @@ class LibraryConfig(_Model):
     rank: int = Field(gt=0, description="Default rank r of a new concept.")
     layers: list[LayerRecord]
     reserve: ReserveRecord | None = Field(None, description="v4: the shared reserve; absent (not null) when unset.")
-
-    @model_serializer(mode="wrap")
-    def _absent_when_unset(self, handler):
-        # a version-3 commit has no `reserve` key: re-encoding it must give back its exact bytes
-        data = handler(self)
-        if data.get("reserve") is None:
-            data.pop("reserve", None)
-        return data
+    _ABSENT_AT: ClassVar[dict[str, object]] = {"reserve": None}
 
     @property
     def reserved_dims(self) -> list[int]:
@@ -188,9 +192,10 @@ class TrainingRecord(_Model):
     crop: Literal[CROPS] = "center"
     flip: bool = False
     aug_copies: int = 4
-    kv_scope: Literal[KV_SCOPES] = Field("all", description="token: K/V residual only at the concept's token.")
+    kv_scope: Literal[KV_SCOPES] = Field("all", description="v4: token: K/V residual only at its token; absent: all.")
     protect: int = Field(0, description="Top input directions of each earlier concept B was kept orthogonal to.")
     activation_k: int = Field(8, description="Principal input directions stored per layer.")
+    _ABSENT_AT: ClassVar[dict[str, object]] = {"kv_scope": "all"}
 
 
 class ImportRecord(_Model):
@@ -271,9 +276,7 @@ class ConceptFields(_Model):
     preview: str | None = Field(
         None, description="v2: sha256 of a PNG under objects/previews/: the concept alone, 'a photo of <name>'."
     )
-    loss_curve: list[float] | None = Field(
-        None, description="v2: the training loss per round (averaged into at most 100 points)."
-    )
+    loss_curve: list[float] | None = Field(None, description="v2: the training loss per round (<= 100 points).")
 
     @property
     def weight(self) -> float:
@@ -296,9 +299,7 @@ class Crosstalk(_Object):
     crosstalk_from: dict[str, float] = Field(
         description="Per earlier concept: its residual's energy on this concept's inputs / this concept's own."
     )
-    crosstalk_onto: dict[str, float] = Field(
-        description="Per earlier concept: this concept's residual's energy on its inputs / its own."
-    )
+    crosstalk_onto: dict[str, float] = Field(description="Per earlier concept: this one's energy on its inputs / own.")
 
 
 class ConceptRecord(ConceptFields, _Object):
@@ -307,7 +308,7 @@ class ConceptRecord(ConceptFields, _Object):
     format_version: int = FORMAT_VERSION
     crosstalk: str = Field(description="Id of its Crosstalk object under objects/crosstalk/.")
     crosstalk_worst: list[tuple[str, str, float]] = Field(
-        description="The worst (source, target, value) of its Crosstalk, at most 5, worst first."
+        description="Its Crosstalk's worst 5 (source, target, value)."
     )
 
     @property

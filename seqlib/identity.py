@@ -1,7 +1,7 @@
 """An identity metric that needs no downloaded model: the offline stand-in for DINO.
 
 A small CNN maps a 64×64 image to a unit vector. It is trained (``scripts/train_identity.py``)
-to tell apart hundreds of procedurally generated identities from ``seqlib.concepts`` in
+to tell apart hundreds of procedurally generated identities from ``seqlib.heldout`` in
 the ``"metric"`` namespace — disjoint from the benchmark's concepts — under changes of pose,
 scale, position, background and blur, so that cosine similarity between a generated image
 and a concept's reference photos measures identity the way the paper's DINO score does.

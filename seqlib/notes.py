@@ -13,14 +13,15 @@ from typing import TYPE_CHECKING
 
 from seqlib.errors import UsageError
 from seqlib.format import Notes, Recipe, check_concept_name, now_iso
+from seqlib.selection import check_request, weights_for
 
 if TYPE_CHECKING:
-    from seqlib.api import Library
     from seqlib.format import ConceptRecord
+    from seqlib.repo import Repository
 
 
 def annotate(
-    lib: Library,
+    lib: Repository,
     name: str,
     description: str | None = None,
     trigger: str | None = None,
@@ -44,23 +45,22 @@ def annotate(
     return _update_concept(lib, name, f"annotate {name}" + (f": {message}" if message else ""), new_notes)
 
 
-def set_preview(lib: Library, name: str, png: bytes) -> ConceptRecord:
+def set_preview(lib: Repository, name: str, png: bytes) -> ConceptRecord:
     """Store ``png`` as the concept's preview in a new commit (nothing else changes)."""
     return _update_concept(lib, name, f"preview {name}", lambda _: {"preview": lib.store.write_preview(png)})
 
 
-def _update_concept(lib: Library, name: str, message: str, update: Callable[[ConceptRecord], dict]) -> ConceptRecord:
+def _update_concept(lib: Repository, name: str, message: str, update: Callable[[ConceptRecord], dict]) -> ConceptRecord:
     """Commit the tip with concept ``name``'s record changed by ``update(record)`` (fields -> values)."""
-    seq, parent_id, commit = lib.writable_tip()
-    concept = lib.concept(name, commit)
+    tip = lib.writable_tip()
+    concept = lib.concept(name, tip.version)
     updated = concept.model_copy(update=update(concept))
-    concepts = [updated if c.name == name else c for c in commit.concepts]
-    lib.commit_state(seq, parent_id, message, commit, concepts=concepts)
+    lib.commit_state(tip, message, concepts=[updated if c.name == name else c for c in tip.version.concepts])
     return updated
 
 
 def save_recipe(
-    lib: Library,
+    lib: Repository,
     name: str,
     selection,
     prompt: str,
@@ -76,10 +76,9 @@ def save_recipe(
 ) -> Recipe:
     """Record a named composition: concepts with weights (a concept's preferred weight where
     none is given, fixed now) and the sampling settings, checked as ``compose`` checks them."""
-    from seqlib.render import check_request, weights_for
-
     check_concept_name(name, "recipe")
-    seq, parent_id, commit = lib.writable_tip()
+    tip = lib.writable_tip()
+    commit = tip.version
     if name in commit.recipes and not replace:
         raise UsageError(f"recipe {name!r} already exists; `seqlib recipe rm {name}` first, or --replace")
     weights = weights_for(selection, commit)
@@ -100,15 +99,14 @@ def save_recipe(
         created=now_iso(),
     )
     recipes = {**commit.recipes, name: recipe}
-    lib.commit_state(seq, parent_id, f"recipe save {name}", commit, recipes=recipes)
+    lib.commit_state(tip, f"recipe save {name}", recipes=recipes)
     return recipe
 
 
-def remove_recipe(lib: Library, name: str) -> None:
-    seq, parent_id, commit = lib.writable_tip()
-    recipe(commit, name)
-    recipes = {k: v for k, v in commit.recipes.items() if k != name}
-    lib.commit_state(seq, parent_id, f"recipe rm {name}", commit, recipes=recipes)
+def remove_recipe(lib: Repository, name: str) -> None:
+    tip = lib.writable_tip()
+    recipe(tip.version, name)
+    lib.commit_state(tip, f"recipe rm {name}", recipes={k: v for k, v in tip.version.recipes.items() if k != name})
 
 
 def recipe(commit, name: str) -> Recipe:

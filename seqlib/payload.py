@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from seqlib.format import LayerRecord
+from seqlib.format import LayerRecord, ReserveRecord, Version
 
 if TYPE_CHECKING:
     import numpy as np
@@ -129,3 +129,64 @@ def factor_arrays(layers: list[LayerRecord]) -> list[str]:
 
 def basis_arrays(layers: list[LayerRecord]) -> list[str]:
     return [basis_array(m) for m in _groups(layers, "in_features")]
+
+
+# The shared reserve's arrays (seqlib.reserve measures it; format_spec.md, "The shared reserve")
+
+
+def reserve_array(m: int) -> str:
+    return f"R_m{m}"
+
+
+def pack_reserve(layers: list[LayerRecord], U: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """``R_m<m>``: (layers of width m, m, the most dims any of them reserves), zero-padded."""
+    import numpy as np
+
+    groups: dict[int, list[str]] = {}
+    for layer in layers:
+        groups.setdefault(layer.in_features, []).append(layer.name)
+    out = {}
+    for m, names in groups.items():
+        k = max(U[n].shape[1] for n in names)
+        out[reserve_array(m)] = np.stack([np.pad(U[n], ((0, 0), (0, k - U[n].shape[1]))) for n in names])
+    return {k: v.astype(np.float32) for k, v in out.items()}
+
+
+def unpack_reserve(
+    layers: list[LayerRecord], record: ReserveRecord, arrays: dict[str, np.ndarray]
+) -> dict[str, np.ndarray]:
+    """Per layer the reserved directions (m, dims), from the payload arrays."""
+    seen: dict[int, int] = {}
+    out = {}
+    for layer, dims in zip(layers, record.dims):
+        i = seen.get(layer.in_features, 0)
+        seen[layer.in_features] = i + 1
+        out[layer.name] = arrays[reserve_array(layer.in_features)][i][:, :dims]
+    return out
+
+
+def read_directions(store, commit: Version) -> dict | None:
+    """The shared reserve of ``commit`` per layer, (m, dims) float64 torch tensors, each array
+    checked against its record; None without one."""
+    import torch
+
+    from seqlib.errors import ChecksumMismatch, StoreDamagedError
+    from seqlib.objects import array_sha256
+
+    record = commit.library.reserve
+    if record is None:
+        return None
+    where = f"{store.root}/objects/payloads/{record.payload}"
+    try:
+        arrays = store.read_payload(record.payload)
+    except Exception as e:  # missing or unreadable files: zarr raises many kinds
+        raise StoreDamagedError(where, f"the shared reserve is unreadable: {e}") from None
+    for array in record.arrays:
+        got = array_sha256(arrays[array.name]) if array.name in arrays else "missing"
+        if got != array.sha256:
+            raise ChecksumMismatch(f"{where}/{array.name} (the shared reserve)", array.sha256, got)
+    try:
+        U = unpack_reserve(commit.library.layers, record, arrays)
+    except (KeyError, IndexError):
+        raise StoreDamagedError(where, "its arrays are not the shared reserve's R_m<m> stacks") from None
+    return {k: torch.from_numpy(v).double() for k, v in U.items()}

@@ -2,33 +2,36 @@
 
 The sum is the method's promise: W = W0 + Σ w_i A_i B_iᵀ, one matmul per layer
 (``seqlib.lora.summed_factors``), patched into a standard diffusers pipeline. ``layout="row"``
-instead gives each concept its own tile (``seqlib.compose``). Torch-free at import time.
+instead gives each concept its own tile (``seqlib.row``). Torch-free at import time.
 """
 
 from __future__ import annotations
 
 import json
 import math
-import re
 from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from seqlib.choices import LAYOUTS, SCHEDULERS
+from seqlib.choices import SCHEDULERS
 from seqlib.crosstalk import pairs_among
 from seqlib.errors import UsageError
 from seqlib.format import Version, token_for
-from seqlib.selection import MAX_WEIGHT, example_prompt, parse_selection, weights_for  # noqa: F401  (re-exported)
+from seqlib.selection import (  # noqa: F401  (re-exported)
+    MAX_WEIGHT,
+    check_request,
+    example_prompt,
+    parse_selection,
+    weights_for,
+)
 
 if TYPE_CHECKING:
-    from seqlib.api import Library
+    from seqlib.repo import Repository
 
 # Crosstalk above this (another concept's residual energy on a concept's own inputs, relative
 # to that concept's own residual) is flagged by `compose` and `status`. A judgement call on the
 # embedded base, to be re-measured on a pretrained one.
 CROSSTALK_WARN = 0.5
-MAX_PROMPT_CHARS = 1000  # CLIP reads 77 tokens: more is certainly cut, and surely a mistake
-MIN_SIZE = 32  # pixels: below it the latent grid is a few cells, and nothing is drawn
 
 
 def make_scheduler(name: str, config):
@@ -39,7 +42,7 @@ def make_scheduler(name: str, config):
     return getattr(diffusers, SCHEDULERS[name]).from_config(config)
 
 
-def with_tokens(lib: Library, weights: dict[str, float], commit: Version, device: str, base: str | None):
+def with_tokens(lib: Repository, weights: dict[str, float], commit: Version, device: str, base: str | None):
     """The bare base with the selected concepts' tokens registered, and their (A, B, weight)."""
     from seqlib.payload import factor_arrays
     from seqlib.tokens import add_tokens
@@ -53,7 +56,7 @@ def with_tokens(lib: Library, weights: dict[str, float], commit: Version, device
     return pipe, [(A, B, w) for _, (A, B, _), w in loaded], token_ids
 
 
-def pipeline(lib: Library, selection, device: str = "cpu", base: str | None = None, commit: Version | None = None):
+def pipeline(lib: Repository, selection, device: str = "cpu", base: str | None = None, commit: Version | None = None):
     """A standard diffusers StableDiffusionPipeline with the selected concepts applied.
 
     Composition is a plain sum: W = W0 + Σ w_i A_i B_iᵀ, patched into the weights. ``commit``:
@@ -87,7 +90,7 @@ PREVIEW_STEPS = 20
 
 
 def preview_png(
-    lib: Library, commit: Version, token: str, factors, device: str = "cpu", kv_scope: str = "all"
+    lib: Repository, commit: Version, token: str, factors, device: str = "cpu", kv_scope: str = "all"
 ) -> bytes:
     """A concept alone on the bare base: "a photo of <name>", seed 0, at the base's resolution
     (at most 256 px), as PNG bytes. ``factors``: its (A by layer, B by layer, embedding)."""
@@ -116,7 +119,7 @@ def preview_png(
     return out.getvalue()
 
 
-def preview(lib: Library, name: str, out: str | Path | None = None, save: bool = False, device: str = "cpu"):
+def preview(lib: Repository, name: str, out: str | Path | None = None, save: bool = False, device: str = "cpu"):
     """Render concept ``name``'s preview (of the version read: ``--at`` works) into ``out``, and
     with ``save`` record it as the concept's preview in a new commit. Returns the PNG bytes."""
     from seqlib.notes import set_preview
@@ -133,7 +136,7 @@ def preview(lib: Library, name: str, out: str | Path | None = None, save: bool =
 
 
 def compose(
-    lib: Library,
+    lib: Repository,
     selection,
     prompt: str | None = None,
     out: str | Path = "out",
@@ -159,14 +162,14 @@ def compose(
     ``layout="sum"``: one image from one prompt with every residual summed into the weights.
     ``layout="row"``: a row of square tiles, one per concept in selection order, tile i
     denoised with only concept i's residual and the i-th of the ``" | "``-separated prompts
-    (``seqlib.compose``). Every PNG carries its generation parameters in text chunks
+    (``seqlib.row``). Every PNG carries its generation parameters in text chunks
     (``seqlib`` as JSON, and ``parameters`` in the AUTOMATIC1111 style). ``grid`` adds a
     contact sheet. ``warn`` receives a message for each selected pair whose recorded
     crosstalk is high (sum only: a row never adds two residuals).
     """
     from seqlib.base import pick_device
 
-    seq, commit_id, commit = lib.snapshot()  # one version for the pixels and the provenance
+    commit = (snapshot := lib.snapshot()).version  # one version for the pixels and the provenance
     recipe = None
     if isinstance(selection, str) and selection.startswith("@"):
         from seqlib.notes import recipe as find_recipe
@@ -206,7 +209,7 @@ def compose(
         "concepts": weights,
         "lora_hashes": {n: lib.tensor_hash(lib.concept(n, commit), commit) for n in weights},
         "recipe": recipe,
-        **lib.provenance(commit, (seq, commit_id)),
+        **lib.provenance(snapshot),
     }
     paths = _render_all(render, params, seed, num_images, out, f"@{recipe}" if recipe else "+".join(weights), grid)
     if recipe and not lib.read_only:  # the recipe's last render, for `seqlib report`
@@ -242,30 +245,9 @@ def _render_all(render, params: dict, seed: int, num_images: int, out: Path, ste
     return paths
 
 
-def check_request(prompt: str, weights: dict[str, float], commit: Version, layout: str, size: int, guidance: float):
-    """Refuse what cannot be rendered; the row's prompts per tile (None for a summed image)."""
-    if layout not in LAYOUTS:
-        raise UsageError(f"unknown layout {layout!r}; use {' or '.join(LAYOUTS)}")
-    tile_prompts = _row_prompts(prompt, weights, commit) if layout == "row" else None
-    if tile_prompts is None:
-        _check_prompt(prompt, weights, commit)
-    if len(prompt) > MAX_PROMPT_CHARS:
-        raise UsageError(
-            f"the prompt has {len(prompt)} characters; the text encoder reads 77 tokens (a few hundred "
-            f"characters), so keep it under {MAX_PROMPT_CHARS}"
-        )
-    if size % 8 or size < MIN_SIZE:  # diffusers' pipelines need it; every SD VAE's factor divides 8
-        raise UsageError(
-            f"--size {size}: must be a multiple of 8 and at least {MIN_SIZE}, e.g. {max(64, size // 8 * 8)}"
-        )
-    if not math.isfinite(guidance):
-        raise UsageError(f"--guidance must be a finite number, not {guidance}")
-    return tile_prompts
-
-
-def _renderer(lib: Library, weights, commit: Version, prompt: str, tile_prompts, sampling, device, base):
+def _renderer(lib: Repository, weights, commit: Version, prompt: str, tile_prompts, sampling, device, base):
     """(pipeline, generator -> image): the summed residuals, or one tile per concept."""
-    from seqlib.compose import Tile, sample_row
+    from seqlib.row import Tile, sample_row
 
     steps, guidance, size, negative_prompt = sampling
     if tile_prompts is None:
@@ -292,7 +274,7 @@ def _renderer(lib: Library, weights, commit: Version, prompt: str, tile_prompts,
     return pipe, lambda generator: sample_row(pipe, tiles, size, steps, guidance, generator, negative_prompt)
 
 
-def _bleed_warnings(lib: Library, weights: dict[str, float], commit: Version) -> list[str]:
+def _bleed_warnings(lib: Repository, weights: dict[str, float], commit: Version) -> list[str]:
     """What may bleed in a summed composition: unprojected concepts, and high recorded crosstalk."""
     messages = []
     loose = [n for n in weights if not commit.concept(n).orthogonal]
@@ -347,42 +329,3 @@ def _contact_sheet(images: list, path: Path) -> Path:
         sheet.paste(im, ((i % cols) * w, (i // cols) * h))
     sheet.save(path)
     return path
-
-
-def _mentioned(prompt: str) -> set[str]:
-    """Concept names a prompt mentions by token (``<name>``)."""
-    return set(re.findall(r"<([^<>\s]+)>", prompt))
-
-
-def _row_prompts(prompt: str, weights: dict[str, float], commit: Version) -> list[str]:
-    """One prompt per tile, each mentioning its own concept and no other."""
-    prompts = [p.strip() for p in prompt.split("|")]
-    if len(prompts) != len(weights):
-        example = " | ".join(f"a photo of {token_for(n)}" for n in weights)
-        raise UsageError(
-            f"--layout row needs one prompt per concept, separated by '|': {len(weights)} concepts, "
-            f'{len(prompts)} prompt{"s" if len(prompts) != 1 else ""} (e.g. "{example}")'
-        )
-    for i, (name, tile_prompt) in enumerate(zip(weights, prompts), 1):
-        mentioned = _mentioned(tile_prompt) & {c.name for c in commit.concepts}
-        if mentioned != {name}:
-            raise UsageError(
-                f"tile {i} is {token_for(name)}'s: its prompt must mention {token_for(name)} and no other concept "
-                f"(it has {tile_prompt!r})"
-            )
-    return prompts
-
-
-def _check_prompt(prompt: str, weights: dict[str, float], commit: Version) -> None:
-    mentioned = _mentioned(prompt)
-    selected = set(weights)
-    if not mentioned & selected:
-        tokens = " ".join(token_for(n) for n in weights)
-        raise UsageError(f"the prompt mentions none of the selected concepts; use their tokens: {tokens}")
-    known = {c.name for c in commit.concepts}
-    unselected = sorted((mentioned & known) - selected)
-    if unselected:
-        raise UsageError(
-            f"the prompt mentions {', '.join(token_for(n) for n in unselected)} but the selection "
-            f"does not include {'it' if len(unselected) == 1 else 'them'}; add to the selection"
-        )

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING
 from seqlib import crosstalk
 
 if TYPE_CHECKING:
-    from seqlib.api import Library
+    from seqlib.repo import Repository
 
 TEMPLATE = Path(__file__).parent / "assets" / "report.html.j2"
 HEATMAP_MAX = 60  # concepts; above, the page lists the worst pairs instead of an N x N grid
@@ -27,7 +27,7 @@ def _data_uri(png: bytes) -> str:
     return "data:image/png;base64," + base64.b64encode(png).decode()
 
 
-def report_data(lib: Library) -> dict:
+def report_data(lib: Repository) -> dict:
     """Everything the page shows, as plain values (tested without a browser)."""
     status = lib.status()
     commit = status.commit
@@ -113,7 +113,7 @@ def _shown(root) -> str:
     return f"~/{Path(root).resolve().relative_to(home)}" if Path(root).resolve().is_relative_to(home) else str(root)
 
 
-def write_report(lib: Library, out: str | Path) -> Path:
+def write_report(lib: Repository, out: str | Path) -> Path:
     """Write the page to ``out`` (atomically) and return its path."""
     import jinja2
 

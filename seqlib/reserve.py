@@ -17,13 +17,13 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from seqlib.errors import UsageError
-from seqlib.format import LayerRecord, ReserveRecord, Version, now_iso
+from seqlib.format import ReserveRecord, Version, now_iso
+from seqlib.payload import pack_reserve
 
 if TYPE_CHECKING:
-    import numpy as np
     from torch import Tensor
 
-    from seqlib.api import Library
+    from seqlib.repo import Repository
 
 DEFAULT_ENERGY = 0.5
 DEFAULT_MAX_FRACTION = 1 / 16  # 4 of 64, 16 of 256, 20 of SD1.5's 320 dimensions at most
@@ -32,10 +32,6 @@ TIMESTEPS = (50, 250, 500, 750, 950)
 # Words filling the prompt template's token slot: generic nouns, so the template's own text
 # states (shared by every concept's prompt) dominate what is measured.
 FILLERS = ("thing", "object", "toy", "mug", "dog", "cat", "person", "house")
-
-
-def reserve_array(m: int) -> str:
-    return f"R_m{m}"
 
 
 def directions_holding(sigma: Tensor, energy: float, max_dims: int) -> tuple[Tensor, float]:
@@ -53,58 +49,6 @@ def directions_holding(sigma: Tensor, energy: float, max_dims: int) -> tuple[Ten
     share = torch.cumsum(vals, 0) / total
     k = min(int((share < energy - 1e-12).sum()) + 1, max_dims, m)
     return vecs[:, :k].contiguous(), float(share[k - 1])
-
-
-def pack(layers: list[LayerRecord], U: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-    """``R_m<m>``: (layers of width m, m, the most dims any of them reserves), zero-padded."""
-    import numpy as np
-
-    groups: dict[int, list[str]] = {}
-    for layer in layers:
-        groups.setdefault(layer.in_features, []).append(layer.name)
-    out = {}
-    for m, names in groups.items():
-        k = max(U[n].shape[1] for n in names)
-        out[reserve_array(m)] = np.stack([np.pad(U[n], ((0, 0), (0, k - U[n].shape[1]))) for n in names])
-    return {k: v.astype(np.float32) for k, v in out.items()}
-
-
-def unpack(layers: list[LayerRecord], record: ReserveRecord, arrays: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-    """Per layer the reserved directions (m, dims), from the payload arrays."""
-    seen: dict[int, int] = {}
-    out = {}
-    for layer, dims in zip(layers, record.dims):
-        i = seen.get(layer.in_features, 0)
-        seen[layer.in_features] = i + 1
-        out[layer.name] = arrays[reserve_array(layer.in_features)][i][:, :dims]
-    return out
-
-
-def read_directions(store, commit: Version) -> dict | None:
-    """The shared reserve of ``commit`` per layer, (m, dims) float64 torch tensors, each array
-    checked against its record; None without one."""
-    import torch
-
-    from seqlib.errors import ChecksumMismatch, StoreDamagedError
-    from seqlib.objects import array_sha256
-
-    record = commit.library.reserve
-    if record is None:
-        return None
-    where = f"{store.root}/objects/payloads/{record.payload}"
-    try:
-        arrays = store.read_payload(record.payload)
-    except Exception as e:  # missing or unreadable files: zarr raises many kinds
-        raise StoreDamagedError(where, f"the shared reserve is unreadable: {e}") from None
-    for array in record.arrays:
-        got = array_sha256(arrays[array.name]) if array.name in arrays else "missing"
-        if got != array.sha256:
-            raise ChecksumMismatch(f"{where}/{array.name} (the shared reserve)", array.sha256, got)
-    try:
-        U = unpack(commit.library.layers, record, arrays)
-    except (KeyError, IndexError):
-        raise StoreDamagedError(where, "its arrays are not the shared reserve's R_m<m> stacks") from None
-    return {k: torch.from_numpy(v).double() for k, v in U.items()}
 
 
 def generic_inputs(base_source: str, count: int, template: str, resolution: int):
@@ -159,7 +103,7 @@ def generic_moments(pipe, layer_names: list[str], images: Tensor, prompts: list[
 
 
 def reserve(
-    lib: Library,
+    lib: Repository,
     energy: float = DEFAULT_ENERGY,
     max_fraction: float = DEFAULT_MAX_FRACTION,
     count: int = DEFAULT_COUNT,
@@ -174,7 +118,8 @@ def reserve(
         raise UsageError(f"--max-fraction must be in [0, 1), not {max_fraction}")
     if count < 1:
         raise UsageError(f"--images must be at least 1, not {count}")
-    seq, parent_id, commit = lib.writable_tip()
+    tip = lib.writable_tip()
+    commit = tip.version
     check_can_reserve(commit)
     pipe = lib.load_base(commit, device)
     lib_cfg = commit.library
@@ -189,7 +134,7 @@ def reserve(
         U[layer.name] = u.float().numpy()
         dims.append(u.shape[1])
         captured.append(round(share, 6))
-    arrays = pack(lib_cfg.layers, U)
+    arrays = pack_reserve(lib_cfg.layers, U)
     payload_id, records = lib.store.write_payload(arrays, {"reserve": True})
     record = ReserveRecord(
         payload=payload_id,
@@ -203,7 +148,7 @@ def reserve(
     )
     library = lib_cfg.model_copy(update={"reserve": record})
     message = f"reserve: {sum(dims)} directions over {len(dims)} layers (energy {energy}, max {max_fraction:.3g} m)"
-    lib.commit_state(seq, parent_id, message, commit, library=library)
+    lib.commit_state(tip, message, library=library)
     return record
 
 

@@ -14,7 +14,7 @@ from seqlib.format import Version, canonical_json, sha256_hex
 from seqlib.methods import METHODS
 
 if TYPE_CHECKING:
-    from seqlib.api import Library
+    from seqlib.repo import Repository
 
 
 def _utc(timestamp: str) -> bool:
@@ -126,7 +126,7 @@ def payload_problems(store, concept, commit: Version, arrays: dict) -> list[str]
     return found
 
 
-def check_reserve(lib: Library, version: int, commit: Version, verified: dict, problems: list[str], read: dict):
+def check_reserve(lib: Repository, version: int, commit: Version, verified: dict, problems: list[str], read: dict):
     """The shared reserve (format 4): its payload, one entry per layer, orthonormal directions no
     more than max_fraction of the width, and every orthogonal concept's basis outside it."""
     from seqlib import payload

@@ -32,6 +32,7 @@ import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import NamedTuple
 
 from pydantic import ValidationError
 
@@ -65,7 +66,7 @@ from seqlib.format import (
     paginate,
     sha256_hex,
 )
-from seqlib.format_v2 import CommitV2
+from seqlib.format_legacy import CommitV2
 from seqlib.objects import Objects, array_sha256  # noqa: F401  (array_sha256: part of this module's API)
 
 STORE_DIRNAME = ".seqlib"
@@ -98,6 +99,16 @@ def find_store(start: Path | None = None) -> Path:
         if (folder / STORE_DIRNAME / "refs").is_dir() or (folder / STORE_DIRNAME / "objects").is_dir():
             raise LostStoreInfo(folder / STORE_DIRNAME)
     raise StoreNotFoundError(f"no seqlib library in {start} or its parents; create one with `seqlib init`")
+
+
+class Snapshot(NamedTuple):
+    """One version of a library as one request reads it: its number on the branch, its commit id
+    and the version itself. Verbs render, export and commit from it, so the pixels, the provenance
+    and the parent of a new commit all name the same version however many adds land meanwhile."""
+
+    seq: int
+    id: str
+    version: Version
 
 
 class Store(Objects):
@@ -217,19 +228,15 @@ class Store(Objects):
         entries = self._ref_entries()
         return (int(entries[-1]), self._entry(entries[-1])) if entries else (0, None)
 
-    def head_seq(self) -> int:
-        entries = self._ref_entries()
-        return int(entries[-1]) if entries else 0
-
-    def head_id(self) -> str | None:
-        entries = self._ref_entries()
-        return self._entry(entries[-1]) if entries else None
-
     def head(self) -> Version:
-        head = self.head_id()
-        if head is None:
+        return self.snapshot().version
+
+    def snapshot(self, ref: str | None = None) -> Snapshot:
+        """The branch tip (or version ``ref``) read once: its number, id and version together."""
+        seq, commit_id = self.resolve(ref) if ref is not None else self.tip()
+        if commit_id is None:
             raise StoreDamagedError(self._where(self._BRANCH_PREFIX), "no commits: it was not initialised completely")
-        return self.read_version(head)
+        return Snapshot(seq, commit_id, self.read_version(commit_id))
 
     def entry_keys(self) -> list[tuple[int, str]]:
         """(version, key of its ref entry), oldest first, without reading the entries."""
@@ -277,8 +284,8 @@ class Store(Objects):
         Objects go first (crosstalk, records, pages, the commit), so a ref never points at
         anything missing; those the store holds already are not written again.
         """
-        current = self.head_id() if expected_seq else None
-        if version.parent != current or self.head_seq() != expected_seq:
+        seq, current = self.tip()
+        if version.parent != current or seq != expected_seq:
             raise ConflictError(
                 "the library changed while this command ran (another seqlib wrote to it); "
                 "nothing was committed — run the command again on the new state"

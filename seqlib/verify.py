@@ -18,7 +18,7 @@ from seqlib.methods import METHODS
 from seqlib.rules import check_reserve, payload_problems, record_problems, version_problems
 
 if TYPE_CHECKING:
-    from seqlib.api import Library
+    from seqlib.repo import Repository
 
 ORTHOGONALITY_TOL = 1e-5
 
@@ -243,7 +243,7 @@ def _check_crosstalk(
                     )
 
 
-def _check_payloads(lib: Library, commits: dict[str, Version], problems: list[str]) -> tuple[set, dict]:
+def _check_payloads(lib: Repository, commits: dict[str, Version], problems: list[str]) -> tuple[set, dict]:
     """Invariants 3 and 6 for every payload of the history (each read once): (ids checked,
     payload id -> arrays that match their checksums)."""
     from seqlib.export import concept_hash
@@ -286,7 +286,7 @@ def _check_payloads(lib: Library, commits: dict[str, Version], problems: list[st
     return checked, verified
 
 
-def verify_library(lib: Library, check_base: bool = True) -> dict:
+def verify_library(lib: Repository, check_base: bool = True) -> dict:
     from seqlib import payload
 
     store = lib.store

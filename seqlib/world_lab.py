@@ -13,7 +13,7 @@ and houses with doors — so a concept can be drawn from parts the base already 
 - relations between two objects: side by side, one above the other, one inside the other;
 - backdrops of one colour or a wall and a floor, as in the held-out concepts' photos.
 
-The held-out concepts (``seqlib.concepts``) stay out of this world: their exact colour triples,
+The held-out concepts (``seqlib.heldout``) stay out of this world: their exact colour triples,
 proportions and part layouts are never drawn here, only the kinds of parts they are made of.
 Every scene is a pure function of its index; images are drawn at twice the size and
 downsampled (antialiased), like the concepts' photos.
@@ -25,7 +25,7 @@ import math
 import random
 from dataclasses import dataclass
 
-from seqlib.concepts import PALETTE
+from seqlib.heldout import PALETTE
 
 # The held-out concepts' palette (so a colour word means the same colour in both), less lime and
 # sky (a concept may still bring a colour the world never named), plus grey.

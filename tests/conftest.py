@@ -23,8 +23,8 @@ if "PYTEST_XDIST_WORKER_COUNT" in os.environ:
     )
 
 from seqlib.api import Library  # noqa: E402
-from seqlib.concepts import examples, write_photos  # noqa: E402
 from seqlib.config import TrainConfig  # noqa: E402
+from seqlib.heldout import examples, write_photos  # noqa: E402
 
 NAMES = ["mascot", "emblem", "robot"]
 # forward-diff: 4 passes per iteration instead of autograd's 6 (tests/test_method.py checks both agree)

@@ -76,12 +76,12 @@ def test_changed_base_weights_are_refused(diffusers_folder, tmp_path, photos):
     key = next(k for k in state if k.endswith("attn1.to_q.weight"))
     state[key] = state[key] + 1e-3 * torch.ones_like(state[key])
     save_file(state, weights)
-    before = Store(tmp_path / ".seqlib").head_id()
+    before = Store(tmp_path / ".seqlib").tip()[1]
     with pytest.raises(BaseMismatchError, match="not the base this library was built on"):
         lib.add("emblem", photos / "emblem", config=TrainConfig(**FAST))
     with pytest.raises(BaseMismatchError):
         lib.pipeline(["mascot"])
-    assert Store(tmp_path / ".seqlib").head_id() == before
+    assert Store(tmp_path / ".seqlib").tip()[1] == before
 
 
 def test_a_hub_id_offline_is_a_clear_error(tmp_path, monkeypatch):

@@ -9,8 +9,8 @@ import torch
 from PIL import Image
 
 from seqlib.api import Library
-from seqlib.compose import row_columns
 from seqlib.lora import named_layers
+from seqlib.row import row_columns
 
 
 def test_pngs_carry_their_generation_parameters_and_a_grid(seqlora_store, tmp_path):

@@ -70,9 +70,9 @@ def test_a_commit_writes_one_page_one_record_and_its_crosstalk_whatever_the_libr
         values = Crosstalk(crosstalk_from={c.name: 0.1 for c in head.concepts}, crosstalk_onto={})
         store.keep(values)
         before = {p.relative_to(folder) for p in folder.rglob("*.json")}
-        version = Version(parent=store.head_id(), message=f"add c{k}", library=head.library, recipes=head.recipes,
+        version = Version(parent=store.tip()[1], message=f"add c{k}", library=head.library, recipes=head.recipes,
                           concepts=[*head.concepts, _record_with(template, f"c{k}", values)])  # fmt: skip
-        commit_id = store.commit(version, store.head_seq())
+        commit_id = store.commit(version, store.tip()[0])
         new = {p.relative_to(folder) for p in folder.rglob("*.json")} - before
         assert sorted(p.parts[0] for p in new) == ["commits", "concepts", "crosstalk", "pages"]
         commit_sizes.append((folder / "commits" / f"{commit_id}.json").stat().st_size)

@@ -2,7 +2,7 @@
 
 import torch
 
-from seqlib.concepts import held_out, pair_photo, photo
+from seqlib.heldout import held_out, pair_photo, photo
 from seqlib.identity import found, halves, identity_scores, load_encoder, reference, to_tensor
 
 

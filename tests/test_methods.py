@@ -61,6 +61,6 @@ def test_plain_lora_concepts_of_one_library_start_from_different_bases(lora_stor
 
     lib = Library.open(lora_store)
     head = lib.head()
-    first, second = (lib.bases(c, head) for c in head.concepts[:2])
+    first, second = (lib.basis(c, head) for c in head.concepts[:2])
     layer = head.library.layer_names[0]
     assert max_cosine(first[layer], second[layer]) < 0.9

@@ -19,7 +19,7 @@ from seqlib.cli import main
 from seqlib.embedded import SHIPPED_BASE
 from seqlib.errors import CapacityError, ImportRejectedError, StoreDamagedError, UsageError
 from seqlib.export import to_kohya
-from seqlib.format_v2 import CommitV2
+from seqlib.format_legacy import CommitV2
 from seqlib.store import Store
 
 FIXTURES = Path(__file__).parent / "fixtures"
@@ -74,7 +74,7 @@ def test_a_version_1_store_reads_verifies_and_keeps_its_commit_ids(v1_store, cap
 
 def test_a_version_1_commit_cannot_hold_version_2_fields(v1_store):
     store = Store(v1_store)
-    raw = store.read_commit_bytes(store.head_id())[1]
+    raw = store.read_commit_bytes(store.tip()[1])[1]
     data = json.loads(raw)
     data["concepts"][0]["tensor_sha256"] = "0" * 64
     with pytest.raises(ValueError, match="version-1 commit cannot hold tensor_sha256"):

@@ -13,7 +13,8 @@ from seqlib.api import Library
 from seqlib.config import TrainConfig
 from seqlib.errors import UsageError
 from seqlib.format import LibraryConfig, ReserveRecord
-from seqlib.reserve import directions_holding, pack, unpack
+from seqlib.payload import pack_reserve, unpack_reserve
+from seqlib.reserve import directions_holding
 from seqlib.train import Earlier, taken_space
 from tests.conftest import FAST
 
@@ -49,14 +50,14 @@ def test_pack_and_unpack_keep_each_layers_own_number_of_directions():
     rng = np.random.default_rng(0)
     U = {"l0": np.linalg.qr(rng.normal(size=(6, 3)))[0], "l1": np.linalg.qr(rng.normal(size=(6, 1)))[0]}
     U["l2"] = np.zeros((4, 0))
-    arrays = pack(layers, U)
+    arrays = pack_reserve(layers, U)
     assert arrays["R_m6"].shape == (2, 6, 3) and arrays["R_m4"].shape == (1, 4, 0)
     assert not arrays["R_m6"][1][:, 1:].any()  # zero-padded after its own directions
     record = ReserveRecord(
         payload="x", arrays=[], dims=[3, 1, 0], captured=[0.5, 0.5, 0.0], energy=0.5, max_fraction=0.5,
         inputs="test", created="2026-01-01T00:00:00+00:00",
     )  # fmt: skip
-    back = unpack(layers, record, arrays)
+    back = unpack_reserve(layers, record, arrays)
     for name in U:
         np.testing.assert_allclose(back[name], U[name], atol=1e-6)
 
@@ -100,7 +101,7 @@ def test_reserve_is_recorded_counted_and_kept_out_of_every_basis(reserved_store)
     assert all(1 <= d <= layer.in_features // 16 for d, layer in zip(record.dims, layers))
     assert all(0 < c <= 1 for c in record.captured)
     R = lib.reserve_directions(head)
-    B = lib.bases(head.concept("mascot"), head)
+    B = lib.basis(head.concept("mascot"), head)
     for layer in layers:
         u = R[layer.name]
         assert torch.allclose(u.T @ u, torch.eye(u.shape[1], dtype=torch.float64), atol=1e-5)
@@ -136,15 +137,16 @@ def test_verify_finds_a_basis_on_reserved_directions(seqlora_store, tmp_path):
     path = tmp_path / ".seqlib"
     shutil.copytree(seqlora_store, path)
     lib = Library.open(path)
-    seq, parent, head = lib.writable_tip()
-    B = lib.bases(head.concepts[0], head)
+    tip = lib.writable_tip()
+    head = tip.version
+    B = lib.basis(head.concepts[0], head)
     U = {n: np.linalg.qr(b.double().numpy())[0][:, :1] for n, b in B.items()}  # the first concept's own span
-    payload_id, records = lib.store.write_payload(pack(head.library.layers, U), {"reserve": True})
+    payload_id, records = lib.store.write_payload(pack_reserve(head.library.layers, U), {"reserve": True})
     record = ReserveRecord(
         payload=payload_id, arrays=records, dims=[1] * len(U), captured=[0.1] * len(U), energy=0.5,
         max_fraction=0.0625, inputs="forged", created="2026-01-01T00:00:00+00:00",
     )  # fmt: skip
-    lib.commit_state(seq, parent, "forged reserve", head, library=head.library.model_copy(update={"reserve": record}))
+    lib.commit_state(tip, "forged reserve", library=head.library.model_copy(update={"reserve": record}))
     problems = lib.verify(check_base=False)["problems"]
     assert any("basis uses reserved directions" in p and head.concepts[0].name in p for p in problems), problems
     assert shared.check_can_reserve  # the verb itself would have refused (test above)

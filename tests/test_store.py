@@ -34,11 +34,11 @@ def test_log_is_a_parent_chain_newest_first(seqlora_store):
 
 def test_stale_writer_gets_a_conflict_and_the_branch_does_not_move(store_copy):
     store = Store(store_copy)
-    seq, head = store.head_seq(), store.head()
+    seq, head = store.tip()[0], store.head()
     stale = Version(parent=head.parent, message="racing", library=head.library, concepts=head.concepts[:-1])
     with pytest.raises(ConflictError):
         store.commit(stale, expected_seq=seq - 1)
-    assert store.head_seq() == seq
+    assert store.tip()[0] == seq
     assert store.head() == head
 
 

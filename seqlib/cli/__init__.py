@@ -17,7 +17,8 @@ from seqlib import errors
 from seqlib._version import __version__
 from seqlib.cli import create, history, notes, output, reading, room  # noqa: F401  (each registers its commands)
 from seqlib.cli._common import cli, err_console
-from seqlib.cli.create import _ARGV, add_command
+from seqlib.cli.create import add_command
+from seqlib.cli.launch import ARGV
 from seqlib.errors import SeqlibError
 
 __all__ = ["add_command", "cli", "main"]
@@ -34,8 +35,8 @@ def _fail(message: str, code: int) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     """The one boundary: every error becomes one line and an exit code (``seqlib.errors``)."""
-    _ARGV[:] = list(argv if argv is not None else sys.argv[1:])
-    debug = _debugging(_ARGV)
+    ARGV[:] = list(argv if argv is not None else sys.argv[1:])
+    debug = _debugging(ARGV)
     try:
         # Without standalone mode click *returns* the code of ctx.exit(code) instead of raising.
         code = cli.main(args=argv, prog_name="seqlib", standalone_mode=False)

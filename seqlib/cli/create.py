@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import sys
 from pathlib import Path
 
 import click
@@ -30,6 +29,7 @@ from seqlib.cli._common import (
     warn,
     when_full_option,
 )
+from seqlib.cli.launch import launch
 from seqlib.config import LAYER_SETS, default
 from seqlib.methods import METHODS
 
@@ -245,7 +245,7 @@ def add_command(
     from seqlib.config import TrainConfig
 
     if num_processes > 1 and "WORLD_SIZE" not in os.environ:
-        ctx.exit(_launch(num_processes))
+        ctx.exit(launch(num_processes))
     lib = open_library(ctx)
     overrides = {k: v for k, v in hyper.items() if v is not None}
     overrides.setdefault("resolution", lib.head().library.base.resolution)
@@ -368,40 +368,3 @@ def import_command(ctx, name, lora, rank, init_word, max_error, force, per_layer
         for layer, value in errors.items():
             if layer != "overall":
                 console.print(f"  {value:.4f}  {layer}")
-
-
-_ARGV: list[str] = []
-
-
-def _launch(n: int) -> int:
-    """Run this same command in ``n`` data-parallel processes on this machine."""
-    import socket
-    import subprocess
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    args, skip = [], False
-    for a in _ARGV:  # drop --num-processes N (or --num-processes=N)
-        if skip:
-            skip = False
-        elif a == "--num-processes":
-            skip = True
-        elif not a.startswith("--num-processes="):
-            args.append(a)
-    procs = []
-    for r in range(n):
-        env = os.environ | {
-            "RANK": str(r),
-            "LOCAL_RANK": str(r),
-            "WORLD_SIZE": str(n),
-            "MASTER_ADDR": "127.0.0.1",
-            "MASTER_PORT": str(port),
-        }
-        # n processes share the cores: each spinning every core's worth of OpenMP threads
-        # oversubscribes them (slower than one process); an explicit setting wins.
-        env.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // n)))
-        quiet = subprocess.DEVNULL if r else None
-        procs.append(subprocess.Popen([sys.executable, "-m", "seqlib", *args], env=env, stdout=quiet, stderr=quiet))
-    codes = [p.wait() for p in procs]
-    return max(codes, key=abs)

@@ -2,7 +2,7 @@
 
 import numpy as np
 
-from seqlib.concepts import EXAMPLES, FAMILIES, PALETTE, examples, held_out, pair_photo, photo
+from seqlib.heldout import EXAMPLES, FAMILIES, PALETTE, examples, held_out, pair_photo, photo
 from seqlib.world import COLOURS, SHAPES
 
 
