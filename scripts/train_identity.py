@@ -1,6 +1,6 @@
 """Train the identity metric's encoder (``seqlib.identity``) and ship it in the package.
 
-Identities: ``--identities`` concepts of the ``"metric"`` namespace of ``seqlib.concepts``
+Identities: ``--identities`` concepts of the ``"metric"`` namespace of ``seqlib.heldout``
 (disjoint from the benchmark's). Each is photographed ``--photos`` times with a wider scale
 range than the benchmark's photos; every step adds blur and pixel noise (generated images
 are softer than references). Loss: a cosine classifier with an additive margin (CosFace),
@@ -52,7 +52,7 @@ def main() -> None:
 
     from safetensors.torch import save_file
 
-    from seqlib.concepts import held_out, photo
+    from seqlib.heldout import held_out, photo
     from seqlib.identity import WEIGHTS, IdentityEncoder, to_tensor
 
     out = args.out or WEIGHTS
