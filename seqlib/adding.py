@@ -9,6 +9,7 @@ the ref with compare-and-swap. ``begin`` and ``append`` are shared with ``seqlib
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -89,7 +90,7 @@ def add(
     """
     from seqlib import checkpoint, distributed
     from seqlib.base import pick_device
-    from seqlib.config import TrainConfig
+    from seqlib.config import TrainConfig, resolve_kv_scope
     from seqlib.train import prepare, train_concept
 
     check_concept_name(name)
@@ -100,6 +101,7 @@ def add(
     lib.store.check_writable()
     r = rank or commit.library.rank
     config = config or TrainConfig(resolution=commit.library.base.resolution)
+    config = replace(config, kv_scope=resolve_kv_scope(config.kv_scope, commit.library.layer_names))
     method = methods.get(config.method)
     ranks = plan_ranks(commit, r, when_full, warn, method.projects)
     records, tensor, augmented = _images(Path(images), config, warn)

@@ -17,6 +17,7 @@ CROPS = ("center", "random")
 # Where a concept's cross-attention key/value residual acts: on every text position (a plain
 # LoRA) | only at its own token's positions (TARA's mask; needs seqlib's processor to compose).
 KV_SCOPES = ("all", "token")
+KV_SCOPE_OPTIONS = ("auto", *KV_SCOPES)  # `auto` is resolved at `add` from the library's layers
 # What `add` does on a layer with fewer than r free dimensions.
 WHEN_FULL = ("shrink", "skip", "refuse")
 BASE_KINDS = ("embedded", "diffusers", "hub", "single_file")

@@ -3,10 +3,11 @@ defaults without importing torch)."""
 
 from __future__ import annotations
 
+import math
 import re
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, field, fields
 
-from seqlib.choices import BASIS_INITS, CONTEXTS, CROPS, HVP_OPTIONS, KV_SCOPES, OPTIMIZERS, PRECISIONS
+from seqlib.choices import BASIS_INITS, CONTEXTS, CROPS, HVP_OPTIONS, KV_SCOPE_OPTIONS, OPTIMIZERS, PRECISIONS
 from seqlib.errors import UsageError
 from seqlib.methods import METHODS
 
@@ -42,8 +43,15 @@ CHOICES = {
     "basis_init": BASIS_INITS,
     "precision": PRECISIONS,
     "crop": CROPS,
-    "kv_scope": KV_SCOPES,
+    "kv_scope": KV_SCOPE_OPTIONS,
 }
+
+
+def hyper(default, help: str, low: float | None = None, flag: str | None = None, **bounds):
+    """A TrainConfig field declared once: its default, the help `seqlib add --help` shows, its
+    flag (default ``--name-with-dashes``) and bounds (``low``, ``high``: inclusive), which the
+    CLI's option and ``TrainConfig`` itself both enforce (peft's ``field(metadata={"help": …})``)."""
+    return field(default=default, metadata={"help": help, "low": low, "flag": flag, **bounds})
 
 
 @dataclass(frozen=True)
@@ -56,37 +64,64 @@ class TrainConfig:
 
     # seqlora | alternating (no cross-Hessian) | frozen-basis (Po et al. 2024: B fixed) | lora (no projection)
     method: str = "seqlora"
-    optimizer: str = "adam"  # adam: Adam-preconditioned steps | sgd: plain (clipped) gradient steps, as in the paper
-    alpha: float = 1e-3  # α: step size of A; also the inner step inside the reduced gradient
-    beta: float = 1e-3  # β: step size of B
-    K: int = 3  # bilevel iterations per round (paper: 3)
-    S_B: int = 2  # local B iterations (paper: 2)
-    S_A: int = 2  # local A iterations (paper: 2)
+    steps: int = hyper(60, "Training rounds, a fresh batch each.", low=1)
+    optimizer: str = hyper(
+        "adam",
+        "adam: every step (and the tentative inner step, with the cross-Hessian along it) preconditioned by "
+        "Adam's diagonal. sgd: the paper's plain gradient steps, clipped by --max-grad-norm; use α≈3 there.",
+    )
     # base: learn on W0 alone, bases still orthogonal (what a user's `add mine ./photos` needs: measured,
     # docs/method.md, "Defaults, and why") | library: on top of W0 + Σ earlier residuals (the paper's setting)
-    context: str = "base"
-    steps: int = 60  # training rounds, each on a fresh batch
-    batch_size: int = 4
-    lr_embed: float = 1e-3  # step size of the learned token embedding
-    max_grad_norm: float = 0.2  # sgd: clip each step's gradient to this global norm (0 = unclipped)
-    hvp: str = "auto"  # autograd (double backward) | finite-diff (central) | forward-diff (one-sided) | auto
-    seed: int = 0
-    init_word: str = "thing"
-    prompt_template: str = "a photo of {token}"
-    resolution: int = 64
-    basis_init: str = (
-        "activation"  # activation: top-r principal directions of the inputs in the free space; random: the paper
+    context: str = hyper(
+        "base",
+        "What the concept is learned on top of: the bare base (the default: it renders as itself alone and in any "
+        "subset as far as crosstalk allows), or the library's earlier concepts (the paper's continual setting). "
+        "Bases stay orthogonal either way.",
     )
-    protect: int = 0  # also keep B orthogonal to the top-`protect` input directions of every earlier concept
-    activation_k: int = 8  # principal input directions kept per layer (crosstalk diagnostics, --protect)
-    precision: str = "fp32"  # fp32 | fp16 | bf16: the frozen base's dtype; LoRA factors always stay fp32
-    gradient_checkpointing: bool = False  # recompute UNet activations in backward: less memory, ~30% slower
-    crop: str = "center"  # center | random (random crops of 80-100% of the image side)
-    flip: bool = False  # random horizontal flips (off by default: many concepts are not mirror-symmetric)
-    aug_copies: int = 4  # augmented variants encoded per image when crop=random or flip
-    # all: the cross-attention K/V residual acts on every text position (a plain LoRA) | token:
-    # only at the concept's token (composes through seqlib's hook; a plain LoRA loader cannot mask)
-    kv_scope: str = "all"
+    alpha: float = hyper(1e-3, "α: step size of A, and of the inner step in the reduced gradient.", 0)
+    beta: float = hyper(1e-3, "β: step size of B (0: B stays where it starts).", 0)
+    K: int = hyper(3, "K: bilevel iterations per round (paper: 3).", 1, flag="-K")
+    S_B: int = hyper(2, "S_B: local B iterations per bilevel iteration (paper: 2).", 1, flag="--s-b")
+    S_A: int = hyper(2, "S_A: local A iterations per bilevel iteration (paper: 2).", 1, flag="--s-a")
+    lr_embed: float = hyper(1e-3, "Step size of the learned token embedding.", 0)
+    max_grad_norm: float = hyper(0.2, "sgd: clip each step's gradient norm (0: unclipped).", 0)
+    hvp: str = hyper(
+        "auto",
+        "Cross-Hessian by double backward (exact, math attention), by a central difference of ∇_B L "
+        "(no double backward: fused attention, memory near a LoRA step; 2 passes), or by a one-sided one "
+        "(forward-diff: the first B-step shares the tentative step's batch and backward, so its cross-Hessian "
+        "costs 1 pass). auto: finite-diff on a GPU or for a UNet over 100M parameters, autograd otherwise.",
+    )
+    batch_size: int = hyper(4, "Images per round.", 1)
+    # torch seeds are 64-bit; image k uses seed + k, so leave room above
+    seed: int = hyper(0, "Seed of the basis init, the batches and the noise.", 0, high=2**63 - 1)
+    init_word: str = "thing"
+    prompt_template: str = hyper("a photo of {token}", "Training prompt; {token} becomes <NAME>.")
+    resolution: int = hyper(64, "Training resolution in pixels (default: the base's).", 8)
+    basis_init: str = hyper(
+        "activation",
+        "Start B random in the free space, or as the top principal directions of the concept's layer inputs there "
+        "(methods without a projection always start random: their free space is everything).",
+    )
+    protect: int = hyper(
+        0, "Also keep B orthogonal to the top-k input directions of every earlier concept (costs capacity).", 0
+    )
+    activation_k: int = hyper(
+        8, "Principal input directions recorded per layer (crosstalk diagnostics; the most --protect can use).", 1
+    )
+    precision: str = hyper(
+        "fp32", "dtype of the frozen base (fp16 on GPUs only); the LoRA factors are always trained in fp32."
+    )
+    gradient_checkpointing: bool = hyper(False, "Recompute UNet activations in backward: less memory, slower.")
+    crop: str = hyper("center", "Square crop of each photo: centre, or random 80-100%.")
+    flip: bool = hyper(False, "Random horizontal flips (off: many concepts are asymmetric).")
+    aug_copies: int = hyper(4, "Augmented views encoded per photo with --crop random/--flip.", 1)
+    kv_scope: str = hyper(
+        "auto",
+        "Where the cross-attention key/value residual acts: every text position (a plain LoRA), or only at "
+        "<NAME>'s token (nothing on prompts without it; composes in seqlib, exports apply it everywhere). "
+        "auto: token on a `--layers cross-kv` library, where it keeps every concept exactly as it is alone.",
+    )
 
     def __post_init__(self) -> None:
         if self.method not in METHODS:
@@ -94,9 +129,14 @@ class TrainConfig:
         for name, allowed in CHOICES.items():
             if getattr(self, name) not in allowed:
                 raise UsageError(f"`{name}` must be one of {', '.join(allowed)}, not {getattr(self, name)!r}")
-        for name in ("K", "S_B", "S_A", "steps", "batch_size", "resolution"):
-            if getattr(self, name) < 1:
-                raise UsageError(f"`{name}` must be >= 1")
+        for f in fields(self):  # the bounds the CLI's options enforce, for API callers too
+            value, low, high = getattr(self, f.name), f.metadata.get("low"), f.metadata.get("high")
+            if not isinstance(value, int | float) or isinstance(value, bool):
+                continue
+            if not math.isfinite(value):
+                raise UsageError(f"`{f.name}` must be a finite number, not {value}")
+            if (low is not None and value < low) or (high is not None and value > high):
+                raise UsageError(f"`{f.name}` must be >= {low}" + (f" and <= {high}" if high is not None else ""))
         if not 0 <= self.protect <= self.activation_k:
             raise UsageError(f"`protect` must be between 0 and `activation_k` ({self.activation_k})")
         if self.protect and not METHODS[self.method].projects:
@@ -129,6 +169,11 @@ def resolve_hvp(hvp: str, device_type: str, unet_params: int) -> str:
     return "finite-diff" if device_type != "cpu" or unet_params > LARGE_UNET_PARAMS else "autograd"
 
 
-def default(name: str):
-    """The default of one TrainConfig field, for help texts."""
-    return next(f.default for f in fields(TrainConfig) if f.name == name)
+def resolve_kv_scope(kv_scope: str, layer_names: list[str]) -> str:
+    """``auto``: ``token`` when every adapted layer is a cross-attention key/value (a ``cross-kv``
+    library: a prompt naming one concept then renders exactly as that concept alone, whatever
+    else is composed; measured on the lab base, RESULTS "Token-local K/V"); ``all`` otherwise,
+    where the other layers act at every position anyway and a plain LoRA file stays exact."""
+    if kv_scope != "auto":
+        return kv_scope
+    return "token" if layer_names and all(LAYER_SETS["cross-kv"].search(n) for n in layer_names) else "all"

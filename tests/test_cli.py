@@ -192,3 +192,27 @@ def test_store_is_found_in_a_parent_folder(seqlora_store, tmp_path, monkeypatch,
     monkeypatch.chdir(tmp_path / "deep" / "er")
     assert main(["log"]) == 0
     assert "add robot" in capsys.readouterr().out
+
+
+def test_every_hyper_parameter_is_declared_once_and_bounded_alike_in_the_cli_and_the_api():
+    from dataclasses import fields
+
+    import click
+
+    from seqlib.cli import add_command
+    from seqlib.config import TrainConfig
+    from seqlib.errors import UsageError
+    from seqlib.format import TrainingRecord
+
+    declared = {f.name for f in fields(TrainConfig) if "help" in f.metadata}
+    assert declared | {"method", "init_word"} == {f.name for f in fields(TrainConfig)}  # those two have own options
+    assert declared <= {p.name for p in add_command.params}
+    assert set(TrainingRecord.model_fields) - {"eps"} == {f.name for f in fields(TrainConfig)}  # the record mirrors it
+    for field, bad in [("K", 0), ("alpha", -1e-3), ("max_grad_norm", -1.0), ("seed", -1), ("resolution", 4)]:
+        with pytest.raises(UsageError, match=f"`{field}` must be"):
+            TrainConfig(**{field: bad})
+        flag = next(
+            f.metadata["flag"] or "--" + f.name.replace("_", "-") for f in fields(TrainConfig) if f.name == field
+        )
+        with pytest.raises(click.BadParameter):
+            add_command.make_context("add", ["x", ".", flag, str(bad)])

@@ -9,7 +9,7 @@ from PIL import Image
 
 from seqlib.api import Library
 from seqlib.cli import main
-from seqlib.config import TrainConfig
+from seqlib.config import TrainConfig, resolve_kv_scope
 from seqlib.lora import LiveResiduals, TokenLocalPatch, TokenPositions, named_layers, reads_text
 from seqlib.tokens import add_tokens
 
@@ -128,13 +128,14 @@ def test_add_with_kv_scope_token_records_it_hooks_kv_at_the_token_and_export_war
 @pytest.mark.slow
 def test_on_cross_kv_a_token_local_concept_has_no_crosstalk_onto_others_and_verify_agrees(tmp_path, photos):
     lib = Library.init(tmp_path / ".seqlib", layers="cross-kv")
-    lib.add("mascot", photos / "mascot", config=TrainConfig(kv_scope="token", **FAST), preview=False)
-    emblem = lib.add("emblem", photos / "emblem", config=TrainConfig(seed=1, **FAST), preview=False)
+    mascot = lib.add("mascot", photos / "mascot", config=TrainConfig(**FAST), preview=False)
+    assert mascot.kv_scope == "token"  # `auto` on a cross-kv library
+    emblem = lib.add("emblem", photos / "emblem", config=TrainConfig(kv_scope="all", seed=1, **FAST), preview=False)
     values = lib.store.crosstalk(emblem)
     assert values.crosstalk_from["mascot"] == 0.0  # silent on every layer there is
     assert values.crosstalk_onto["mascot"] > 0.0  # the plain one still reads every position
     assert main(["--store", str(tmp_path / ".seqlib"), "verify"]) == 0
-    lib.add("robot", photos / "robot", config=TrainConfig(kv_scope="token", seed=2, **FAST), preview=False)
+    lib.add("robot", photos / "robot", config=TrainConfig(seed=2, **FAST), preview=False)
 
     def pixels(selection: str, prompt: str, out: str) -> np.ndarray:
         (path,) = lib.compose(selection, prompt=prompt, out=tmp_path / out, steps=4, size=32)
@@ -148,3 +149,12 @@ def test_on_cross_kv_a_token_local_concept_has_no_crosstalk_onto_others_and_veri
     assert not np.array_equal(both, pixels("mascot,robot=0", "a photo of <mascot> and <robot>", "one"))  # robot acts
     # the plain (all-positions) emblem still fires on a prompt without its token
     assert not np.array_equal(pixels("mascot,emblem", "a photo of <mascot>", "bleed"), alone)
+
+
+def test_auto_kv_scope_is_token_exactly_on_a_library_of_cross_attention_keys_and_values():
+    kv = ["down.attn2.to_k", "down.attn2.to_v", "up.attn2.to_k", "up.attn2.to_v"]
+    assert resolve_kv_scope("auto", kv) == "token"
+    assert resolve_kv_scope("auto", [*kv, "down.attn2.to_q"]) == "all"  # a layer that reads the image
+    assert resolve_kv_scope("auto", ["down.attn1.to_k"]) == "all"  # self-attention reads the image
+    assert resolve_kv_scope("auto", []) == "all"
+    assert resolve_kv_scope("all", kv) == "all" and resolve_kv_scope("token", ["down.attn1.to_q"]) == "token"

@@ -3,25 +3,16 @@
 from __future__ import annotations
 
 import os
+from dataclasses import fields
 from pathlib import Path
 
 import click
 
 from seqlib import errors
-from seqlib.choices import (
-    BASIS_INITS,
-    CONTEXTS,
-    CROPS,
-    HVP_OPTIONS,
-    KV_SCOPES,
-    OPTIMIZERS,
-    PRECISIONS,
-)
 from seqlib.cli._common import (
     DEVICE_HELP,
     NON_NEGATIVE,
-    POSITIVE,
-    SEED,
+    Finite,
     cli,
     console,
     err_console,
@@ -30,7 +21,7 @@ from seqlib.cli._common import (
     when_full_option,
 )
 from seqlib.cli.launch import launch
-from seqlib.config import LAYER_SETS, default
+from seqlib.config import CHOICES, LAYER_SETS, TrainConfig
 from seqlib.methods import METHODS
 
 
@@ -111,9 +102,31 @@ def init_command(ctx: click.Context, location, base, base_config, rank, layers, 
     )
 
 
-def _hyper(flag: str, field: str, type, help: str):
-    """A training flag whose default (shown in --help) comes from TrainConfig."""
-    return click.option(flag, field, type=type, default=None, help=help, show_default=str(default(field)))
+def _hyper_options(command):
+    """One option per TrainConfig field declared with ``hyper`` (its help, flag and bounds live
+    there, once); the default shown is TrainConfig's, the value passed None unless given."""
+    for f in reversed([f for f in fields(TrainConfig) if "help" in f.metadata]):
+        meta = f.metadata
+        flag = meta["flag"] or "--" + f.name.replace("_", "-")
+        if f.type == "bool":
+            option = click.option(flag, f.name, is_flag=True, default=None, help=meta["help"])
+        else:
+            option = click.option(
+                flag, f.name, type=_click_type(f), default=None, help=meta["help"], show_default=str(f.default)
+            )
+        command = option(command)
+    return command
+
+
+def _click_type(f):
+    meta = f.metadata
+    if f.name in CHOICES:
+        return click.Choice(CHOICES[f.name])
+    if f.type == "int":
+        return click.IntRange(meta["low"], meta.get("high"))
+    if f.type == "float":
+        return Finite(min=meta["low"])
+    return str
 
 
 _METHOD_HELP = " ".join(f"{m.name}: {m.summary}." for m in METHODS.values())
@@ -131,84 +144,7 @@ _METHOD_HELP = " ".join(f"{m.name}: {m.summary}." for m in METHODS.values())
     show_default=True,
     help=_METHOD_HELP,
 )
-@_hyper("--steps", "steps", click.IntRange(1), "Training rounds, a fresh batch each.")
-@_hyper(
-    "--optimizer",
-    "optimizer",
-    click.Choice(OPTIMIZERS),
-    "adam: every step (and the tentative inner step, with the cross-Hessian along it) preconditioned by "
-    "Adam's diagonal. sgd: the paper's plain gradient steps, clipped by --max-grad-norm; use α≈3 there.",
-)
-@_hyper(
-    "--context",
-    "context",
-    click.Choice(CONTEXTS),
-    "What the concept is learned on top of: the bare base (the default: it renders as itself alone and in any "
-    "subset as far as crosstalk allows), or the library's earlier concepts (the paper's continual setting). "
-    "Bases stay orthogonal either way.",
-)
-@_hyper("--alpha", "alpha", POSITIVE, "α: step size of A, and of the inner step in the reduced gradient.")
-@_hyper("--beta", "beta", POSITIVE, "β: step size of B.")
-@_hyper("-K", "K", click.IntRange(1), "K: bilevel iterations per round (paper: 3).")
-@_hyper("--s-b", "S_B", click.IntRange(1), "S_B: local B iterations per bilevel iteration (paper: 2).")
-@_hyper("--s-a", "S_A", click.IntRange(1), "S_A: local A iterations per bilevel iteration (paper: 2).")
-@_hyper("--lr-embed", "lr_embed", POSITIVE, "Step size of the learned token embedding.")
-@_hyper("--max-grad-norm", "max_grad_norm", NON_NEGATIVE, "sgd: clip each step's gradient norm (0: unclipped).")
-@_hyper(
-    "--hvp",
-    "hvp",
-    click.Choice(HVP_OPTIONS),
-    "Cross-Hessian by double backward (exact, math attention), by a central difference of ∇_B L "
-    "(no double backward: fused attention, memory near a LoRA step; 2 passes), or by a one-sided one "
-    "(forward-diff: the first B-step shares the tentative step's batch and backward, so its cross-Hessian "
-    "costs 1 pass). auto: finite-diff on a GPU or for a UNet over 100M parameters, autograd otherwise.",
-)
-@_hyper("--batch-size", "batch_size", click.IntRange(1), "Images per round.")
-@_hyper("--seed", "seed", SEED, "Seed of the basis init, the batches and the noise.")
-@_hyper("--prompt-template", "prompt_template", str, "Training prompt; {token} becomes <NAME>.")
-@_hyper(
-    "--basis-init",
-    "basis_init",
-    click.Choice(BASIS_INITS),
-    "Start B random in the free space, or as the top principal directions of the concept's layer inputs there "
-    "(methods without a projection always start random: their free space is everything).",
-)
-@_hyper(
-    "--protect",
-    "protect",
-    click.IntRange(0),
-    "Also keep B orthogonal to the top-k input directions of every earlier concept (costs capacity).",
-)
-@_hyper(
-    "--activation-k",
-    "activation_k",
-    click.IntRange(1),
-    "Principal input directions recorded per layer (crosstalk diagnostics; the most --protect can use).",
-)
-@_hyper(
-    "--precision",
-    "precision",
-    click.Choice(PRECISIONS),
-    "dtype of the frozen base (fp16 on GPUs only); the LoRA factors are always trained in fp32.",
-)
-@_hyper("--resolution", "resolution", click.IntRange(8), "Training resolution in pixels (default: the base's).")
-@_hyper("--crop", "crop", click.Choice(CROPS), "Square crop of each photo: centre, or random 80-100%.")
-@_hyper("--aug-copies", "aug_copies", click.IntRange(1), "Augmented views encoded per photo with --crop random/--flip.")
-@_hyper(
-    "--kv-scope",
-    "kv_scope",
-    click.Choice(KV_SCOPES),
-    "Where the cross-attention key/value residual acts: every text position (a plain LoRA), or only at "
-    "<NAME>'s token (nothing on prompts without it; composes in seqlib, exports apply it everywhere).",
-)
-@click.option("--flip", is_flag=True, default=None, help="Random horizontal flips (off: many concepts are asymmetric).")
-@click.option(
-    "--gradient-checkpointing",
-    "gradient_checkpointing",
-    is_flag=True,
-    default=None,
-    help="Recompute UNet activations in backward: less memory, slower.",
-)
+@_hyper_options
 @when_full_option("shrink", "train it at the rank left", "add")
 @click.option("--resume", is_flag=True, help="Continue an interrupted add of NAME (same images and settings).")
 @click.option(
@@ -242,7 +178,6 @@ def add_command(
       seqlib add mydog ./photos/dog --init-word dog
       seqlib add style ./paintings --steps 90 --alpha 2e-3 --beta 2e-3
     """
-    from seqlib.config import TrainConfig
 
     if num_processes > 1 and "WORLD_SIZE" not in os.environ:
         ctx.exit(launch(num_processes))
