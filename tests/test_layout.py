@@ -101,3 +101,27 @@ def test_the_cli_reaches_the_library_only_through_its_public_api():
         if name.startswith("seqlib.cli"):
             outside = {m for m in _imports(tree, everywhere=True) if not m.startswith("seqlib.cli")}
             assert outside <= CLI_MAY_IMPORT, (name, outside - CLI_MAY_IMPORT)
+
+
+def _imported_anywhere(tree: ast.Module) -> set[str]:
+    """Every module name an import statement anywhere in ``tree`` names (top-level package for
+    third parties, the full name for seqlib's own)."""
+    found = set()
+    for node in ast.walk(tree):
+        names = [a.name for a in node.names] if isinstance(node, ast.Import) else []
+        if isinstance(node, ast.ImportFrom) and node.module:
+            names = [node.module]
+        found |= {n if n.startswith("seqlib") else n.split(".")[0] for n in names}
+    return found
+
+
+def test_the_store_never_imports_torch_and_the_worlds_never_import_the_store():
+    assert _imported_anywhere(ast.parse("def f():\n    import torch.nn\n")) == {"torch"}  # the checker sees it
+    modules = _modules()
+    store_side = ["store", "objects", "backends", "format", "format_legacy", "selection", "capacity", "crosstalk"]
+    for name in store_side + ["collect"]:
+        heavy = _imported_anywhere(modules[f"seqlib.{name}"]) & {"torch", "diffusers", "transformers"}
+        assert not heavy, f"seqlib.{name} imports {heavy}: the store must open without torch"
+    for name in ("world", "world_lab", "heldout"):  # pictures only: they know nothing of libraries
+        own = {m for m in _imported_anywhere(modules[f"seqlib.{name}"]) if m.startswith("seqlib")}
+        assert own <= {"seqlib.world", "seqlib.world_lab", "seqlib.heldout"}, f"seqlib.{name} imports {own}"
