@@ -164,7 +164,7 @@ TRAINED_FIXTURES = {"seqlora_store", "lora_store", "store_copy", "tagged_store",
 SLOW_MODULES = {
     "test_method", "test_methods", "test_trainer_options", "test_reliability", "test_world_base", "test_pretrain",
     "test_interference", "test_compose", "test_export", "test_identity", "test_gpu_check", "test_lab", "test_cli",
-    "test_hostile", "test_damage", "test_reserve", "test_notes", "test_history",
+    "test_hostile", "test_damage", "test_reserve", "test_format_v2_features", "test_history",
 }  # fmt: skip
 
 
