@@ -116,18 +116,35 @@ def run_method(
     reserve: bool = False,
 ) -> None:
     """Learn the stream; keep every evaluation image (scored later, so the metric can change).
-    ``reserve``: `seqlib reserve` the library before its first concept."""
-    from safetensors.torch import save_file
+    ``reserve``: `seqlib reserve` the library before its first concept. Resumable: after each
+    concept the images and seconds so far are saved beside the library, and a rerun with the same
+    ``--work`` goes on from the last concept the library holds."""
+    from safetensors.torch import load_file, save_file
 
     from seqlib.api import Library
     from seqlib.config import TrainConfig
 
-    lib = Library.init(work / method / ".seqlib", base=base, layers=layers)
-    if reserve:
-        lib.reserve()
+    store, partial = work / method / ".seqlib", work / method / "partial"
     names = list(concepts)
     seconds, images = {}, {}
+    if store.exists():
+        lib = Library.open(store)
+        if (partial / "seconds.json").exists():
+            seconds = json.loads((partial / "seconds.json").read_text())
+            images = load_file(partial / "images.safetensors")
+        held = [c.name for c in lib.head().concepts]
+        if len(held) == len(seconds) + 1 and held[-1] == names[len(seconds)]:  # stopped before its images
+            lib.rm(held.pop(), message="stream.py: relearn, its images were not saved")
+        if held != names[: len(held)] or list(seconds) != held:
+            raise SystemExit(f"{store} holds {held}, not a prefix of this stream: delete {work / method} to restart")
+        print(f"{method}: resuming after {len(held)} concepts")
+    else:
+        lib = Library.init(store, base=base, layers=layers)
+        if reserve:
+            lib.reserve()
     for t, name in enumerate(names, 1):
+        if name in seconds:
+            continue
         start = time.perf_counter()
         # the 64-wide layers hold 16 rank-4 concepts; later ones leave those layers out
         config = TrainConfig(**{**(settings or {}), "method": method, "seed": t})
@@ -141,6 +158,9 @@ def run_method(
         if t in SIZES:
             for pair, im in render_pairs(lib, visible).items():
                 images[f"pairs{t}/{pair}"] = im
+        partial.mkdir(exist_ok=True)
+        save_file(images, partial / "images.safetensors")  # before seconds.json: it marks the step done
+        (partial / "seconds.json").write_text(json.dumps(seconds))
         print(f"{method} {t}/{len(names)} {name}: {seconds[name]:.0f} s", flush=True)
     sheet(lib, names[:8], concepts, out / f"samples-{method}.png")
     save_file(images, out / f"{method}.safetensors")

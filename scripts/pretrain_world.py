@@ -226,6 +226,11 @@ def main() -> None:
             setattr(args, key, value)
     torch.set_num_threads(args.threads)
     device = torch.device(args.device)
+    from seqlib.train import native_bf16
+
+    if args.precision == "bf16" and device.type == "cpu" and native_bf16() is False:
+        print("warning: this CPU has no native bf16 (no AVX512-BF16 or AMX): bf16 autocast runs emulated, "
+              "many times slower than --precision fp32 here (the recipe's seconds were measured with it)")  # fmt: skip
 
     from diffusers import StableDiffusionPipeline
 

@@ -25,14 +25,20 @@ LAYER_SETS = {
 }
 
 
-TINY_BASE_ID = "seqlib-world-tiny-sd-v3"  # seqlib.embedded.EMBEDDED_BASE_ID, without importing it
+# seqlib.embedded's EMBEDDED_BASE_ID and LAB_BASE_ID, without importing it
+TINY_BASE_ID = "seqlib-world-tiny-sd-v3"
+LAB_BASE_ID = "seqlib-world-lab-sd-v1"
 
 
 def default_layer_set(base_kind: str, source: str = TINY_BASE_ID) -> str:
-    """The paper's set on a real base and on the lab base; the tiny embedded base's attention
-    (8×8 and 4×4 only) cannot draw a concept's parts on its own, so there the feed-forward
-    layers join it."""
-    return "attention+ff" if base_kind == "embedded" and source == TINY_BASE_ID else "attention"
+    """The paper's set on a real base. The tiny embedded base's attention (8×8 and 4×4 only)
+    cannot draw a concept's parts on its own, so there the feed-forward layers join it. On the
+    lab base the cross-attention keys and values alone, token-local (``--kv-scope auto``): at 8
+    concepts every one renders all-active exactly as alone, and alone as well as with
+    ``attention`` (RESULTS, "Token-local K/V")."""
+    if base_kind != "embedded":
+        return "attention"
+    return {TINY_BASE_ID: "attention+ff", LAB_BASE_ID: "cross-kv"}.get(source, "attention")
 
 
 # TrainConfig fields with a closed set of values (seqlib.choices); `method` has its registry.

@@ -13,13 +13,13 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from seqlib.config import TINY_BASE_ID
+from seqlib.config import LAB_BASE_ID, TINY_BASE_ID
 from seqlib.world import VOCABULARY
 
-# Bumped whenever the architecture or seed changes: part of the base identity (the tiny one's
-# lives in the torch-free config, which derives the default layer set from it).
+# Bumped whenever the architecture or seed changes: part of the base identity (both ids live in
+# the torch-free config, which derives the default layer set from them).
 EMBEDDED_BASE_ID = TINY_BASE_ID
-LAB_BASE_ID = "seqlib-world-lab-sd-v1"
+
 EMBEDDED_SEED = 0  # of the random initialisation pretraining starts from
 SHIPPED_BASE = Path(__file__).parent / "assets" / "base"
 SHIPPED_LAB_BASE = Path(__file__).parent / "assets" / "lab"

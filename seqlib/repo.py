@@ -17,7 +17,7 @@ from seqlib.config import LAYER_SETS, default_layer_set
 from seqlib.errors import LostStoreInfo, StoreDamagedError, UsageError
 from seqlib.format import ConceptRecord, LibraryConfig, Version
 from seqlib.selection import unknown_concept
-from seqlib.store import STORE_DIRNAME, Snapshot, Store, find_store
+from seqlib.store import STORE_DIRNAME, LogEntry, Snapshot, Store, find_store
 
 
 class Repository:
@@ -202,6 +202,10 @@ class Repository:
     def log(self) -> list[tuple[int, str, Version]]:
         """(version, commit id, commit), newest first."""
         return self.store.log()
+
+    def history(self) -> list[LogEntry]:
+        """What ``seqlib log`` prints, newest first, without reading any concept record."""
+        return self.store.history()
 
     def factors(self, concept: ConceptRecord, commit: Version):
         """(A by layer, B by layer, embedding) of a concept as float32 torch tensors."""

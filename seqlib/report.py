@@ -51,7 +51,8 @@ def report_data(lib: Repository) -> dict:
                 "curve": c.loss_curve or [],
                 "initial_loss": c.initial_loss,
                 "final_loss": c.final_loss,
-                "hyper": c.training.model_dump(exclude={"prompt_template", "init_word"}) if c.training else {},
+                # eps: kept in old records, read by no trainer
+                "hyper": c.training.model_dump(exclude={"prompt_template", "init_word", "eps"}) if c.training else {},
                 "imported": c.imported.file if c.imported else None,
                 "created": c.created,
             }

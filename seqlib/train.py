@@ -13,6 +13,7 @@ import time
 from collections.abc import Callable
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -84,6 +85,21 @@ def taken_space(
 Progress = Callable[[int, int, float], None]
 
 
+def native_bf16(cpuinfo: str | None = None) -> bool | None:
+    """Does this CPU multiply bf16 in hardware (x86 AVX512-BF16 or AMX, Arm's bf16)? None where
+    it cannot tell (no /proc/cpuinfo). Without it torch emulates bf16: measured on an AVX2-only
+    2-core machine, a 1024² bf16 matmul took 6.0 s against 58 ms in fp32."""
+    if cpuinfo is None:
+        try:
+            cpuinfo = Path("/proc/cpuinfo").read_text()
+        except OSError:
+            return None
+    words = set(cpuinfo.split())
+    if not words & {"flags", "Features"}:
+        return None
+    return bool(words & {"avx512_bf16", "amx_bf16", "bf16"})
+
+
 def prepare(pipe, config: TrainConfig, warn=None) -> TrainConfig:
     """Make the base ready to train on: precision, gradient checkpointing, and an honest warning
     for a big base on a CPU. Returns ``config`` with ``hvp`` resolved (``auto`` becomes what runs:
@@ -96,6 +112,11 @@ def prepare(pipe, config: TrainConfig, warn=None) -> TrainConfig:
     if config.precision != "fp32":
         if config.precision == "fp16" and device == "cpu":
             raise UsageError("--precision fp16 needs a GPU; on a CPU use bf16 or fp32")
+        if config.precision == "bf16" and device == "cpu" and native_bf16() is False and warn:
+            warn(
+                "this CPU has no native bf16 (no AVX512-BF16 or AMX): --precision bf16 runs emulated, "
+                "many times slower than fp32 here"
+            )
         dtype = torch.float16 if config.precision == "fp16" else torch.bfloat16
         for module in (pipe.unet, pipe.vae, pipe.text_encoder):
             module.to(dtype)  # the frozen base only: LoRA factors and their updates stay fp32

@@ -39,7 +39,7 @@ def test_the_lab_architecture_has_sd15_proportions(tmp_path):
     build_lab_pipeline(tmp_path)
     unet = UNet2DConditionModel.from_pretrained(tmp_path / "unet")
     layers = [(n, m) for n, m in unet.named_modules() if isinstance(m, torch.nn.Linear)]
-    assert default_layer_set("embedded", LAB_BASE_ID) == "attention"
+    assert default_layer_set("embedded", LAB_BASE_ID) == "cross-kv"
     adapted = [m for n, m in layers if LAYER_SETS["attention"].search(n)]
     assert capacity(min(m.in_features for m in adapted), 4) >= 64  # SD1.5: 80
     assert "attentions" in dict(unet.down_blocks[0].named_children())  # attention at the finest latents

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import shutil
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -11,7 +12,7 @@ import pytest
 from seqlib.api import Library
 from seqlib.backends import create_exclusive
 from seqlib.errors import ConflictError, FormatVersionError, StoreExistsError
-from seqlib.format import Version, sha256_hex
+from seqlib.format import Page, Version, sha256_hex
 from seqlib.store import Store, array_sha256
 
 
@@ -30,6 +31,19 @@ def test_log_is_a_parent_chain_newest_first(seqlora_store):
     for (_, _, newer), (_, older_id, _) in zip(entries, entries[1:]):
         assert newer.parent == older_id
     assert entries[-1][2].parent is None
+
+
+def test_history_says_what_log_says_without_reading_records(seqlora_store, tmp_path):
+    """`seqlib log`'s fast path (commit headers and pages only) matches the versions read whole,
+    on this store and on a format-1 one (whole-state commits, read through the legacy model)."""
+    old = tmp_path / ".seqlib"
+    shutil.copytree(Path(__file__).parent / "fixtures" / "v1-store", old)
+    for root in (seqlora_store, old):
+        whole = [(v, cid, c.parent, c.message, c.timestamp, len(c.concepts)) for v, cid, c in Store(root).log()]
+        fresh = Store(root)
+        assert [tuple(e) for e in fresh.history()] == whole
+        if root == seqlora_store:  # format 3: no concept record read, only pages
+            assert fresh._objects and {type(o) for o in fresh._objects.values()} == {Page}
 
 
 def test_stale_writer_gets_a_conflict_and_the_branch_does_not_move(store_copy):

@@ -143,9 +143,21 @@ def test_gradient_checkpointing_changes_memory_not_results(tmp_path, empty_store
     assert max(float((factors[True][n] - factors[False][n]).abs().max()) for n in factors[True]) < 1e-5
 
 
-def test_bf16_base_with_augmentation_trains_fp32_factors(store_copy, photos, capsys):
+def test_native_bf16_reads_the_cpu_flags():
+    from seqlib.train import native_bf16
+
+    assert native_bf16("processor : 0\nflags : fpu avx avx2 avx512f avx512_bf16\n") is True
+    assert native_bf16("processor : 0\nflags : fpu avx amx_bf16 amx_tile\n") is True
+    assert native_bf16("processor : 0\nflags : fpu avx avx2 fma\n") is False  # emulated: ~100x slower
+    assert native_bf16("processor : 0\nFeatures : fp asimd bf16 i8mm\n") is True  # Arm
+    assert native_bf16("") is None
+
+
+def test_bf16_base_with_augmentation_trains_fp32_factors(store_copy, photos, capsys, monkeypatch):
     """Also the GPU path through the same code on the CPU: a bf16 base with what `--hvp auto` picks
-    on a GPU (finite differences: no double backward through fused attention)."""
+    on a GPU (finite differences: no double backward through fused attention); on a CPU without
+    native bf16 it says that bf16 runs emulated there."""
+    monkeypatch.setattr("seqlib.train.native_bf16", lambda: False)
     code = main(
         [
             "--store",
@@ -172,7 +184,9 @@ def test_bf16_base_with_augmentation_trains_fp32_factors(store_copy, photos, cap
             "finite-diff",
         ]
     )
-    assert code == 0, capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert code == 0, err
+    assert "no native bf16" in " ".join(err.split())
     lib = Library.open(store_copy)
     concept = lib.head().concept("newone")
     assert (concept.training.precision, concept.training.crop, concept.training.flip) == ("bf16", "random", True)

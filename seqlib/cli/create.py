@@ -47,9 +47,9 @@ from seqlib.methods import METHODS
     type=click.Choice(list(LAYER_SETS)),
     default=None,
     help="Linear layers each concept adapts: the attention projections (the paper's set; default on a "
-    "real base and embedded:lab), those plus each transformer block's feed-forward (default on the tiny "
-    "embedded base), or only "
-    "the cross-attention keys and values (least bleed between concepts, least capacity to draw).",
+    "real base), those plus each transformer block's feed-forward (default on the tiny embedded base), or "
+    "only the cross-attention keys and values (default on embedded:lab, where add then makes them "
+    "token-local: concepts composed together render each exactly as alone).",
 )
 @click.option(
     "--reserve",
