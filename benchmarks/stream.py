@@ -93,6 +93,13 @@ def render(lib, visible: list[str], names: list[str]) -> dict[str, torch.Tensor]
     return out
 
 
+def keep(images: dict, t: int, rendered: dict[str, torch.Tensor]) -> None:
+    """File ``render``'s images under the step they were rendered at ("after3/mascot")."""
+    for key, im in rendered.items():
+        kind, name = key.split("/")
+        images[f"{kind}{t}/{name}"] = im
+
+
 def render_pairs(lib, visible: list[str]) -> dict[str, torch.Tensor]:
     """Four images of each of four pairs, prompted one on the left, one on the right."""
     out = {}
@@ -143,18 +150,18 @@ def run_method(
         if reserve:
             lib.reserve()
     for t, name in enumerate(names, 1):
-        if name in seconds:
+        visible = names[:t]
+        due = t % every == 0 or t in SIZES
+        if name in seconds:  # learned before a resume; a rerun with another --every may owe a render
+            if due and any(f"after{t}/{n}" not in images for n in visible) and t == len(seconds):
+                keep(images, t, render(lib, visible, visible))
             continue
         start = time.perf_counter()
         # the 64-wide layers hold 16 rank-4 concepts; later ones leave those layers out
         config = TrainConfig(**{**(settings or {}), "method": method, "seed": t})
         lib.add(name, photos / name, config=config, when_full="skip")
         seconds[name] = time.perf_counter() - start
-        visible = names[:t]
-        due = t % every == 0 or t in SIZES
-        for key, im in render(lib, visible, visible if due else [name]).items():
-            kind, n = key.split("/")
-            images[f"{kind}{t}/{n}"] = im
+        keep(images, t, render(lib, visible, visible if due else [name]))
         if t in SIZES:
             for pair, im in render_pairs(lib, visible).items():
                 images[f"pairs{t}/{pair}"] = im
@@ -201,7 +208,9 @@ def score(method: str, out: Path, refs: dict, encoder) -> dict:
     record["trajectory"] = [
         (t, statistics.mean(v["identity"] for v in per[t].values())) for t in sorted(per) if len(per[t]) == t
     ]
-    record["at"] = {t: per[t] for t in SIZES if t in per}
+    # the table's rows: the sizes, and any other point where every visible concept was rendered
+    # (a run stopped early with --every 4 still has a row at 4)
+    record["at"] = {t: per[t] for t in sorted(per) if t in SIZES or (len(per[t]) == t and t > 1)}
     return record
 
 
@@ -257,7 +266,7 @@ def report(results: dict, calib: dict, out: Path) -> str:
         "| identity, plain prompt |",
         "|---|---|---|---|---|---|---|---|",
     ]
-    for size in SIZES:
+    for size in sorted({t for r in results.values() for t in r["at"]}):
         for method, r in results.items():
             at = r["at"].get(size)
             if at is None:
@@ -266,12 +275,13 @@ def report(results: dict, calib: dict, out: Path) -> str:
             identity = [at[n]["identity"] for n in names]
             forgetting = [r["immediate"][n]["identity"] - at[n]["identity"] for n in names]
             alignment = statistics.mean(at[n]["alignment"] for n in names)
-            composed = statistics.mean(r["composition"][size])
+            pairs = r.get("composition", {}).get(size)  # rendered at the sizes only
+            composed = f"{statistics.mean(pairs):.2f}" if pairs else "n/a"
             seconds = statistics.mean(r["seconds"][n] for n in names)
             plain = [at[n]["plain"] for n in names if "plain" in at[n]]
             lines.append(
                 f"| {size} | {method} | {mean_sem(identity)} | {mean_sem(forgetting)} | {alignment:.2f} "
-                f"| {composed:.2f} | {seconds:.0f} | {mean_sem(plain) if plain else 'n/a'} |"
+                f"| {composed} | {seconds:.0f} | {mean_sem(plain) if plain else 'n/a'} |"
             )
     lines += [
         "",

@@ -336,19 +336,6 @@ class Commit(_Object):
     recipes: dict[str, Recipe] = Field(default_factory=dict, description="Named compositions.")
 
 
-class CommitHeader(BaseModel):
-    """What ``seqlib log`` shows of a commit file (format 3 on), read without validating its
-    library config: a history of 1,000 versions repeats the same 128-layer config 1,000 times.
-    Not a file kind of its own; ``Commit`` is what the file is checked against."""
-
-    model_config = ConfigDict(extra="ignore", frozen=True)
-    format_version: int
-    parent: str | None
-    message: str
-    timestamp: str
-    pages: list[str]
-
-
 class Version(_Model):
     """One version as read (not a file): a commit with its concept records resolved."""
 

@@ -16,8 +16,9 @@ from seqlib.capacity import Status
 from seqlib.config import LAYER_SETS, default_layer_set
 from seqlib.errors import LostStoreInfo, StoreDamagedError, UsageError
 from seqlib.format import ConceptRecord, LibraryConfig, Version
+from seqlib.history import LogEntry, history
 from seqlib.selection import unknown_concept
-from seqlib.store import STORE_DIRNAME, LogEntry, Snapshot, Store, find_store
+from seqlib.store import STORE_DIRNAME, Snapshot, Store, find_store
 
 
 class Repository:
@@ -205,7 +206,7 @@ class Repository:
 
     def history(self) -> list[LogEntry]:
         """What ``seqlib log`` prints, newest first, without reading any concept record."""
-        return self.store.history()
+        return history(self.store)
 
     def factors(self, concept: ConceptRecord, commit: Version):
         """(A by layer, B by layer, embedding) of a concept as float32 torch tensors."""

@@ -57,7 +57,6 @@ from seqlib.errors import (
 from seqlib.format import (
     READABLE_VERSIONS,
     Commit,
-    CommitHeader,
     ConceptRecord,
     Page,
     StoreInfo,
@@ -100,17 +99,6 @@ def find_store(start: Path | None = None) -> Path:
         if (folder / STORE_DIRNAME / "refs").is_dir() or (folder / STORE_DIRNAME / "objects").is_dir():
             raise LostStoreInfo(folder / STORE_DIRNAME)
     raise StoreNotFoundError(f"no seqlib library in {start} or its parents; create one with `seqlib init`")
-
-
-class LogEntry(NamedTuple):
-    """One line of the history: a version's number, id, parent, message, time and size."""
-
-    seq: int
-    id: str
-    parent: str | None
-    message: str
-    timestamp: str
-    concepts: int
 
 
 class Snapshot(NamedTuple):
@@ -287,29 +275,6 @@ class Store(Objects):
     def log(self) -> list[tuple[int, str, Version]]:
         """(sequence number, id, version), newest first."""
         return [(seq, cid, self.read_version(cid)) for seq, cid in reversed(self.entries())]
-
-    def history(self) -> list[LogEntry]:
-        """What ``log`` shows, newest first, from the commits and their pages alone: no concept
-        record is read (``log()`` resolves every version whole)."""
-        out = []
-        for seq, commit_id in reversed(self.entries()):
-            key = f"objects/commits/{commit_id}.json"
-            try:
-                raw = self.backend.read(key)
-            except FileNotFoundError:
-                raise StoreDamagedError(self._where(key), "missing") from None
-            try:  # pydantic's own JSON parser: json.loads of 1,000 commits took a quarter second
-                commit = CommitHeader.model_validate_json(raw)
-                if commit.format_version < 3 or commit.format_version not in READABLE_VERSIONS:
-                    raise ValueError(commit.format_version)
-            except (ValidationError, ValueError):  # a version-1/2 commit, or damage _parse names
-                commit = self._parse(raw, key, lambda v: CommitV2 if v < 3 else CommitHeader)
-            if isinstance(commit, CommitV2):
-                count = len(commit.concepts)
-            else:
-                count = sum(len(self.read_object("pages", pid, Page).concepts) for pid in commit.pages)
-            out.append(LogEntry(seq, commit_id, commit.parent, commit.message, commit.timestamp, count))
-        return out
 
     def commit(self, version: Version, expected_seq: int) -> str:
         """Write ``version`` and advance the branch from ``expected_seq``; compare-and-swap.

@@ -13,6 +13,7 @@ from seqlib.api import Library
 from seqlib.backends import create_exclusive
 from seqlib.errors import ConflictError, FormatVersionError, StoreExistsError
 from seqlib.format import Page, Version, sha256_hex
+from seqlib.history import history
 from seqlib.store import Store, array_sha256
 
 
@@ -41,7 +42,7 @@ def test_history_says_what_log_says_without_reading_records(seqlora_store, tmp_p
     for root in (seqlora_store, old):
         whole = [(v, cid, c.parent, c.message, c.timestamp, len(c.concepts)) for v, cid, c in Store(root).log()]
         fresh = Store(root)
-        assert [tuple(e) for e in fresh.history()] == whole
+        assert [tuple(e) for e in history(fresh)] == whole
         if root == seqlora_store:  # format 3: no concept record read, only pages
             assert fresh._objects and {type(o) for o in fresh._objects.values()} == {Page}
 
