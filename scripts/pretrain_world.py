@@ -187,6 +187,16 @@ def contact_sheet(pipe, out: Path, seed: int, count: int = 12, preset: str = "ti
     (out / "samples.txt").write_text("\n".join(s.caption for s in scenes) + "\n")
 
 
+def shown(path: Path) -> str:
+    """A path as the recipe records it: relative to the folder the run started in, or ``~/…``
+    under the home folder (a shipped recipe should not spell out one machine's folders)."""
+    resolved = path.resolve()
+    for base, prefix in ((Path.cwd().resolve(), ""), (Path.home().resolve(), "~/")):
+        if resolved.is_relative_to(base):
+            return prefix + str(resolved.relative_to(base))
+    return str(path)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, default=Path("build/world-base"))
@@ -250,7 +260,7 @@ def main() -> None:
     ema = {k: v.detach().clone() for k, v in unet.state_dict().items()}
     # the text encoder's average too: an averaged UNet reading a raw encoder's states would lag it
     ema_te = {k: v.detach().clone() for k, v in te.state_dict().items()}
-    settings = {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()}
+    settings = {k: shown(v) if isinstance(v, Path) else v for k, v in vars(args).items()}
     state = {"stage": "vae", "step": 0, "log": {"settings": settings, "vae": [], "unet": [], "seconds": {}}}
     opt = torch.optim.AdamW(vae.parameters(), lr=1e-3)
     if args.vae_steps == 0 and not ckpt_path.exists():  # a trained VAE came with the architecture
@@ -451,6 +461,11 @@ def ship(out: Path, dest: Path) -> None:
     pipe.to(torch.float16)
     shutil.rmtree(dest, ignore_errors=True)
     pipe.save_pretrained(dest, safe_serialization=True)
+    for config in dest.rglob("*.json"):  # diffusers records where it loaded from: not this machine's folders
+        data = json.loads(config.read_text())
+        if isinstance(data, dict) and "_name_or_path" in data:
+            data["_name_or_path"] = shown(Path(data["_name_or_path"]))
+            config.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
     for name in ("recipe.json", "samples.png", "samples.txt"):
         if (out / name).exists():
             shutil.copy(out / name, dest / name)

@@ -33,3 +33,27 @@ def test_an_interrupted_run_resumes_to_the_same_weights(tmp_path, monkeypatch, c
         a = load_file(tmp_path / "straight" / "pipeline" / part)
         b = load_file(tmp_path / "resumed" / "pipeline" / part)
         assert all((a[k] == b[k]).all() for k in a), part
+
+
+def test_a_shipped_base_records_no_machine_folder(tmp_path, monkeypatch):
+    """The recipe and diffusers' `_name_or_path` in what ships say where the run was relative to
+    where it started (or `~/…` under the home folder), never this machine's absolute folders."""
+    import json
+
+    shown = runpy.run_path(str(SCRIPT))["shown"]
+    home, elsewhere = tmp_path / "home", tmp_path / "elsewhere"
+    home.mkdir(), elsewhere.mkdir()
+    monkeypatch.setenv("HOME", str(home))
+    monkeypatch.chdir(home)
+    assert shown(home / "build" / "base") == "build/base"  # the folder it started in comes first
+    monkeypatch.chdir(elsewhere)
+    assert shown(home / "build" / "base") == "~/build/base"
+    assert shown(Path("/nowhere/else")) == "/nowhere/else"
+    monkeypatch.chdir(tmp_path)
+    _run(monkeypatch, tmp_path / "run", "--ship", str(tmp_path / "ship"))
+    recipe = json.loads((tmp_path / "ship" / "recipe.json").read_text())
+    assert (recipe["settings"]["out"], recipe["settings"]["ship"]) == ("run", "ship")
+    configs = [json.loads(p.read_text()) for p in (tmp_path / "ship").rglob("*.json")]
+    named = [c["_name_or_path"] for c in configs if isinstance(c, dict) and "_name_or_path" in c]
+    assert named and all(n.startswith("run/pipeline") for n in named), named
+    assert str(tmp_path) not in "".join(p.read_text() for p in (tmp_path / "ship").rglob("*.json"))
