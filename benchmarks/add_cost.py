@@ -30,6 +30,11 @@ SETTINGS = {
     "autograd HVP, classic attention": dict(hvp="autograd", attention="classic"),
     "forward-diff, classic attention": dict(hvp="forward-diff", attention="classic"),
     "forward-diff, classic, bf16 base": dict(hvp="forward-diff", attention="classic", precision="bf16"),
+    "forward-diff, SDPA, bf16 base": dict(hvp="forward-diff", precision="bf16"),
+    "forward-diff, SDPA, bf16 base, token-local K/V": dict(hvp="forward-diff", precision="bf16", kv_scope="token"),
+    "forward-diff, classic, bf16 base, token-local K/V": dict(
+        hvp="forward-diff", attention="classic", precision="bf16", kv_scope="token"
+    ),
 }
 
 

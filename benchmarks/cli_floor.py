@@ -6,23 +6,27 @@ within 5x of it.
 
     python benchmarks/cli_floor.py --store build/history/1000/.seqlib    # a library to read
     python benchmarks/cli_floor.py --store quickstart/.seqlib --repeat 7
+    python benchmarks/cli_floor.py --store build/history/.seqlib --against /tmp/old   # a checkout of
+        # another commit (git worktree add /tmp/old REV): both timed as the console script runs, interleaved
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import shutil
 import statistics
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 
-def seconds(cmd: list[str], repeat: int) -> float:
+def seconds(cmd: list[str], repeat: int, env: dict | None = None) -> float:
     runs = []
     for _ in range(repeat):
         start = time.perf_counter()
-        subprocess.run(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, check=False)
+        subprocess.run(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, check=False, env=env)
         runs.append(time.perf_counter() - start)
     return statistics.median(runs)
 
@@ -32,6 +36,7 @@ def main() -> None:
     parser.add_argument("--store", required=True, help="a library to read")
     parser.add_argument("--concept", default=None, help="for `show` (default: the library's first)")
     parser.add_argument("--repeat", type=int, default=5)
+    parser.add_argument("--against", default=None, help="another checkout's folder, timed beside this one")
     args = parser.parse_args()
     seqlib = shutil.which("seqlib") or sys.exit("seqlib is not on PATH: pip install -e . first")
     if args.concept is None:
@@ -40,15 +45,24 @@ def main() -> None:
         concepts = Library.open(args.store).head().concepts
         args.concept = concepts[0].name if concepts else None
     floor = seconds([sys.executable, "-c", "pass"], args.repeat)
-    rows = [("python -c pass", floor)]
+    rows = [("python -c pass", floor, floor)]
     commands = [["--version"], ["status"], ["list"], ["log"]] + ([["show", args.concept]] if args.concept else [])
+    other = os.environ | {"PYTHONPATH": args.against} if args.against else None
     for command in commands:
         full = [seqlib, *command] if command == ["--version"] else [seqlib, "--store", args.store, *command]
-        rows.append((f"seqlib {' '.join(command)}", seconds(full, args.repeat)))
-    print(f"| command | median s ({args.repeat} runs) | x python -c pass |")
-    print("|---|---:|---:|")
-    for name, value in rows:
-        print(f"| `{name}` | {value:.3f} | {value / floor:.1f} |")
+        if other is None:
+            rows.append((f"seqlib {' '.join(command)}", seconds(full, args.repeat), None))
+            continue
+        full = [sys.executable, "-c", "from seqlib._entry import run; run()", *full[1:]]  # the console script
+        here = os.environ | {"PYTHONPATH": str(Path(__file__).resolve().parent.parent)}
+        pairs = [(seconds(full, 1, here), seconds(full, 1, other)) for _ in range(args.repeat)]
+        rows.append((f"seqlib {' '.join(command)}", *(statistics.median(x) for x in zip(*pairs))))
+    extra = f" | {args.against}: s | x python -c pass" if other else ""
+    print(f"| command | median s ({args.repeat} runs) | x python -c pass{extra} |")
+    print("|---|---:|---:|" + ("---:|---:|" if other else ""))
+    for name, value, against in rows:
+        tail = f" | {against:.3f} | {against / floor:.1f}" if other else ""
+        print(f"| `{name}` | {value:.3f} | {value / floor:.1f}{tail} |")
 
 
 if __name__ == "__main__":

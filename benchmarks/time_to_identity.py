@@ -15,6 +15,11 @@ writes the curves to ``--out``/time_to_identity.png.
     python benchmarks/time_to_identity.py --out build/tti --steps 5,15 --variants "plain LoRA"
     python benchmarks/time_to_identity.py --out build/tti3 --name mascot,emblem,robot --steps 15,45 \
         --variants "seqlora S_B=1 forward-diff,seqlora (defaults),plain LoRA"   # ~30 min
+    python benchmarks/time_to_identity.py --out build/lab-tti --name mascot --steps 30,60,120 --one-run \
+        --base embedded:lab --grids --variants "seqlora forward-diff bf16"     # ~16 min per concept
+
+``--one-run``: each concept alone in its own library, every budget from one add at the largest
+(the smaller ones resume its checkpoints: the same factors, to the digit, as a from-scratch add).
 """
 
 from __future__ import annotations
@@ -24,6 +29,7 @@ import json
 import shutil
 import statistics
 import time
+from dataclasses import replace
 from datetime import date
 from pathlib import Path
 
@@ -40,6 +46,11 @@ VARIANTS = {
     "seqlora token-local K/V": {"kv_scope": "token"},
     "seqlora forward-diff": {"hvp": "forward-diff"},
     "seqlora forward-diff token-local K/V": {"hvp": "forward-diff", "kv_scope": "token"},
+    "seqlora forward-diff bf16": {"hvp": "forward-diff", "precision": "bf16"},
+    "seqlora forward-diff bf16 lr 3e-3": {"hvp": "forward-diff", "precision": "bf16"}
+    | {"alpha": 3e-3, "beta": 3e-3, "lr_embed": 3e-3},
+    "seqlora forward-diff bf16 lr 1e-2": {"hvp": "forward-diff", "precision": "bf16"}
+    | {"alpha": 1e-2, "beta": 1e-2, "lr_embed": 1e-2},
 }
 THRESHOLDS = (0.5, 0.7)
 
@@ -67,6 +78,13 @@ def main() -> None:
     parser.add_argument("--grids", action="store_true", help="save each point's images as PNG grids in --out")
     parser.add_argument("--reserve", action="store_true", help="`seqlib reserve` each library before its concepts")
     parser.add_argument("--layers", default=None, help="seqlib init --layers (default: the base's default set)")
+    parser.add_argument(
+        "--one-run",
+        action="store_true",
+        help="each concept alone in its own library, all budgets from one add at the largest: the smaller "
+        "budgets resume its checkpoints (the same factors a from-scratch add reaches: constant step sizes, "
+        "one seeded batch stream)",
+    )
     args = parser.parse_args()
 
     from seqlib.identity import load_encoder, reference, to_tensor
@@ -88,6 +106,11 @@ def main() -> None:
             key += f" | {args.base}" if args.base else ""
             key += " | reserve" if args.reserve else ""
             key += f" | {args.layers}" if args.layers else ""
+            key += " | one-run" if args.one_run else ""
+            if key not in done and args.one_run:
+                for b, point in _curve(args, variant, budgets, encoder, refs).items():
+                    done[key.replace(f"{variant} | {steps}", f"{variant} | {b}")] = point
+                saved.write_text(json.dumps(done, indent=1) + "\n")
             if key not in done:
                 done[key] = _point(args, variant, steps, encoder, refs)
                 saved.write_text(json.dumps(done, indent=1) + "\n")
@@ -170,6 +193,61 @@ def _point(args, variant: str, steps: int, encoder, refs: dict) -> tuple[float, 
         everything = scores(dict.fromkeys(names, 1.0))
         point += (statistics.mean(everything), statistics.stdev(everything))
     return point
+
+
+def _curve(args, variant: str, budgets: list[int], encoder, refs: dict) -> dict[int, tuple[float, float, float]]:
+    """Per budget (training seconds, identity alone: mean, sd), every concept in its own library, from
+    one add per concept at the largest budget. Its checkpoints at the smaller budgets are resumed in
+    copies of the empty library with ``steps`` set to that budget, so each point is the concept a user
+    with that ``--steps`` gets; seconds are the largest add's, pro rata (a round costs the same)."""
+    from stream import generate
+
+    from seqlib import checkpoint
+    from seqlib.api import Library
+    from seqlib.config import TrainConfig
+    from seqlib.identity import identity_scores
+
+    budgets, top = sorted(budgets), max(budgets)
+    tag = f"{variant}-one-run" + (f"-{args.base}" if args.base else "") + (f"-{args.layers}" if args.layers else "")
+    root = args.out / "libraries" / tag.replace(" ", "_").replace(":", "_").replace("/", "_")
+    shutil.rmtree(root, ignore_errors=True)
+    scores: dict[int, list[float]] = {b: [] for b in budgets}
+    seconds = dict.fromkeys(budgets, 0.0)
+    save = checkpoint.save
+    for name in refs:
+        empty = root / f"{name}-empty"
+        Library.init(empty, base=args.base, layers=args.layers)
+        libraries = {b: root / f"{name}-{b}" for b in budgets}
+        for folder in libraries.values():
+            shutil.copytree(empty, folder)
+
+        def keep(store, concept, state, meta, _libraries=libraries):
+            save(store, concept, state, meta)
+            rounds = len(state["losses"])
+            if rounds in _libraries and rounds < top:
+                target = Library.open(_libraries[rounds]).store
+                save(target, concept, state, meta | {"config": meta["config"] | {"steps": rounds}})
+
+        checkpoint.save = keep  # the add at the largest budget leaves its state at every smaller one
+        try:
+            config = TrainConfig(steps=top, **VARIANTS[variant])
+            Library.open(libraries[top]).add(name, EXAMPLES / name, config=config, preview=False)
+        finally:
+            checkpoint.save = save
+        total = Library.open(libraries[top]).head().concept(name).train_seconds
+        for b, folder in libraries.items():
+            lib = Library.open(folder)
+            if b < top:
+                lib.add(name, EXAMPLES / name, config=replace(config, steps=b), preview=False, resume=True)
+            seconds[b] += total * b / top
+            prompts = [f"a photo of <{name}>"] * args.images
+            images = generate(lib.pipeline({name: 1.0}), prompts, list(range(args.images)))
+            found = identity_scores(encoder, images, refs[name])[:, 0].tolist()
+            scores[b] += found
+            print(f"{variant} {name} {b} rounds: identity {statistics.mean(found):.3f}", flush=True)
+            if args.grids:
+                _grid(images, args.out / "grids" / f"{root.name}-{name}-{b}.png")
+    return {b: (seconds[b], statistics.mean(scores[b]), statistics.stdev(scores[b])) for b in budgets}
 
 
 def _grid(images: torch.Tensor, path: Path) -> None:

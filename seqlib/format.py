@@ -53,9 +53,9 @@ def now_iso() -> str:
 
 
 class _Model(BaseModel):
-    # Unknown keys are rejected: a file with fields we do not know was written by a
-    # newer format, and format_version is what tells readers that, not silent drops.
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    # Unknown keys are rejected (a newer format wrote them; format_version says so, not silent
+    # drops). defer_build: a schema is built when a model is first used, not all ~25 at import.
+    model_config = ConfigDict(extra="forbid", frozen=True, defer_build=True)
     # Fields a later format added, absent from the bytes while they hold this default: an object
     # written before them re-encodes to its exact bytes, so its id stays valid.
     _ABSENT_AT: ClassVar[dict[str, object]] = {}

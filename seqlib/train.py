@@ -120,6 +120,12 @@ def prepare(pipe, config: TrainConfig, warn=None) -> TrainConfig:
         dtype = torch.float16 if config.precision == "fp16" else torch.bfloat16
         for module in (pipe.unet, pipe.vae, pipe.text_encoder):
             module.to(dtype)  # the frozen base only: LoRA factors and their updates stay fp32
+        if config.precision == "bf16" and device == "cpu":
+            from diffusers.models.attention_processor import AttnProcessor
+
+            # measured on the lab base (benchmarks/add_cost.py): PyTorch's fused attention in bf16 on a
+            # CPU is no faster than fp32; diffusers' matmul-softmax-matmul takes 0.57x of its round
+            pipe.unet.set_attn_processor(AttnProcessor())
     if config.gradient_checkpointing:
         pipe.unet.enable_gradient_checkpointing()
     if device == "cpu" and params > 100_000_000 and warn:

@@ -184,6 +184,21 @@ def test_read_only_commands_do_not_import_torch(seqlora_store):
     assert result.returncode == 0, result.stderr
 
 
+def test_list_and_log_print_without_rich(seqlora_store):
+    # they print plain lines: rich's import is a fifth of what such a command may cost (RESULTS)
+    code = (
+        "import sys; from seqlib.cli import main; "
+        f"assert main(['--store', {str(seqlora_store)!r}, 'list']) == 0; "
+        f"assert main(['--store', {str(seqlora_store)!r}, 'log']) == 0; "
+        "assert 'rich' not in sys.modules, 'rich imported'; "
+        f"assert main(['--store', {str(seqlora_store)!r}, 'status']) == 0; "
+        "assert 'rich' in sys.modules"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    assert "<mascot>" in result.stdout and "version 1" in result.stdout
+
+
 def test_store_is_found_in_a_parent_folder(seqlora_store, tmp_path, monkeypatch, capsys):
     import shutil
 

@@ -153,6 +153,20 @@ def test_native_bf16_reads_the_cpu_flags():
     assert native_bf16("") is None
 
 
+def test_bf16_on_a_cpu_trains_with_the_classic_attention_processor(empty_store):
+    from diffusers.models.attention_processor import AttnProcessor
+
+    from seqlib.train import prepare
+
+    lib = Library.open(empty_store)
+    for precision, classic in (("fp32", False), ("bf16", True)):
+        pipe = lib.load_base(lib.head(), "cpu")
+        prepare(pipe, TrainConfig(precision=precision))
+        processors = list(pipe.unet.attn_processors.values())
+        assert processors and all(isinstance(p, AttnProcessor) for p in processors) is classic
+        assert pipe.unet.dtype == (torch.bfloat16 if classic else torch.float32)
+
+
 def test_bf16_base_with_augmentation_trains_fp32_factors(store_copy, photos, capsys, monkeypatch):
     """Also the GPU path through the same code on the CPU: a bf16 base with what `--hvp auto` picks
     on a GPU (finite differences: no double backward through fused attention); on a CPU without

@@ -245,7 +245,7 @@ class _TrainingProgress:
             TextColumn("eta"),
             TimeRemainingColumn(),
         )
-        self.bar = Progress(*columns, console=err_console, transient=False)
+        self.bar = Progress(*columns, console=err_console.rich, transient=False)
         self.waiting = err_console.status("loading the base and checking the images…")  # transient: leaves no line
         self.task = None
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 
 import click
-from rich.table import Table
 
 from seqlib import errors
 from seqlib.cli._common import (
@@ -36,6 +35,8 @@ def status_command(ctx, as_json: bool, at: str | None) -> None:
     if as_json:
         click.echo(json.dumps(s.to_json(), indent=2, sort_keys=True))
         return
+    from rich.table import Table
+
     lib = s.commit.library
     console.print(f"[bold]base[/]      {lib.base.kind}: {lib.base.source} (fingerprint {lib.base.fingerprint[:12]})")
     console.print(f"[bold]version[/]   {s.version} ({s.commit_id[:12]})   [bold]rank[/] {lib.rank}")
@@ -222,15 +223,9 @@ def list_command(ctx, as_json: bool, at: str | None) -> None:
         + (f"  [{', '.join(r['tags'])}]" if r["tags"] else "")
         for r in rows
     ]
-    if lines:  # one print: a thousand calls to rich cost more than reading the library
-        console.print(
-            "\n".join(lines),
-            highlight=False,
-            markup=False,  # tags are the user's words: "[pets]" is not a style
-            soft_wrap=True,  # one line per concept, whatever the terminal's width: greppable
-        )
-    else:
-        console.print("no concepts yet; add one with `seqlib add NAME FOLDER`")
+    # click, not rich: plain lines (greppable, one per concept at any terminal width; tags are the
+    # user's words, never markup), and no rich import on a command that prints no table
+    click.echo("\n".join(lines) if lines else "no concepts yet; add one with `seqlib add NAME FOLDER`")
 
 
 @cli.command("report", short_help="The library on one HTML page: previews, capacity, crosstalk, history.")
