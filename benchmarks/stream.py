@@ -43,11 +43,11 @@ PHOTOS = 6
 GUIDANCE = 5.0
 
 
-def generate(pipe, prompts: list[str], seeds: list[int]) -> torch.Tensor:
+def generate(pipe, prompts: list[str], seeds: list[int], guidance: float = GUIDANCE) -> torch.Tensor:
     out = pipe(
         prompts,
         num_inference_steps=20,
-        guidance_scale=GUIDANCE,
+        guidance_scale=guidance,
         height=64,
         width=64,
         generator=[torch.Generator().manual_seed(s) for s in seeds],

@@ -51,6 +51,8 @@ VARIANTS = {
     | {"alpha": 3e-3, "beta": 3e-3, "lr_embed": 3e-3},
     "seqlora forward-diff bf16 lr 1e-2": {"hvp": "forward-diff", "precision": "bf16"}
     | {"alpha": 1e-2, "beta": 1e-2, "lr_embed": 1e-2},
+    "seqlora forward-diff bf16 lr 3e-3 batch 8": {"hvp": "forward-diff", "precision": "bf16", "batch_size": 8}
+    | {"alpha": 3e-3, "beta": 3e-3, "lr_embed": 3e-3},
 }
 THRESHOLDS = (0.5, 0.7)
 
@@ -85,7 +87,12 @@ def main() -> None:
         "budgets resume its checkpoints (the same factors a from-scratch add reaches: constant step sizes, "
         "one seeded batch stream)",
     )
+    parser.add_argument(
+        "--guidance", default="5", help="--one-run: guidance scales to render each point at (5: stream.py's)"
+    )
     args = parser.parse_args()
+    if args.guidance != "5" and not args.one_run:
+        parser.error("--guidance needs --one-run")
 
     from seqlib.identity import load_encoder, reference, to_tensor
 
@@ -99,26 +106,32 @@ def main() -> None:
     saved = args.out / "time_to_identity.json"
     done = {} if args.fresh or not saved.is_file() else json.loads(saved.read_text())  # resumable: point by point
     curves: dict[str, list[tuple[float, float, float]]] = {}
-    for variant in args.variants.split(","):
-        curves[variant] = []
+    scales = [float(g) for g in args.guidance.split(",")]
+    runs = [(v, g) for v in args.variants.split(",") for g in scales]
+    for variant, g in runs:
+        label = variant + ("" if g == 5 else f", guidance {g:g}")
+        curves[label] = []
         for steps in budgets:
             key = f"{variant} | {steps}" + ("" if len(names) == 1 else f" | {args.name}")
             key += f" | {args.base}" if args.base else ""
             key += " | reserve" if args.reserve else ""
             key += f" | {args.layers}" if args.layers else ""
             key += " | one-run" if args.one_run else ""
-            if key not in done and args.one_run:
-                for b, point in _curve(args, variant, budgets, encoder, refs).items():
-                    done[key.replace(f"{variant} | {steps}", f"{variant} | {b}")] = point
+            at_g = "" if g == 5 else f" | g{g:g}"
+            if key + at_g not in done and args.one_run:
+                for (b, scale), point in _curve(args, variant, budgets, encoder, refs, scales).items():
+                    at = key.replace(f"{variant} | {steps}", f"{variant} | {b}")
+                    done[at + ("" if scale == 5 else f" | g{scale:g}")] = point
                 saved.write_text(json.dumps(done, indent=1) + "\n")
+            key += at_g
             if key not in done:
                 done[key] = _point(args, variant, steps, encoder, refs)
                 saved.write_text(json.dumps(done, indent=1) + "\n")
             point = list(done[key])
             if len(point) == 3:  # one concept: all active is alone
                 point += point[1:3]
-            curves[variant].append(tuple(point))
-            row = {"variant": variant, "steps": steps, "seconds": point[0], "alone": point[1], "all": point[3]}
+            curves[label].append(tuple(point))
+            row = {"variant": label, "steps": steps, "seconds": point[0], "alone": point[1], "all": point[3]}
             print(json.dumps(row), flush=True)
     _plot(curves, args.out / "time_to_identity.png", args.name, several=len(names) > 1)
     header = " | ".join(f"{s} rounds: s, alone" + (", all active" if len(names) > 1 else "") for s in budgets)
@@ -195,8 +208,8 @@ def _point(args, variant: str, steps: int, encoder, refs: dict) -> tuple[float, 
     return point
 
 
-def _curve(args, variant: str, budgets: list[int], encoder, refs: dict) -> dict[int, tuple[float, float, float]]:
-    """Per budget (training seconds, identity alone: mean, sd), every concept in its own library, from
+def _curve(args, variant: str, budgets: list[int], encoder, refs: dict, scales: list[float]) -> dict:
+    """Per (budget, guidance) (training seconds, identity alone: mean, sd), every concept in its own library, from
     one add per concept at the largest budget. Its checkpoints at the smaller budgets are resumed in
     copies of the empty library with ``steps`` set to that budget, so each point is the concept a user
     with that ``--steps`` gets; seconds are the largest add's, pro rata (a round costs the same)."""
@@ -211,7 +224,7 @@ def _curve(args, variant: str, budgets: list[int], encoder, refs: dict) -> dict[
     tag = f"{variant}-one-run" + (f"-{args.base}" if args.base else "") + (f"-{args.layers}" if args.layers else "")
     root = args.out / "libraries" / tag.replace(" ", "_").replace(":", "_").replace("/", "_")
     shutil.rmtree(root, ignore_errors=True)
-    scores: dict[int, list[float]] = {b: [] for b in budgets}
+    scores: dict[tuple[int, float], list[float]] = {(b, g): [] for b in budgets for g in scales}
     seconds = dict.fromkeys(budgets, 0.0)
     save = checkpoint.save
     for name in refs:
@@ -241,13 +254,16 @@ def _curve(args, variant: str, budgets: list[int], encoder, refs: dict) -> dict[
                 lib.add(name, EXAMPLES / name, config=replace(config, steps=b), preview=False, resume=True)
             seconds[b] += total * b / top
             prompts = [f"a photo of <{name}>"] * args.images
-            images = generate(lib.pipeline({name: 1.0}), prompts, list(range(args.images)))
-            found = identity_scores(encoder, images, refs[name])[:, 0].tolist()
-            scores[b] += found
-            print(f"{variant} {name} {b} rounds: identity {statistics.mean(found):.3f}", flush=True)
-            if args.grids:
-                _grid(images, args.out / "grids" / f"{root.name}-{name}-{b}.png")
-    return {b: (seconds[b], statistics.mean(scores[b]), statistics.stdev(scores[b])) for b in budgets}
+            pipe = lib.pipeline({name: 1.0})
+            for g in scales:
+                images = generate(pipe, prompts, list(range(args.images)), guidance=g)
+                found = identity_scores(encoder, images, refs[name])[:, 0].tolist()
+                scores[b, g] += found
+                print(f"{variant} {name} {b} rounds, guidance {g:g}: identity {statistics.mean(found):.3f}", flush=True)
+                if args.grids:
+                    suffix = "" if g == 5 else f"-g{g:g}"
+                    _grid(images, args.out / "grids" / f"{root.name}-{name}-{b}{suffix}.png")
+    return {(b, g): (seconds[b], statistics.mean(v), statistics.stdev(v)) for (b, g), v in scores.items()}
 
 
 def _grid(images: torch.Tensor, path: Path) -> None:

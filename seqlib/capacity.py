@@ -9,10 +9,13 @@ A layer of input width m holds floor(m / r) rank-r concepts. The library's share
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from seqlib.choices import WHEN_FULL
 from seqlib.errors import CapacityError
-from seqlib.format import Version
+
+if TYPE_CHECKING:  # duck-typed: the models, or the plain views of seqlib.glance
+    from seqlib.format import Version
 
 
 def capacity(in_features: int, rank: int) -> int:

@@ -5,6 +5,10 @@ methods have their own registry (``seqlib.methods``). No imports: everything may
 
 from __future__ import annotations
 
+FORMAT_VERSION = 4  # the store format this seqlib writes (format_spec.md)
+# What it reads: versions 1 and 2 hold the records inside each commit (`seqlib.format_legacy`);
+# version 4 is version 3 plus the library's shared reserve (LibraryConfig.reserve).
+READABLE_VERSIONS = (1, 2, 3, 4)
 OPTIMIZERS = ("adam", "sgd")  # adam: Adam-preconditioned steps | sgd: plain (clipped) steps, as in the paper
 CONTEXTS = ("library", "base")  # train on W0 + Σ earlier residuals (the paper) | on W0 alone
 # How the cross-Hessian-vector product is taken (recorded as used): double backward, a central

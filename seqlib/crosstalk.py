@@ -8,12 +8,14 @@ Pure functions over records; ``load`` is how a caller reads a record's Crosstalk
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
+from typing import TYPE_CHECKING
 
-from seqlib.format import ConceptRecord, Crosstalk
+if TYPE_CHECKING:  # duck-typed: the models, or the plain views of seqlib.glance
+    from seqlib.format import ConceptRecord, Crosstalk
 
 SUMMARY = 5  # pairs kept in a record's crosstalk_worst
 Pair = tuple[str, str, float]
-Load = Callable[[ConceptRecord], Crosstalk]
+Load = Callable[["ConceptRecord"], "Crosstalk"]
 
 
 def pairs_of(name: str, crosstalk: Crosstalk) -> list[Pair]:

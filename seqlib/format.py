@@ -20,21 +20,20 @@ from seqlib.choices import (
     BASIS_INITS,
     CONTEXTS,
     CROPS,
+    FORMAT_VERSION,
     HVPS,
     KV_SCOPES,
     LAYOUTS,
     LORA_FORMATS,
     OPTIMIZERS,
     PRECISIONS,
+    READABLE_VERSIONS,
     SCHEDULERS,
 )
+from seqlib.derived import LIBRARY_ABSENT_AT, TRAINING_ABSENT_AT, ConceptDerived, LibraryDerived, VersionDerived
 from seqlib.errors import FormatVersionError, InvalidNameError, StoreDamagedError
 from seqlib.methods import METHODS
 
-FORMAT_VERSION = 4  # what this seqlib writes
-# What it reads: versions 1 and 2 hold the records inside each commit (`seqlib.format_legacy`);
-# version 4 is version 3 plus the library's shared reserve (LibraryConfig.reserve).
-READABLE_VERSIONS = (1, 2, 3, 4)
 # The LoRA file layouts seqlib writes (`export`) and reads (`import`): one definition for both.
 LoraFormat = Literal[LORA_FORMATS]
 
@@ -125,22 +124,12 @@ class ReserveRecord(_Model):
     created: str
 
 
-class LibraryConfig(_Model):
+class LibraryConfig(LibraryDerived, _Model):
     base: BaseRecord
     rank: int = Field(gt=0, description="Default rank r of a new concept.")
     layers: list[LayerRecord]
     reserve: ReserveRecord | None = Field(None, description="v4: the shared reserve; absent (not null) when unset.")
-    _ABSENT_AT: ClassVar[dict[str, object]] = {"reserve": None}
-
-    @property
-    def reserved_dims(self) -> list[int]:
-        """Per layer: the dimensions the shared reserve takes (0 without one)."""
-        dims = list(self.reserve.dims) if self.reserve else []
-        return (dims + [0] * len(self.layers))[: len(self.layers)]  # a damaged record: verify reports its length
-
-    @property
-    def layer_names(self) -> list[str]:
-        return [layer.name for layer in self.layers]
+    _ABSENT_AT: ClassVar[dict[str, object]] = LIBRARY_ABSENT_AT
 
 
 class ImageRecord(_Model):
@@ -195,7 +184,7 @@ class TrainingRecord(_Model):
     kv_scope: Literal[KV_SCOPES] = Field("all", description="v4: token: K/V residual only at its token; absent: all.")
     protect: int = Field(0, description="Top input directions of each earlier concept B was kept orthogonal to.")
     activation_k: int = Field(8, description="Principal input directions stored per layer.")
-    _ABSENT_AT: ClassVar[dict[str, object]] = {"kv_scope": "all"}
+    _ABSENT_AT: ClassVar[dict[str, object]] = TRAINING_ABSENT_AT
 
 
 class ImportRecord(_Model):
@@ -242,7 +231,7 @@ class Recipe(_Model):
         return dict(self.concepts)
 
 
-class ConceptFields(_Model):
+class ConceptFields(ConceptDerived, _Model):
     """What a concept record holds in every format version (version 3 adds crosstalk by reference)."""
 
     name: str
@@ -278,19 +267,6 @@ class ConceptFields(_Model):
     )
     loss_curve: list[float] | None = Field(None, description="v2: the training loss per round (<= 100 points).")
 
-    @property
-    def weight(self) -> float:
-        """The preferred weight (``annotate --weight``), 1 unless set."""
-        return self.notes.weight if self.notes else 1.0
-
-    @property
-    def method(self) -> str:
-        return self.training.method if self.training else "imported"
-
-    @property
-    def protect(self) -> int:
-        return self.training.protect if self.training else 0
-
 
 class Crosstalk(_Object):
     """``objects/crosstalk/<id>.json``: a concept's crosstalk with every concept before it."""
@@ -310,10 +286,6 @@ class ConceptRecord(ConceptFields, _Object):
     crosstalk_worst: list[tuple[str, str, float]] = Field(
         description="Its Crosstalk's worst 5 (source, target, value)."
     )
-
-    @property
-    def kv_scope(self) -> str:
-        return self.training.kv_scope if self.training is not None else "all"
 
 
 class Page(_Object):
@@ -336,7 +308,7 @@ class Commit(_Object):
     recipes: dict[str, Recipe] = Field(default_factory=dict, description="Named compositions.")
 
 
-class Version(_Model):
+class Version(VersionDerived, _Model):
     """One version as read (not a file): a commit with its concept records resolved."""
 
     format_version: int = FORMAT_VERSION
@@ -347,9 +319,6 @@ class Version(_Model):
     library: LibraryConfig
     concepts: list[ConceptRecord] = Field(description="In training order: each is orthogonal to all before it.")
     recipes: dict[str, Recipe] = Field(default_factory=dict)
-
-    def concept(self, name: str) -> ConceptRecord | None:
-        return next((c for c in self.concepts if c.name == name), None)
 
 
 PAGE_SPLIT = 64  # a page ends after a record id whose last 4 hex digits are 0 mod this ...

@@ -4,12 +4,11 @@ record and no library config is validated (a history of 1,000 versions repeats t
 
 from __future__ import annotations
 
-from typing import NamedTuple
-
 from pydantic import BaseModel, ConfigDict, ValidationError
 
 from seqlib.format import READABLE_VERSIONS, Page
 from seqlib.format_legacy import CommitV2
+from seqlib.glance import LogEntry
 from seqlib.store import Store
 
 
@@ -23,17 +22,6 @@ class CommitHeader(BaseModel):
     message: str
     timestamp: str
     pages: list[str]
-
-
-class LogEntry(NamedTuple):
-    """One line of the history: a version's number, id, parent, message, time and size."""
-
-    seq: int
-    id: str
-    parent: str | None
-    message: str
-    timestamp: str
-    concepts: int
 
 
 def _header(store: Store, commit_id: str) -> CommitHeader | None:

@@ -10,18 +10,18 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from seqlib import capacity, crosstalk
+from seqlib import capacity
 from seqlib.backends import is_url
-from seqlib.capacity import Status
 from seqlib.config import LAYER_SETS, default_layer_set
 from seqlib.errors import LostStoreInfo, StoreDamagedError, UsageError
 from seqlib.format import ConceptRecord, LibraryConfig, Version
-from seqlib.history import LogEntry, history
+from seqlib.glance import STORE_DIRNAME, LogEntry, Reading, Snapshot, find_store
+from seqlib.history import history
 from seqlib.selection import unknown_concept
-from seqlib.store import STORE_DIRNAME, Snapshot, Store, find_store
+from seqlib.store import Store
 
 
-class Repository:
+class Repository(Reading):
     """A versioned library of concepts on one base, stored in a ``.seqlib`` folder: what the
     verbs read and commit through (``seqlib.api.Library`` binds the verbs on top)."""
 
@@ -143,9 +143,6 @@ class Repository:
         even while another add lands."""
         return self.store.snapshot(self._pinned())
 
-    def head(self) -> Version:
-        return self.snapshot().version
-
     def writable_tip(self) -> Snapshot:
         """The tip a change starts from; refused while a read-only version is pinned."""
         pinned = self._pinned()
@@ -163,25 +160,15 @@ class Repository:
             raise unknown_concept(name, [c.name for c in commit.concepts])
         return found
 
-    def status(self) -> Status:
-        """Capacity per layer width, the bottleneck, what still fits, the worst crosstalk."""
-        head = self.head()
-        worst = crosstalk.worst_pairs(head.concepts, 5, self.store.crosstalk)
-        return capacity.status(head, *self.version(), worst_pairs=worst)
+    # what Reading's status and show read besides the snapshot
+    def crosstalk(self, record: ConceptRecord):
+        return self.store.crosstalk(record)
 
-    def show(self, name: str) -> dict:
-        """Everything recorded about one concept, plus its size on disk and its interferers."""
-        commit = self.head()
-        concept = self.concept(name, commit)
-        pairs = crosstalk.pairs_with(commit.concepts, name, self.store.crosstalk)
-        return {
-            "concept": concept.model_dump(mode="json"),
-            "size_bytes": self.store.payload_size(concept.payload),
-            "tensor_sha256": self.tensor_hash(concept, commit),
-            "preview": self.store.preview_location(concept.preview) if concept.preview else None,
-            "interfered_by": [{"source": a, "crosstalk": x} for a, b, x in pairs if b == name],
-            "interferes_with": [{"target": b, "crosstalk": x} for a, b, x in pairs if a == name],
-        }
+    def payload_size(self, payload_id: str) -> int:
+        return self.store.payload_size(payload_id)
+
+    def preview_location(self, preview_id: str) -> str:
+        return self.store.preview_location(preview_id)
 
     def tensor_hash(self, concept: ConceptRecord, commit: Version | None = None) -> str:
         """The concept's identifier: sha256 of the tensors of its own kohya export at weight 1

@@ -32,7 +32,6 @@ import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import NamedTuple
 
 from pydantic import ValidationError
 
@@ -67,9 +66,9 @@ from seqlib.format import (
     sha256_hex,
 )
 from seqlib.format_legacy import CommitV2
+from seqlib.glance import BRANCH_PREFIX, Snapshot
 from seqlib.objects import Objects, array_sha256  # noqa: F401  (array_sha256: part of this module's API)
 
-STORE_DIRNAME = ".seqlib"
 BRANCH = "main"
 _SEQ_WIDTH = 12
 _COMMIT_ID = re.compile(r"[0-9a-f]{64}")
@@ -88,27 +87,6 @@ def check_tag_name(name: str) -> None:
         raise InvalidNameError(f"tag {name!r} must not start with '.' or '-'")
     if name.isdigit() or name == BRANCH:
         raise InvalidNameError(f"tag {name!r} would be confused with a version number or the branch")
-
-
-def find_store(start: Path | None = None) -> Path:
-    """The nearest ``.seqlib`` in ``start`` or its parents, like git finds ``.git``."""
-    start = Path(start or Path.cwd()).resolve()
-    for folder in (start, *start.parents):
-        if (folder / STORE_DIRNAME / "store.json").is_file():
-            return folder / STORE_DIRNAME
-        if (folder / STORE_DIRNAME / "refs").is_dir() or (folder / STORE_DIRNAME / "objects").is_dir():
-            raise LostStoreInfo(folder / STORE_DIRNAME)
-    raise StoreNotFoundError(f"no seqlib library in {start} or its parents; create one with `seqlib init`")
-
-
-class Snapshot(NamedTuple):
-    """One version of a library as one request reads it: its number on the branch, its commit id
-    and the version itself. Verbs render, export and commit from it, so the pixels, the provenance
-    and the parent of a new commit all name the same version however many adds land meanwhile."""
-
-    seq: int
-    id: str
-    version: Version
 
 
 class Store(Objects):
@@ -214,7 +192,7 @@ class Store(Objects):
 
     # ---- commits and refs ------------------------------------------------------
 
-    _BRANCH_PREFIX = f"refs/heads/{BRANCH}"
+    _BRANCH_PREFIX = BRANCH_PREFIX
 
     def _ref_entries(self) -> list[str]:
         return sorted(n for n in self.backend.list(self._BRANCH_PREFIX) if n.isdigit())

@@ -15,6 +15,7 @@ CLI_MAY_IMPORT = {
     "seqlib.methods",
     "seqlib.errors",
     "seqlib._version",
+    "seqlib.glance",  # the read commands' fast path: the store as plain JSON, no pydantic
     "seqlib.selection",  # torch-free parsing of "a,b=0.5", for hints before anything loads
 }
 
@@ -126,3 +127,25 @@ def test_the_store_never_imports_torch_and_the_worlds_never_import_the_store():
     for name in ("world", "world_lab", "heldout"):  # pictures only: they know nothing of libraries
         own = {m for m in _imported_anywhere(modules[f"seqlib.{name}"]) if m.startswith("seqlib")}
         assert own <= {"seqlib.world", "seqlib.world_lab", "seqlib.heldout"}, f"seqlib.{name} imports {own}"
+
+
+def test_the_read_commands_fast_path_imports_no_pydantic_rich_or_torch():
+    # seqlib.glance and everything it imports, at any depth and inside functions too; what only
+    # `if TYPE_CHECKING:` imports never runs
+    modules = {
+        name: ast.Module([n for n in tree.body if not _type_checking_only(n)], []) for name, tree in _modules().items()
+    }
+    seen, todo = set(), ["seqlib.glance"]
+    while todo:
+        name = todo.pop()
+        if name not in seen:
+            seen.add(name)
+            todo += [m for m in _imports(modules[name], everywhere=True) if m in modules]
+    assert {"seqlib.glance", "seqlib.capacity", "seqlib.crosstalk", "seqlib.derived"} <= seen
+    for name in seen:
+        heavy = _imported_anywhere(modules[name]) & {"pydantic", "rich", "torch", "seqlib.format"}
+        assert not heavy, f"{name} imports {heavy}: `seqlib list` would pay for it"
+
+
+def _type_checking_only(node: ast.stmt) -> bool:
+    return isinstance(node, ast.If) and isinstance(node.test, ast.Name) and node.test.id == "TYPE_CHECKING"

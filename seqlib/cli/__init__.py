@@ -15,13 +15,19 @@ import click
 
 from seqlib import errors
 from seqlib._version import __version__
-from seqlib.cli import create, history, notes, output, reading, room  # noqa: F401  (each registers its commands)
 from seqlib.cli._common import cli, err_console
-from seqlib.cli.create import add_command
 from seqlib.cli.launch import ARGV
 from seqlib.errors import SeqlibError
 
 __all__ = ["add_command", "cli", "main"]
+
+
+def __getattr__(name: str):
+    if name == "add_command":  # the commands' modules load when a command runs (cli._common.COMMANDS)
+        from seqlib.cli.create import add_command
+
+        return add_command
+    raise AttributeError(f"module 'seqlib.cli' has no attribute {name!r}")
 
 
 def _debugging(argv: list[str]) -> bool:

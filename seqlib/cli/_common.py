@@ -3,6 +3,7 @@ option types (finite floats, seeds) and opening the library."""
 
 from __future__ import annotations
 
+import importlib
 import math
 
 import click
@@ -74,7 +75,45 @@ def open_library(ctx: click.Context, at: str | None = None):
     return Library.open(ctx.obj.get("store"), at=at)
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+def ask(ctx: click.Context, at: str | None, question):
+    """``question(library)`` answered from the store read as plain JSON (``seqlib.glance``: no
+    pydantic import, so a read command answers in a few times ``python -c pass``), or by the full
+    reader where the store is not an ordinary one (it validates, and names any damage)."""
+    from seqlib import glance
+
+    try:
+        return question(glance.open(ctx.obj.get("store"), at))
+    except glance.Unusual:
+        return question(open_library(ctx, at))
+
+
+# Which module of seqlib.cli defines each command: a command's module is imported when it runs
+# (click's "lazily loading subcommands"), so `seqlib list` does not import what `add` and
+# `compose` need (pydantic's models among them). tests/test_cli.py checks this table is complete.
+COMMANDS = {
+    "reading": ("status", "show", "log", "list", "report", "verify"),
+    "create": ("init", "add", "import"),
+    "history": ("gc", "rm", "tag", "checkout", "revert"),
+    "notes": ("annotate", "recipe"),
+    "output": ("compose", "preview", "export"),
+    "room": ("reserve",),
+}
+
+
+class LazyGroup(click.Group):
+    def get_command(self, ctx: click.Context, name: str):
+        module = next((m for m, names in COMMANDS.items() if name in names), None)
+        if module is not None and name not in self.commands:
+            importlib.import_module(f"seqlib.cli.{module}")
+        return super().get_command(ctx, name)
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        for module in COMMANDS:
+            importlib.import_module(f"seqlib.cli.{module}")
+        return super().list_commands(ctx)
+
+
+@click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
 @click.option(
     "--store",
     envvar="SEQLIB_STORE",

@@ -8,6 +8,7 @@ import click
 
 from seqlib import errors
 from seqlib.cli._common import (
+    ask,
     at_option,
     cli,
     console,
@@ -31,7 +32,7 @@ def status_command(ctx, as_json: bool, at: str | None) -> None:
     A layer of width m holds floor(m/r) orthogonal rank-r concepts; the narrowest layers
     fill first, and the library is full when any layer is.
     """
-    s = open_library(ctx, at).status()
+    s = ask(ctx, at, lambda lib: lib.status())
     if as_json:
         click.echo(json.dumps(s.to_json(), indent=2, sort_keys=True))
         return
@@ -104,7 +105,7 @@ def show_command(ctx, name: str, as_json: bool, at: str | None) -> None:
     Crosstalk of A onto B: the energy of A's residual on B's recorded layer inputs, relative
     to B's own residual there (0 = A is invisible to B; 1 = as strong as B itself).
     """
-    info = open_library(ctx, at).show(name)
+    info = ask(ctx, at, lambda lib: lib.show(name))
     if as_json:
         click.echo(json.dumps(info, indent=2, sort_keys=True))
         return
@@ -153,12 +154,10 @@ def show_command(ctx, name: str, as_json: bool, at: str | None) -> None:
 @click.pass_context
 def log_command(ctx, as_json: bool) -> None:
     """One entry per change (init, add, …), newest first, with its version number."""
-    lib = open_library(ctx)
-    tags: dict[str, list[str]] = {}
-    for tag, commit_id in lib.tags().items():
-        tags.setdefault(commit_id, []).append(tag)
-    pinned = lib.version()[1] if lib.checked_out() else None
+
     if as_json:
+        lib = open_library(ctx)  # every version whole
+        tags = _by_commit(lib.tags())
         click.echo(
             json.dumps(
                 [
@@ -178,15 +177,28 @@ def log_command(ctx, as_json: bool) -> None:
             )
         )
         return
+    tagged, pinned, history = ask(ctx, None, lambda lib: (lib.tags(), _pinned(lib), lib.history()))
+    tags = _by_commit(tagged)
     # click.style, not rich: a 1,000-version history printed through rich took seconds
     lines = []
-    for entry in lib.history():
+    for entry in history:
         labels = "".join(" " + click.style(f"({t})", fg="green") for t in tags.get(entry.id, []))
         labels += " " + click.style("(checked out)", fg="magenta") if entry.id == pinned else ""
         size = click.style(f"({plural(entry.concepts, 'concept')})", dim=True)
         head = f"{click.style(f'version {entry.seq}', fg='yellow')}{labels} {click.style(entry.id[:12], dim=True)}"
         lines.append(f"{head}  {entry.timestamp}\n    {entry.message}   {size}")
     click.echo("\n".join(lines))
+
+
+def _by_commit(tags: dict[str, str]) -> dict[str, list[str]]:
+    found: dict[str, list[str]] = {}
+    for tag, commit_id in tags.items():
+        found.setdefault(commit_id, []).append(tag)
+    return found
+
+
+def _pinned(lib) -> str | None:
+    return lib.version()[1] if lib.checked_out() else None
 
 
 @cli.command("list", short_help="The concepts, one line each.")
@@ -196,9 +208,24 @@ def log_command(ctx, as_json: bool) -> None:
 def list_command(ctx, as_json: bool, at: str | None) -> None:
     """The concepts of the current version (or --at), in training order, with the first 10 hex
     digits of each one's tensor hash (as A1111 shows it), preferred weight and tags."""
-    lib = open_library(ctx, at)
+    rows = ask(ctx, at, _list_rows)
+    if as_json:
+        click.echo(json.dumps(rows, indent=2, sort_keys=True))
+        return
+    lines = [
+        f"{r['token']:<20} {r['method']:<12} rank {r['rank']}  {r['tensor_sha256'][:10]}  "
+        f"weight {r['weight']:g}  {r['images']} images  {r['created']}"
+        + (f"  [{', '.join(r['tags'])}]" if r["tags"] else "")
+        for r in rows
+    ]
+    # click, not rich: plain lines (greppable, one per concept at any terminal width; tags are the
+    # user's words, never markup), and no rich import on a command that prints no table
+    click.echo("\n".join(lines) if lines else "no concepts yet; add one with `seqlib add NAME FOLDER`")
+
+
+def _list_rows(lib) -> list[dict]:
     commit = lib.head()
-    rows = [
+    return [
         {
             "name": c.name,
             "token": c.token,
@@ -214,18 +241,6 @@ def list_command(ctx, as_json: bool, at: str | None) -> None:
         }
         for c in commit.concepts
     ]
-    if as_json:
-        click.echo(json.dumps(rows, indent=2, sort_keys=True))
-        return
-    lines = [
-        f"{r['token']:<20} {r['method']:<12} rank {r['rank']}  {r['tensor_sha256'][:10]}  "
-        f"weight {r['weight']:g}  {r['images']} images  {r['created']}"
-        + (f"  [{', '.join(r['tags'])}]" if r["tags"] else "")
-        for r in rows
-    ]
-    # click, not rich: plain lines (greppable, one per concept at any terminal width; tags are the
-    # user's words, never markup), and no rich import on a command that prints no table
-    click.echo("\n".join(lines) if lines else "no concepts yet; add one with `seqlib add NAME FOLDER`")
 
 
 @cli.command("report", short_help="The library on one HTML page: previews, capacity, crosstalk, history.")

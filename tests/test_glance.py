@@ -1,0 +1,107 @@
+"""The read commands' fast path (``seqlib.glance``): the same answers as the full reader, without
+pydantic, and the full reader wherever the store is not an ordinary one."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from seqlib import glance
+from seqlib.api import Library
+from seqlib.cli import main
+from seqlib.cli._common import COMMANDS, cli
+
+
+def _outputs(store, capsys, commands) -> list[tuple[int, str, str]]:
+    found = []
+    for args in commands:
+        code = main(["--store", str(store), *args])
+        out, err = capsys.readouterr()
+        found.append((code, out, err))
+    return found
+
+
+READS = [
+    ["list"],
+    ["list", "--json"],
+    ["list", "--at", "2"],
+    ["status"],
+    ["status", "--json"],
+    ["status", "--at", "3"],
+    ["show", "emblem"],
+    ["show", "robot", "--json"],
+    ["show", "mascot", "--at", "2"],
+    ["log"],
+]
+
+
+def test_every_read_command_answers_as_the_full_reader_does(store_copy, capsys, monkeypatch):
+    lib = Library.open(store_copy)
+    lib.annotate("emblem", description="a badge", trigger="shield", weight=0.7, tags=["logo", "flat"])
+    lib.tag("v1", "2")
+    opened = []
+    real_open = glance.open
+    monkeypatch.setattr(glance, "open", lambda *a: opened.append(a) or real_open(*a))
+    fast = _outputs(store_copy, capsys, READS)
+    assert len(opened) == len(READS)  # each command asked the fast reader ...
+
+    def refuse(*_):
+        raise glance.Unusual("the test")
+
+    monkeypatch.setattr(glance, "open", refuse)  # ... and the full reader gives the very same bytes
+    full = _outputs(store_copy, capsys, READS)
+    for args, a, b in zip(READS, fast, full):
+        assert a == b, args
+        assert a[0] == 0 and a[1], args
+    assert "weight 0.7" in fast[0][1] and "[logo, flat]" in fast[0][1]
+    assert "(v1)" in fast[-1][1]
+    assert json.loads(fast[1][1])[1]["tags"] == ["logo", "flat"]
+
+
+def test_the_fast_path_answers_from_plain_json_and_takes_no_pydantic(seqlora_store):
+    code = (
+        "import sys; from seqlib.cli import main; "
+        + "".join(f"assert main(['--store', {str(seqlora_store)!r}, *{c!r}]) == 0; " for c in READS)
+        + "assert 'pydantic' not in sys.modules, 'pydantic imported'; "
+        + "assert 'seqlib.format' not in sys.modules"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    head = glance.open(seqlora_store).snapshot()
+    assert head.seq == 4 and [c.name for c in head.version.concepts] == ["mascot", "emblem", "robot"]
+    assert isinstance(head.version.concepts[0], glance.ConceptView)
+
+
+def test_what_is_not_ordinary_goes_to_the_full_reader(store_copy, capsys):
+    lib = Library.open(store_copy)
+    lib.tag("first", "2")
+    with pytest.raises(glance.Unusual):  # tags and id prefixes are the full reader's to resolve
+        glance.open(store_copy, "first").snapshot()
+    assert main(["--store", str(store_copy), "list", "--at", "first"]) == 0
+    assert capsys.readouterr().out.count("<") == 1  # version 2 holds one concept
+    assert main(["--store", str(store_copy), "show", "mascott"]) == 2  # the full reader's did-you-mean
+    assert "did you mean" in capsys.readouterr().err
+    lib.checkout("2")  # a pinned checkout: the full reader marks it
+    with pytest.raises(glance.Unusual):
+        glance.open(store_copy)
+    assert main(["--store", str(store_copy), "log"]) == 0
+    assert "(checked out)" in capsys.readouterr().out
+    lib.checkout("main")
+    record = next((store_copy / "objects" / "concepts").glob("*.json"))
+    data = json.loads(record.read_text())
+    record.write_text(json.dumps(data | {"rank": "four"}))  # damage the fast path must not print
+    with pytest.raises(glance.Unusual):
+        glance.open(store_copy).snapshot()
+    assert main(["--store", str(store_copy), "status"]) == 3
+    assert "damaged" in capsys.readouterr().err
+
+
+def test_each_command_is_loaded_from_the_module_the_table_names():
+    registered = {name: cmd.callback.__module__ for name, cmd in cli.commands.items()}
+    cli.list_commands(None)  # imports every module in the table
+    registered = {name: cmd.callback.__module__ for name, cmd in cli.commands.items()}
+    table = {name: f"seqlib.cli.{module}" for module, names in COMMANDS.items() for name in names}
+    assert registered == table
