@@ -85,6 +85,9 @@ class Backend(ABC):
     def list(self, prefix: str) -> dict[str, float]:
         """Names directly below ``prefix/`` (objects and sub-folders) -> last-modified time."""
 
+    def names(self, prefix: str) -> list[str]:
+        return list(self.list(prefix))  # the names alone: a folder lists them without a stat each
+
     @abstractmethod
     def delete(self, key: str) -> None:
         """Delete an object or a whole sub-tree."""
@@ -133,7 +136,8 @@ class LocalBackend(Backend):
         self.url = str(self.root)
 
     def read(self, key: str) -> bytes:
-        return (self.root / key).read_bytes()
+        with open(os.path.join(self.url, key), "rb") as f:  # not pathlib: a fifth of `list`'s reads
+            return f.read()
 
     def exists(self, key: str) -> bool:
         return (self.root / key).exists()
@@ -149,6 +153,10 @@ class LocalBackend(Backend):
         if not folder.is_dir():
             return {}
         return {p.name: p.stat().st_mtime for p in folder.iterdir()}
+
+    def names(self, prefix: str) -> list[str]:
+        folder = os.path.join(self.url, prefix)
+        return os.listdir(folder) if os.path.isdir(folder) else []
 
     def delete(self, key: str) -> None:
         path = self.root / key
@@ -287,11 +295,11 @@ class MemoryBackend(Backend):
     is gone when the process ends. Payload arrays live in zarr's MemoryStore, under the same keys."""
 
     _stores: dict[str, dict[str, tuple[bytes, float]]] = {}
+    _lock = threading.Lock()  # one for every instance: two opened on one URL share its objects
 
     def __init__(self, url: str) -> None:
         self.url = url.rstrip("/")
         self._objects = self._stores.setdefault(self.url, {})
-        self._lock = _LOCK
 
     def read(self, key: str) -> bytes:
         try:
@@ -333,9 +341,6 @@ class MemoryBackend(Backend):
     def keys(self, prefix: str) -> list[str]:
         root = prefix.rstrip("/") + "/"
         return sorted(k for k in self._objects if k.startswith(root))
-
-
-_LOCK = threading.Lock()
 
 
 def _memory_zarr_store(backend: MemoryBackend, prefix: str, read_only: bool):

@@ -26,13 +26,13 @@ def capacity(in_features: int, rank: int) -> int:
 def used_dims(commit: Version) -> dict[str, int]:
     """Dimensions taken on each layer: the shared reserve, the orthogonal concepts' bases and
     what --protect reserved."""
-    used = {layer.name: k for layer, k in zip(commit.library.layers, commit.library.reserved_dims)}
-    for concept in commit.concepts:
+    used = list(commit.library.reserved_dims)
+    for concept in commit.concepts:  # lists, not a dict per layer: `status` at 1,000 concepts
         if concept.orthogonal:
             ranks = concept.ranks or [concept.rank] * len(used)
-            for name, rank, reserved in zip(used, ranks, concept.reserved):
-                used[name] += rank + reserved
-    return used
+            taken = [rank + reserved for rank, reserved in zip(ranks, concept.reserved)]
+            used = [u + t for u, t in zip(used, taken)] + used[len(taken) :]  # a short record: verify names it
+    return dict(zip(commit.library.layer_names, used))
 
 
 def free_dims(commit: Version, used: dict[str, int] | None = None) -> dict[str, int]:

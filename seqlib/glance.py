@@ -120,6 +120,22 @@ _CONCEPT_FIELDS = {
     "tensor_sha256": (str, type(None)), "preview": (str, type(None)),
 }  # fmt: skip
 _COMMIT_FIELDS = {"parent": (str, type(None)), "message": str, "timestamp": str, "library": dict, "pages": list}
+_HEADER_FIELDS = ("format_version", "message", "pages", "parent", "timestamp")
+
+
+def header(raw: bytes) -> dict:
+    """A commit's fields that ``log`` shows, found in its canonical bytes (format_spec.md: sorted
+    keys, 2-space indent, so a top-level key starts a line at indent 2 and a string never holds a
+    raw newline) without parsing the library config every commit repeats (90% of its bytes)."""
+    found = {}
+    for key in _HEADER_FIELDS:
+        start = raw.find(b'\n  "' + key.encode() + b'": ')
+        if start < 0:
+            raise Unusual(f"no {key}")
+        start += len(key) + 7
+        end = raw.find(b"\n  ]", start) + 4 if raw.startswith(b"[\n", start) else raw.find(b"\n", start)
+        found[key] = json.loads(raw[start:end].rstrip(b","))
+    return found
 
 
 def _checked(data: object, fields: dict[str, type | tuple], where: str) -> dict:
@@ -179,10 +195,11 @@ class Glance(Reading):
             raise Unusual(key) from e
 
     def _entries(self) -> list[tuple[int, str]]:
-        names = sorted(n for n in self.backend.list(BRANCH_PREFIX) if n.isdigit())
+        """(version, key of its ref entry), oldest first: the entries are read only where needed."""
+        names = sorted(n for n in self.backend.names(BRANCH_PREFIX) if n.isdigit())
         if [int(n) for n in names] != list(range(1, len(names) + 1)):
             raise Unusual("the branch's entries are not 1..N")
-        return [(int(n), self.ref(f"{BRANCH_PREFIX}/{n}")) for n in names]
+        return [(int(n), f"{BRANCH_PREFIX}/{n}") for n in names]
 
     def ref(self, key: str) -> str:
         try:
@@ -216,11 +233,14 @@ class Glance(Reading):
         """The --at version: a number, ``main`` or a full commit id (tags and prefixes: the full reader)."""
         ref = self.at
         if ref is None or ref == "main":
-            return entries[-1]
-        found = [e for e in entries if (ref.isdigit() and e[0] == int(ref)) or e[1] == ref]
+            found = entries[-1:]
+        elif ref.isdigit():
+            found = [e for e in entries if e[0] == int(ref)]
+        else:
+            found = [e for e in entries if self.ref(e[1]) == ref]
         if len(found) != 1:
             raise Unusual(f"--at {ref}")
-        return found[0]
+        return found[0][0], self.ref(found[0][1])
 
     def snapshot(self) -> Snapshot:
         """The version read once per request (the tip or ``at``), its number and id with it."""
@@ -279,8 +299,13 @@ class Glance(Reading):
     def history(self) -> list[LogEntry]:
         """Every version on the branch, newest first, as ``log`` prints it."""
         out = []
-        for seq, commit_id in reversed(self._entries()):
-            c = self._commit(commit_id)
+        fields = {k: v for k, v in _COMMIT_FIELDS.items() if k != "library"}
+        for seq, key in reversed(self._entries()):
+            commit_id = self.ref(key)
+            try:
+                c = _checked(header(self.backend.read(f"objects/commits/{commit_id}.json")), fields, commit_id)
+            except (OSError, ValueError) as e:
+                raise Unusual(commit_id) from e
             count = sum(len(self._page(pid)) for pid in c["pages"])
             out.append(LogEntry(seq, commit_id, c["parent"], c["message"], c["timestamp"], count))
         return out

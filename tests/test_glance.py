@@ -105,3 +105,14 @@ def test_each_command_is_loaded_from_the_module_the_table_names():
     registered = {name: cmd.callback.__module__ for name, cmd in cli.commands.items()}
     table = {name: f"seqlib.cli.{module}" for module, names in COMMANDS.items() for name in names}
     assert registered == table
+
+
+def test_a_commit_header_is_read_from_its_canonical_bytes(seqlora_store):
+    commits = sorted((seqlora_store / "objects" / "commits").glob("*.json"))
+    assert len(commits) == 4
+    for path in commits:
+        raw = path.read_bytes()
+        full = json.loads(raw)
+        assert glance.header(raw) == {k: full[k] for k in ("format_version", "message", "pages", "parent", "timestamp")}
+    with pytest.raises(glance.Unusual):  # not canonical (one line): the full parse takes it
+        glance.header(json.dumps(full).encode())
