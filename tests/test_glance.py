@@ -116,3 +116,16 @@ def test_a_commit_header_is_read_from_its_canonical_bytes(seqlora_store):
         assert glance.header(raw) == {k: full[k] for k in ("format_version", "message", "pages", "parent", "timestamp")}
     with pytest.raises(glance.Unusual):  # not canonical (one line): the full parse takes it
         glance.header(json.dumps(full).encode())
+
+
+def test_a_crosstalk_value_is_found_in_the_bytes_as_the_parse_finds_it(seqlora_store):
+    files = sorted((seqlora_store / "objects" / "crosstalk").glob("*.json"))
+    assert sum(bool(json.loads(f.read_bytes())["crosstalk_from"]) for f in files) == 2  # emblem's, robot's
+    for path in files:
+        raw, full = path.read_bytes(), json.loads(path.read_bytes())
+        for key in ("crosstalk_from", "crosstalk_onto"):
+            found = glance.CrosstalkMap(raw, key)
+            assert dict(found.items()) == full[key] and len(found) == len(full[key])
+            for name, value in full[key].items():
+                assert name in found and found[name] == value
+            assert "nobody" not in found and "mascot-2" not in found

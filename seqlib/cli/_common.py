@@ -47,7 +47,19 @@ def plural(n: int, noun: str) -> str:
 
 
 def warn(message: str) -> None:
-    err_console.print(f"[yellow]warning:[/] {message}")
+    click.echo(f"{click.style('warning:', fg='yellow')} {message}", err=True)
+
+
+def table(title: str, header: list[str], rows: list[list[str]], right: bool = False) -> str:
+    """A titled table of plain aligned columns (as git and docker print them): greppable, no box
+    drawing to wrap on a narrow terminal, and no rich import."""
+    widths = [max(len(cell) for cell in column) for column in zip(header, *rows)]
+    pad = str.rjust if right else str.ljust
+
+    def line(cells: list[str]) -> str:
+        return "  ".join(pad(cell, w) for cell, w in zip(cells, widths)).rstrip()
+
+    return "\n".join([click.style(title, bold=True), click.style(line(header), dim=True), *map(line, rows)])
 
 
 class Finite(click.FloatRange):

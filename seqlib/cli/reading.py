@@ -16,6 +16,7 @@ from seqlib.cli._common import (
     json_option,
     open_library,
     plural,
+    table,
     warn,
 )
 
@@ -36,43 +37,37 @@ def status_command(ctx, as_json: bool, at: str | None) -> None:
     if as_json:
         click.echo(json.dumps(s.to_json(), indent=2, sort_keys=True))
         return
-    from rich.table import Table
-
     lib = s.commit.library
-    console.print(f"[bold]base[/]      {lib.base.kind}: {lib.base.source} (fingerprint {lib.base.fingerprint[:12]})")
-    console.print(f"[bold]version[/]   {s.version} ({s.commit_id[:12]})   [bold]rank[/] {lib.rank}")
+    echo = click.echo  # click, not rich: plain aligned columns, and rich's import is not paid
+    echo(f"{_bold('base')}      {lib.base.kind}: {lib.base.source} (fingerprint {lib.base.fingerprint[:12]})")
+    echo(f"{_bold('version')}   {s.version} ({s.commit_id[:12]})   {_bold('rank')} {lib.rank}")
     shown = s.commit.concepts[-STATUS_ROWS:]
     title = plural(len(s.commit.concepts), "concept")
     if len(shown) < len(s.commit.concepts):
         title += f" (the newest {len(shown)}; `seqlib list` shows all)"
-    concepts = Table(title=title, title_justify="left")
-    for col in ("name", "token", "method", "rank", "images", "loss start → end", "added"):
-        concepts.add_column(col)
-    for c in shown:
-        method = c.method + ("" if c.orthogonal else " [yellow](not orthogonal)[/]")
-        concepts.add_row(
+    rows = [
+        [
             c.name,
             c.token,
-            method,
+            c.method + ("" if c.orthogonal else " (not orthogonal)"),
             str(c.rank),
             str(len(c.images)),
             "imported" if c.final_loss is None else f"{c.initial_loss:.4f} → {c.final_loss:.4f}",
             c.created[:16].replace("T", " "),
-        )
-    console.print(concepts)
-    widths = Table(title="capacity by input width m", title_justify="left")
-    for col in ("width m", "layers", f"capacity ⌊m/{lib.rank}⌋", "dims used", "dims free", "fits"):
-        widths.add_column(col, justify="right")
-    for g in s.groups:
-        widths.add_row(
-            str(g.in_features), str(g.layers), str(g.capacity), str(g.used), str(g.free), str(g.free // lib.rank)
-        )
-    console.print(widths)
-    console.print(f"[bold]bottleneck[/] {s.bottleneck} ({s.bottleneck_free} dims free)")
+        ]
+        for c in shown
+    ]
+    echo(table(title, ["name", "token", "method", "rank", "images", "loss start → end", "added"], rows))
+    header = ["width m", "layers", f"capacity ⌊m/{lib.rank}⌋", "dims used", "dims free", "fits"]
+    rows = [
+        [str(x) for x in (g.in_features, g.layers, g.capacity, g.used, g.free, g.free // lib.rank)] for g in s.groups
+    ]
+    echo(table("capacity by input width m", header, rows, right=True))
+    echo(f"{_bold('bottleneck')} {s.bottleneck} ({s.bottleneck_free} dims free)")
     if lib.reserve:
         r = lib.reserve
-        console.print(
-            f"[bold]reserved[/]  {sum(r.dims)} dims over {len(r.dims)} layers for no concept (the shared reserve: "
+        echo(
+            f"{_bold('reserved')}  {sum(r.dims)} dims over {len(r.dims)} layers for no concept (the shared reserve: "
             f"{min(r.dims)}-{max(r.dims)} per layer, holding {min(r.captured):.0%}-{max(r.captured):.0%} of the "
             "generic inputs' energy); counted in dims used"
         )
@@ -83,13 +78,16 @@ def status_command(ctx, as_json: bool, at: str | None) -> None:
             "mixes subspaces (no orthogonality guarantee)"
         )
     if s.worst_pairs:
-        shown = ", ".join(f"<{a}> on <{b}> {x:.3g}" for a, b, x in s.worst_pairs[:3])
-        console.print(f"[bold]worst crosstalk[/] {shown}  (see `seqlib show NAME`)")
-    colour = "green" if s.fits > 0 else "red"
-    console.print(f"[{colour}]{s.fits} more rank-{lib.rank} concepts fit[/]")
+        worst = ", ".join(f"<{a}> on <{b}> {x:.3g}" for a, b, x in s.worst_pairs[:3])
+        echo(f"{_bold('worst crosstalk')} {worst}  (see `seqlib show NAME`)")
+    echo(click.style(f"{s.fits} more rank-{lib.rank} concepts fit", fg="green" if s.fits > 0 else "red"))
     by = s.fits_by_policy
     if by["shrink"] != by["refuse"] or by["skip"] != by["refuse"]:
-        console.print(f"  with --when-full shrink: {by['shrink']}, skip: {by['skip']} (some layers at a smaller rank)")
+        echo(f"  with --when-full shrink: {by['shrink']}, skip: {by['skip']} (some layers at a smaller rank)")
+
+
+def _bold(text: str) -> str:
+    return click.style(text, bold=True)
 
 
 @cli.command("show", short_help="Everything recorded about one concept.")
@@ -112,41 +110,40 @@ def show_command(ctx, name: str, as_json: bool, at: str | None) -> None:
     c = info["concept"]
     t = c["training"] or {}
     method = t.get("method", "imported")
-    console.print(f"[bold]{c['token']}[/]  {method}, rank {c['rank']}, added {c['created']}")
+    click.echo(f"{_bold(c['token'])}  {method}, rank {c['rank']}, added {c['created']}")
     if c.get("imported"):
         imp = c["imported"]
-        console.print(f"imported from {imp['file']} ({imp['format']}), relative error {imp['relative_error']:.3f}")
+        click.echo(f"imported from {imp['file']} ({imp['format']}), relative error {imp['relative_error']:.3f}")
     loss = "" if c["final_loss"] is None else f"loss {c['initial_loss']:.4f} → {c['final_loss']:.4f}   "
-    console.print(
+    click.echo(
         f"{loss}trained {c['train_seconds']:.0f}s   {info['size_bytes'] / 1024:.0f} KiB on disk   "
         f"payload {c['payload'][:12]}"
     )
-    console.print(f"tensor sha256 {info['tensor_sha256']} (of its kohya export: sshs_model_hash, Civitai AutoV3)")
+    click.echo(f"tensor sha256 {info['tensor_sha256']} (of its kohya export: sshs_model_hash, Civitai AutoV3)")
     if info.get("preview"):
-        console.print(f"preview {info['preview']}", highlight=False, soft_wrap=True)  # a path: never wrapped
+        click.echo(f"preview {info['preview']}")
     notes = c.get("notes") or {}
     if notes:
-        console.print(
+        click.echo(
             f"preferred weight {notes['weight']:g}"
             + (f"   trigger {notes['trigger']!r}" if notes["trigger"] else "")
-            + (f"   tags {', '.join(notes['tags'])}" if notes["tags"] else ""),
-            markup=False,
+            + (f"   tags {', '.join(notes['tags'])}" if notes["tags"] else "")
         )
         if notes["description"]:
-            console.print(notes["description"], highlight=False, markup=False)
+            click.echo(notes["description"])
     if t:
-        console.print("hyper-parameters: " + ", ".join(f"{k}={v}" for k, v in sorted(t.items())))
+        click.echo("hyper-parameters: " + ", ".join(f"{k}={v}" for k, v in sorted(t.items())))
     if any(c["reserved"]):
-        console.print(f"--protect reserved up to {max(c['reserved'])} extra dims per layer")
-    console.print(f"{len(c['images'])} images:")
+        click.echo(f"--protect reserved up to {max(c['reserved'])} extra dims per layer")
+    click.echo(f"{len(c['images'])} images:")
     for im in c["images"]:
-        console.print(f"  {im['file']}  sha256 {im['sha256'][:16]}…")
+        click.echo(f"  {im['file']}  sha256 {im['sha256'][:16]}…")
     for title, rows, key in (
         ("interfered with by", info["interfered_by"], "source"),
         ("interferes with", info["interferes_with"], "target"),
     ):
         if rows:
-            console.print(f"{title}: " + ", ".join(f"<{r[key]}> {r['crosstalk']:.3g}" for r in rows[:5]))
+            click.echo(f"{title}: " + ", ".join(f"<{r[key]}> {r['crosstalk']:.3g}" for r in rows[:5]))
 
 
 @cli.command("log", short_help="History of the library, newest first.")
