@@ -18,15 +18,19 @@ import shutil
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
+
+NEUTRAL = tempfile.gettempdir()
 
 
 def seconds(cmd: list[str], repeat: int, env: dict | None = None) -> float:
     runs = []
     for _ in range(repeat):
         start = time.perf_counter()
-        subprocess.run(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, check=False, env=env)
+        # cwd: a folder with no seqlib in it (`python -c` puts the working folder first on sys.path)
+        subprocess.run(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, check=False, env=env, cwd=NEUTRAL)
         runs.append(time.perf_counter() - start)
     return statistics.median(runs)
 
@@ -38,6 +42,7 @@ def main() -> None:
     parser.add_argument("--repeat", type=int, default=5)
     parser.add_argument("--against", default=None, help="another checkout's folder, timed beside this one")
     args = parser.parse_args()
+    args.store = str(Path(args.store).resolve())
     seqlib = shutil.which("seqlib") or sys.exit("seqlib is not on PATH: pip install -e . first")
     if args.concept is None:
         from seqlib.api import Library

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import os
 import sys
 
 
@@ -13,5 +14,14 @@ def run() -> None:
         print(f"seqlib, version {__version__}")
         sys.exit(0)
     from seqlib.cli import main
+    from seqlib.cli._common import QUICK_EXIT
 
-    sys.exit(main())
+    code = main()
+    if QUICK_EXIT:
+        try:
+            sys.stdout.flush()
+            sys.stderr.flush()
+        except BrokenPipeError:  # `seqlib list | head`
+            pass
+        os._exit(code)
+    sys.exit(code)

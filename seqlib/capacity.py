@@ -9,6 +9,8 @@ A layer of input width m holds floor(m / r) rank-r concepts. The library's share
 from __future__ import annotations
 
 from dataclasses import dataclass
+from itertools import repeat
+from operator import add
 from typing import TYPE_CHECKING
 
 from seqlib.choices import WHEN_FULL
@@ -27,11 +29,11 @@ def used_dims(commit: Version) -> dict[str, int]:
     """Dimensions taken on each layer: the shared reserve, the orthogonal concepts' bases and
     what --protect reserved."""
     used = list(commit.library.reserved_dims)
-    for concept in commit.concepts:  # lists, not a dict per layer: `status` at 1,000 concepts
+    for concept in commit.concepts:  # lists added in C (map), not a dict per layer: `status` at 1,000 concepts
         if concept.orthogonal:
-            ranks = concept.ranks or [concept.rank] * len(used)
-            taken = [rank + reserved for rank, reserved in zip(ranks, concept.reserved)]
-            used = [u + t for u, t in zip(used, taken)] + used[len(taken) :]  # a short record: verify names it
+            ranks = concept.ranks or repeat(concept.rank)
+            added = list(map(add, map(add, used, ranks), concept.reserved))
+            used = added + used[len(added) :]  # a short record: verify names it
     return dict(zip(commit.library.layer_names, used))
 
 

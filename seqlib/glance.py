@@ -18,12 +18,13 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Mapping
+from functools import cache
 from pathlib import Path
 from typing import NamedTuple
 
 from seqlib import capacity, crosstalk
 from seqlib.backends import Backend, is_url, open_backend
+from seqlib.canonical import CrosstalkMap, header, without
 from seqlib.choices import READABLE_VERSIONS
 from seqlib.derived import LIBRARY_ABSENT_AT, TRAINING_ABSENT_AT, ConceptDerived, LibraryDerived, VersionDerived
 from seqlib.errors import LostStoreInfo, SeqlibError, StoreNotFoundError
@@ -71,12 +72,28 @@ class LogEntry(NamedTuple):
     concepts: int
 
 
+@cache
+def _taken(cls: type) -> frozenset[str]:
+    return frozenset(dir(cls))
+
+
 class View(dict):
     """A JSON object as read, its keys also attributes (``record.name``), as the models have them.
     ``ABSENT_AT``: the fields a later format added, absent from older files at their defaults."""
 
-    __slots__ = ()
     ABSENT_AT: dict[str, object] = {}
+
+    def __init__(self, data: dict) -> None:
+        super().__init__(data)
+        # keys as instance attributes too: read at attribute speed (`list` reads 11 per concept);
+        # a key that names a method or property of the class stays an item only
+        taken = _taken(type(self))
+        self.__dict__.update({k: v for k, v in data.items() if k not in taken})
+
+    def __setitem__(self, key: str, value) -> None:
+        super().__setitem__(key, value)
+        if key not in _taken(type(self)):
+            self.__dict__[key] = value
 
     def __getattr__(self, name: str):
         try:
@@ -93,21 +110,40 @@ class View(dict):
 
 
 class TrainingView(View):
-    __slots__ = ()
     ABSENT_AT = TRAINING_ABSENT_AT
 
 
 class LibraryView(LibraryDerived, View):
-    __slots__ = ()
     ABSENT_AT = LIBRARY_ABSENT_AT
 
 
 class ConceptView(ConceptDerived, View):
-    __slots__ = ()
+    """A concept record; its long lists (``LAZY``) are parsed from the file's bytes when first read:
+    `list` needs none of them, `status` only ``reserved``."""
+
+    LAZY = {"arrays": list, "loss_curve": (list, type(None)), "reserved": list}
+
+    def __init__(self, data: dict, raw: bytes = b"") -> None:
+        super().__init__(data)
+        self.__dict__["_raw"] = raw
+
+    def __getattr__(self, name: str):
+        if name in self.LAZY and name not in self:
+            try:
+                value = header(self.__dict__["_raw"], (name,))[name]
+            except ValueError as e:
+                raise Unusual(name) from e
+            if not isinstance(value, self.LAZY[name]):
+                raise Unusual(name)
+            self[name] = value
+        return View.__getattr__(self, name)
+
+    def model_dump(self, mode: str = "json") -> dict:
+        return json.loads(self.__dict__["_raw"]) if self.__dict__["_raw"] else dict(self)
 
 
 class VersionView(VersionDerived, View):
-    __slots__ = ()
+    pass
 
 
 # The fields the read commands show, by type: a record without them, or with another type, is
@@ -115,28 +151,13 @@ class VersionView(VersionDerived, View):
 _NUMBER, _OPTIONAL_NUMBER = (int, float), (int, float, type(None))
 _CONCEPT_FIELDS = {
     "name": str, "token": str, "rank": int, "orthogonal": bool, "payload": str, "images": list,
-    "training": (dict, type(None)), "reserved": list, "initial_loss": _OPTIONAL_NUMBER,
+    "training": (dict, type(None)), "initial_loss": _OPTIONAL_NUMBER,
     "final_loss": _OPTIONAL_NUMBER, "train_seconds": _NUMBER, "created": str, "crosstalk": str,
     "crosstalk_worst": list, "notes": (dict, type(None)), "ranks": (list, type(None)),
     "tensor_sha256": (str, type(None)), "preview": (str, type(None)),
 }  # fmt: skip
 _COMMIT_FIELDS = {"parent": (str, type(None)), "message": str, "timestamp": str, "library": dict, "pages": list}
 _HEADER_FIELDS = ("format_version", "message", "pages", "parent", "timestamp")
-
-
-def header(raw: bytes) -> dict:
-    """A commit's fields that ``log`` shows, found in its canonical bytes (format_spec.md: sorted
-    keys, 2-space indent, so a top-level key starts a line at indent 2 and a string never holds a
-    raw newline) without parsing the library config every commit repeats (90% of its bytes)."""
-    found = {}
-    for key in _HEADER_FIELDS:
-        start = raw.find(b'\n  "' + key.encode() + b'": ')
-        if start < 0:
-            raise Unusual(f"no {key}")
-        start += len(key) + 7
-        end = raw.find(b"\n  ]", start) + 4 if raw.startswith(b"[\n", start) else raw.find(b"\n", start)
-        found[key] = json.loads(raw[start:end].rstrip(b","))
-    return found
 
 
 def _checked(data: object, fields: dict[str, type | tuple], where: str) -> dict:
@@ -146,50 +167,6 @@ def _checked(data: object, fields: dict[str, type | tuple], where: str) -> dict:
         if not isinstance(data.get(name, ...), kind) or (kind is int and isinstance(data[name], bool)):
             raise Unusual(f"{where}: {name}")
     return data
-
-
-class CrosstalkMap(Mapping):
-    """One of a Crosstalk file's maps (concept name -> value), read from its canonical bytes: one
-    name is found without parsing the rest (format_spec.md: a key of a top-level object's object
-    starts a line at indent 4); iterating parses the map whole."""
-
-    def __init__(self, raw: bytes, key: str) -> None:
-        self.raw = raw
-        self.start = raw.find(b'\n  "' + key.encode() + b'": {')
-        if self.start < 0:
-            raise ValueError(f"no {key}")
-        self.end = raw.find(b"}", self.start)  # names hold no brace; an empty map is "{}"
-        self._all: dict[str, float] | None = None
-
-    def _value(self, name: str):
-        at = self.raw.find(b'\n    "' + name.encode() + b'": ', self.start, self.end)
-        if at < 0:
-            return None
-        at += len(name) + 9
-        return float(self.raw[at : self.raw.find(b"\n", at)].rstrip(b","))
-
-    def __contains__(self, name: object) -> bool:
-        return isinstance(name, str) and self._value(name) is not None
-
-    def __getitem__(self, name: str) -> float:
-        value = self._value(name)
-        if value is None:
-            raise KeyError(name)
-        return value
-
-    def _parsed(self) -> dict[str, float]:
-        if self._all is None:
-            self._all = json.loads(self.raw[self.raw.find(b"{", self.start) : self.end + 1])
-        return self._all
-
-    def __iter__(self):
-        return iter(self._parsed())
-
-    def items(self):
-        return self._parsed().items()
-
-    def __len__(self) -> int:
-        return len(self._parsed())
 
 
 class Reading:
@@ -232,6 +209,7 @@ class Glance(Reading):
         self.backend, self.root, self.at = backend, root, at
         self._snapshot: Snapshot | None = None
         self._pages: dict[str, list[str]] = {}
+        self._sizes: dict[str, int] = {}
 
     def _json(self, key: str):
         try:
@@ -260,15 +238,32 @@ class Glance(Reading):
 
     def _page(self, page_id: str) -> list[str]:
         if page_id not in self._pages:  # pages are shared between versions: `log` reads each once
-            page = self._json(f"objects/pages/{page_id}.json")
-            if not isinstance(page, dict) or not isinstance(page.get("concepts"), list):
+            try:
+                concepts = header(self.backend.read(f"objects/pages/{page_id}.json"), ("concepts",))["concepts"]
+            except (OSError, ValueError) as e:
+                raise Unusual(page_id) from e
+            if not isinstance(concepts, list):
                 raise Unusual(page_id)
-            self._pages[page_id] = page["concepts"]
+            self._pages[page_id] = concepts
         return self._pages[page_id]
 
+    def _page_size(self, page_id: str) -> int:
+        """How many records a page lists: its id lines (indent 4), counted without decoding them."""
+        if page_id not in self._sizes:
+            try:
+                self._sizes[page_id] = self.backend.read(f"objects/pages/{page_id}.json").count(b'\n    "')
+            except OSError as e:
+                raise Unusual(page_id) from e
+        return self._sizes[page_id]
+
     def _record(self, record_id: str) -> ConceptView:
-        data = _checked(self._json(f"objects/concepts/{record_id}.json"), _CONCEPT_FIELDS, record_id)
-        record = ConceptView(data)
+        key = f"objects/concepts/{record_id}.json"
+        try:
+            raw = self.backend.read(key)
+            data = json.loads(without(raw, ConceptView.LAZY))
+        except (OSError, ValueError) as e:  # missing, unreadable, not JSON: the full reader says which
+            raise Unusual(key) from e
+        record = ConceptView(_checked(data, _CONCEPT_FIELDS, record_id), raw)
         record["images"] = [View(im) for im in data["images"]]
         record["training"] = TrainingView(data["training"]) if data["training"] is not None else None
         record["notes"] = View(data["notes"]) if data["notes"] is not None else None
@@ -301,7 +296,7 @@ class Glance(Reading):
             if library.get("reserve") is not None:
                 library["reserve"] = View(library["reserve"])
             records = [self._record(rid) for pid in commit["pages"] for rid in self._page(pid)]
-            version = VersionView(commit, library=library, concepts=records)
+            version = VersionView(commit | {"library": library, "concepts": records})
             self._snapshot = Snapshot(seq, commit_id, version)
         return self._snapshot
 
@@ -349,10 +344,12 @@ class Glance(Reading):
         for seq, key in reversed(self._entries()):
             commit_id = self.ref(key)
             try:
-                c = _checked(header(self.backend.read(f"objects/commits/{commit_id}.json")), fields, commit_id)
+                c = _checked(
+                    header(self.backend.read(f"objects/commits/{commit_id}.json"), _HEADER_FIELDS), fields, commit_id
+                )
             except (OSError, ValueError) as e:
                 raise Unusual(commit_id) from e
-            count = sum(len(self._page(pid)) for pid in c["pages"])
+            count = sum(self._page_size(pid) for pid in c["pages"])
             out.append(LogEntry(seq, commit_id, c["parent"], c["message"], c["timestamp"], count))
         return out
 

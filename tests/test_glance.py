@@ -9,7 +9,7 @@ import sys
 
 import pytest
 
-from seqlib import glance
+from seqlib import canonical, glance
 from seqlib.api import Library
 from seqlib.cli import main
 from seqlib.cli._common import COMMANDS, cli
@@ -113,9 +113,10 @@ def test_a_commit_header_is_read_from_its_canonical_bytes(seqlora_store):
     for path in commits:
         raw = path.read_bytes()
         full = json.loads(raw)
-        assert glance.header(raw) == {k: full[k] for k in ("format_version", "message", "pages", "parent", "timestamp")}
-    with pytest.raises(glance.Unusual):  # not canonical (one line): the full parse takes it
-        glance.header(json.dumps(full).encode())
+        keys = ("format_version", "message", "pages", "parent", "timestamp")
+        assert canonical.header(raw, keys) == {k: full[k] for k in keys}
+    with pytest.raises(ValueError):  # not canonical (one line): the full parse takes it
+        canonical.header(json.dumps(full).encode(), keys)
 
 
 def test_a_crosstalk_value_is_found_in_the_bytes_as_the_parse_finds_it(seqlora_store):
@@ -124,8 +125,25 @@ def test_a_crosstalk_value_is_found_in_the_bytes_as_the_parse_finds_it(seqlora_s
     for path in files:
         raw, full = path.read_bytes(), json.loads(path.read_bytes())
         for key in ("crosstalk_from", "crosstalk_onto"):
-            found = glance.CrosstalkMap(raw, key)
+            found = canonical.CrosstalkMap(raw, key)
             assert dict(found.items()) == full[key] and len(found) == len(full[key])
             for name, value in full[key].items():
                 assert name in found and found[name] == value
             assert "nobody" not in found and "mascot-2" not in found
+
+
+def test_a_record_parses_its_long_lists_only_when_they_are_read(seqlora_store):
+    head = glance.open(seqlora_store).snapshot().version
+    for record in head.concepts:
+        path = seqlora_store / "objects" / "concepts"
+        full = json.loads(
+            next(p for p in path.glob("*.json") if json.loads(p.read_bytes())["name"] == record.name).read_bytes()
+        )
+        assert "arrays" not in record and "reserved" not in record  # cut before the parse ...
+        assert record.arrays == full["arrays"] and record.reserved == full["reserved"]  # ... read when asked
+        assert record.loss_curve == full["loss_curve"] and len(record.arrays) > 10
+        assert record.model_dump() == full
+    raw = b'{\n  "a": 1,\n  "b": [\n    2\n  ],\n  "c": 3\n}\n'
+    assert json.loads(canonical.without(raw, ["b"])) == {"a": 1, "c": 3}
+    with pytest.raises(ValueError):  # the last key cut leaves a trailing comma: not JSON, so the full reader
+        json.loads(canonical.without(raw, ["c"]))

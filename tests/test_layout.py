@@ -141,7 +141,7 @@ def test_the_read_commands_fast_path_imports_no_pydantic_rich_or_torch():
         if name not in seen:
             seen.add(name)
             todo += [m for m in _imports(modules[name], everywhere=True) if m in modules]
-    assert {"seqlib.glance", "seqlib.capacity", "seqlib.crosstalk", "seqlib.derived"} <= seen
+    assert {"seqlib.glance", "seqlib.canonical", "seqlib.capacity", "seqlib.crosstalk", "seqlib.derived"} <= seen
     for name in seen:
         heavy = _imported_anywhere(modules[name]) & {"pydantic", "rich", "torch", "seqlib.format"}
         assert not heavy, f"{name} imports {heavy}: `seqlib list` would pay for it"

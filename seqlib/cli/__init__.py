@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import os
 import sys
-import traceback
 
 import click
 
@@ -28,6 +27,12 @@ def __getattr__(name: str):
 
         return add_command
     raise AttributeError(f"module 'seqlib.cli' has no attribute {name!r}")
+
+
+def _traceback() -> None:
+    import traceback  # only on a failure: every command would pay ~4 ms for it
+
+    traceback.print_exc()
 
 
 def _debugging(argv: list[str]) -> bool:
@@ -56,17 +61,17 @@ def main(argv: list[str] | None = None) -> int:
         return e.exit_code
     except SeqlibError as e:
         if debug:
-            traceback.print_exc()
+            _traceback()
         return _fail(str(e), e.exit_code)
     except (OSError, MemoryError) as e:  # the machine: permissions, disk, network
         if debug:
-            traceback.print_exc()
+            _traceback()
         if isinstance(e, MemoryError):
             return _fail("out of memory; try a smaller --batch-size, --size or -n", errors.ENVIRONMENT)
         where = f": {e.filename}" if getattr(e, "filename", None) else ""
         return _fail(f"{e.strerror or e}{where}", errors.ENVIRONMENT)
     except Exception:
-        traceback.print_exc()
+        _traceback()
         return _fail(
             f"this is a bug in seqlib {__version__}, not something you did; please report it on the project's "
             "issue tracker with the command and the traceback above",
