@@ -49,19 +49,24 @@ def main() -> None:
 
         concepts = Library.open(args.store).head().concepts
         args.concept = concepts[0].name if concepts else None
-    floor = seconds([sys.executable, "-c", "pass"], args.repeat)
-    rows = [("python -c pass", floor, floor)]
+    # The floor is sampled beside every command's runs (one `python -c pass` before each): on a
+    # shared machine a floor measured once, up front, moved the ratios by a fifth between runs.
+    passes: list[float] = []
+    rows = []
     commands = [["--version"], ["status"], ["list"], ["log"]] + ([["show", args.concept]] if args.concept else [])
     other = os.environ | {"PYTHONPATH": args.against} if args.against else None
     for command in commands:
         full = [seqlib, *command] if command == ["--version"] else [seqlib, "--store", args.store, *command]
-        if other is None:
-            rows.append((f"seqlib {' '.join(command)}", seconds(full, args.repeat), None))
-            continue
-        full = [sys.executable, "-c", "from seqlib._entry import run; run()", *full[1:]]  # the console script
-        here = os.environ | {"PYTHONPATH": str(Path(__file__).resolve().parent.parent)}
-        pairs = [(seconds(full, 1, here), seconds(full, 1, other)) for _ in range(args.repeat)]
-        rows.append((f"seqlib {' '.join(command)}", *(statistics.median(x) for x in zip(*pairs))))
+        if other is not None:
+            full = [sys.executable, "-c", "from seqlib._entry import run; run()", *full[1:]]  # the console script
+        here = os.environ | {"PYTHONPATH": str(Path(__file__).resolve().parent.parent)} if other else None
+        runs = []
+        for _ in range(args.repeat):
+            passes.append(seconds([sys.executable, "-c", "pass"], 1))
+            runs.append((seconds(full, 1, here), seconds(full, 1, other) if other else None))
+        rows.append((f"seqlib {' '.join(command)}", *(statistics.median(x) if x[0] else None for x in zip(*runs))))
+    floor = statistics.median(passes)
+    rows.insert(0, ("python -c pass", floor, floor))
     extra = f" | {args.against}: s | x python -c pass" if other else ""
     print(f"| command | median s ({args.repeat} runs) | x python -c pass{extra} |")
     print("|---|---:|---:|" + ("---:|---:|" if other else ""))

@@ -38,6 +38,8 @@ def _value(text: bytes, ids: bool):
         return text[1:-1].decode()
     if ids and text.startswith(b"[") and b"\\" not in text:
         return [x.decode() for x in _QUOTED.findall(text)]
+    if text.startswith(b"[") and not text.strip(b"[]0, \n"):  # all zeros (`reserved` without --protect)
+        return [0] * text.count(b"0")
     return json.loads(text)
 
 

@@ -28,13 +28,17 @@ def capacity(in_features: int, rank: int) -> int:
 def used_dims(commit: Version) -> dict[str, int]:
     """Dimensions taken on each layer: the shared reserve, the orthogonal concepts' bases and
     what --protect reserved."""
-    used = list(commit.library.reserved_dims)
+    used, uniform = list(commit.library.reserved_dims), 0
     for concept in commit.concepts:  # lists added in C (map), not a dict per layer: `status` at 1,000 concepts
-        if concept.orthogonal:
-            ranks = concept.ranks or repeat(concept.rank)
-            added = list(map(add, map(add, used, ranks), concept.reserved))
-            used = added + used[len(added) :]  # a short record: verify names it
-    return dict(zip(commit.library.layer_names, used))
+        if not concept.orthogonal:
+            continue
+        if concept.ranks is None and not any(concept.reserved) and len(concept.reserved) == len(used):
+            uniform += concept.rank  # the same on every layer: added once at the end
+            continue
+        ranks = concept.ranks or repeat(concept.rank)
+        added = list(map(add, map(add, used, ranks), concept.reserved))
+        used = added + used[len(added) :]  # a short record: verify names it
+    return {name: u + uniform for name, u in zip(commit.library.layer_names, used)}
 
 
 def free_dims(commit: Version, used: dict[str, int] | None = None) -> dict[str, int]:

@@ -147,3 +147,9 @@ def test_a_record_parses_its_long_lists_only_when_they_are_read(seqlora_store):
     assert json.loads(canonical.without(raw, ["b"])) == {"a": 1, "c": 3}
     with pytest.raises(ValueError):  # the last key cut leaves a trailing comma: not JSON, so the full reader
         json.loads(canonical.without(raw, ["c"]))
+
+
+def test_a_list_of_zeros_is_read_without_parsing_and_anything_else_parsed():
+    assert canonical._value(b"[\n    0,\n    0,\n    0\n  ]", ids=False) == [0, 0, 0]
+    assert canonical._value(b"[\n    0,\n    10\n  ]", ids=False) == [0, 10]  # 10 holds a 0 and a 1
+    assert canonical._value(b"[]", ids=False) == [] and canonical._value(b'"a b"', ids=False) == "a b"
