@@ -118,16 +118,37 @@ class LibraryView(LibraryDerived, View):
 
 
 class ConceptView(ConceptDerived, View):
-    """A concept record; its long lists (``LAZY``) are parsed from the file's bytes when first read:
-    `list` needs none of them, `status` only ``reserved``."""
+    """A concept record read from its canonical bytes in steps: its name and Crosstalk id at once
+    (all `show` needs of the other concepts), the other fields when one is first read (checked
+    then: a wrong type is Unusual), its long lists (``LAZY``) only when read themselves (`list`
+    needs none of them, `status` only ``reserved``)."""
 
     LAZY = {"arrays": list, "loss_curve": (list, type(None)), "reserved": list}
 
-    def __init__(self, data: dict, raw: bytes = b"") -> None:
-        super().__init__(data)
-        self.__dict__["_raw"] = raw
+    def __init__(self, raw: bytes, record_id: str) -> None:
+        first = header(raw, ("crosstalk", "name"))
+        if not all(isinstance(v, str) for v in first.values()):
+            raise ValueError("name, crosstalk")
+        super().__init__(first)
+        self.__dict__.update(_raw=raw, _id=record_id, _whole=False)
+
+    def _read_the_rest(self) -> None:
+        data = _checked(json.loads(without(self.__dict__["_raw"], self.LAZY)), _CONCEPT_FIELDS, self.__dict__["_id"])
+        data["images"] = [View(im) for im in data["images"]]
+        data["training"] = TrainingView(data["training"]) if data["training"] is not None else None
+        data["notes"] = View(data["notes"]) if data["notes"] is not None else None
+        dict.update(self, data)  # at once, not item by item: `list` does this for every concept
+        taken = _taken(type(self))
+        self.__dict__.update({k: v for k, v in data.items() if k not in taken}, _whole=True)
 
     def __getattr__(self, name: str):
+        if not self.__dict__["_whole"]:
+            try:
+                self._read_the_rest()
+            except ValueError as e:
+                raise Unusual(self.__dict__["_id"]) from e
+            if name in self.__dict__:
+                return self.__dict__[name]
         if name in self.LAZY and name not in self:
             try:
                 value = header(self.__dict__["_raw"], (name,))[name]
@@ -139,7 +160,7 @@ class ConceptView(ConceptDerived, View):
         return View.__getattr__(self, name)
 
     def model_dump(self, mode: str = "json") -> dict:
-        return json.loads(self.__dict__["_raw"]) if self.__dict__["_raw"] else dict(self)
+        return json.loads(self.__dict__["_raw"])
 
 
 class VersionView(VersionDerived, View):
@@ -259,15 +280,9 @@ class Glance(Reading):
     def _record(self, record_id: str) -> ConceptView:
         key = f"objects/concepts/{record_id}.json"
         try:
-            raw = self.backend.read(key)
-            data = json.loads(without(raw, ConceptView.LAZY))
-        except (OSError, ValueError) as e:  # missing, unreadable, not JSON: the full reader says which
+            return ConceptView(self.backend.read(key), record_id)
+        except (OSError, ValueError) as e:  # missing, unreadable, not canonical JSON: the full reader says which
             raise Unusual(key) from e
-        record = ConceptView(_checked(data, _CONCEPT_FIELDS, record_id), raw)
-        record["images"] = [View(im) for im in data["images"]]
-        record["training"] = TrainingView(data["training"]) if data["training"] is not None else None
-        record["notes"] = View(data["notes"]) if data["notes"] is not None else None
-        return record
 
     def _resolve(self, entries: list[tuple[int, str]]) -> tuple[int, str]:
         """The --at version: a number, ``main`` or a full commit id (tags and prefixes: the full reader)."""
