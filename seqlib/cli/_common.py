@@ -91,15 +91,17 @@ def open_library(ctx: click.Context, at: str | None = None):
 def ask(ctx: click.Context, at: str | None, question):
     """``question(library)`` answered from the store read as plain JSON (``seqlib.glance``: no
     pydantic import, so a read command answers in a few times ``python -c pass``), or by the full
-    reader where the store is not an ordinary one (it validates, and names any damage)."""
+    reader where the store is not an ordinary one (it validates, and names any damage). A value of
+    the wrong shape deep in a record surfaces as a TypeError or the like: the full reader too."""
     from seqlib import glance
 
+    QUICK_EXIT.clear()
     gc.disable()  # reading 1,000 records makes ~10^5 objects and no cycle: the collector's passes are waste
     try:
         answer = question(glance.open(ctx.obj.get("store"), at))
-        QUICK_EXIT[:] = [True]  # the console script may end without tearing those objects down
+        QUICK_EXIT.append(True)  # the console script may end without tearing those objects down
         return answer
-    except glance.Unusual:
+    except (glance.Unusual, KeyError, TypeError, ValueError, AttributeError, IndexError):
         return question(open_library(ctx, at))
     finally:
         gc.freeze()  # re-enabled, it would first traverse all of them once: the cost it was off to save
