@@ -1,8 +1,10 @@
-"""``seqlib``: the command line. Parses arguments, calls the Python API (:mod:`seqlib.api`)
-and renders with rich; one module per group of verbs, and ``main`` here, the one boundary
-where every error becomes one line and an exit code.
+"""``seqlib``: the command line. Parses arguments, calls the Python API (:mod:`seqlib.api`;
+the read commands first :mod:`seqlib.glance`) and prints through click (rich only for progress and
+spinners); one module per group of verbs, each imported when one of its commands runs, and ``main``
+here, the one boundary where every error becomes one line and an exit code.
 
-Nothing here imports torch at module level: ``seqlib status`` and ``seqlib log`` stay instant.
+Nothing here imports torch, pydantic or rich at module level: ``seqlib list`` answers in a few
+times ``python -c pass`` (RESULTS, "The command-line floor, second pass").
 """
 
 from __future__ import annotations
