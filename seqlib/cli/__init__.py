@@ -1,6 +1,6 @@
 """``seqlib``: the command line. Parses arguments, calls the Python API (:mod:`seqlib.api`;
-the read commands first :mod:`seqlib.glance`) and prints through click (rich only for progress and
-spinners); one module per group of verbs, each imported when one of its commands runs, and ``main``
+the read commands first :mod:`seqlib.glance`) and prints through click (rich for progress bars,
+spinners and the verbs that write); one module per group of verbs, imported when one of its commands runs, and ``main``
 here, the one boundary where every error becomes one line and an exit code.
 
 Nothing here imports torch, pydantic or rich at module level: ``seqlib list`` answers in a few
